@@ -17,11 +17,17 @@ SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export CGO_ENABLED  := 1
 export CGO_CFLAGS   := $(CGO_OPT)
 export CGO_CXXFLAGS := $(CGO_OPT)
-# engine/cshim supplies the miniaudio compatibility header that llama.cpp's mtmd helper includes.
-export CGO_CPPFLAGS := -I$(CURDIR)/engine/cshim
+# engine/cshim supplies the miniaudio compatibility header that llama.cpp's mtmd helper includes;
+# the engine package includes llama.h from the pinned ollama module (see engine/llama.go).
+OLLAMA_DIR     := $(shell $(GO) mod download -json github.com/ollama/ollama 2>/dev/null | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')
+export CGO_CPPFLAGS := -I$(CURDIR)/engine/cshim -I$(OLLAMA_DIR)/llama/llama.cpp/include -I$(OLLAMA_DIR)/ml/backend/ggml/ggml/include
 export SLED_MODEL_DIR
 
-.PHONY: all deps build test test-short fuzz run bench vet fmt clean
+# `eval $$(make -s env)` sets up a shell for plain `go build` / `go test` with the same cache keys.
+env:
+	@echo export CGO_ENABLED=1 CGO_CFLAGS=\"$(CGO_CFLAGS)\" CGO_CXXFLAGS=\"$(CGO_CXXFLAGS)\" CGO_CPPFLAGS=\"$(CGO_CPPFLAGS)\" SLED_MODEL_DIR=$(SLED_MODEL_DIR)
+
+.PHONY: all env deps build test test-short fuzz run bench vet fmt clean
 
 all: build
 

@@ -1,0 +1,264 @@
+package engine
+
+// The cgo boundary. Everything that calls into llama.cpp lives in this file so the
+// rest of the package is plain Go. llama.cpp is compiled and linked by
+// github.com/ollama/ollama/llama (pinned in go.mod); this file includes llama.h
+// from that module (the Makefile puts its include directories on CGO_CPPFLAGS) and
+// calls the C API directly, because the ollama wrapper cannot free a context, copies
+// the whole vocabulary for every logits row, and gives no control over the KV cache
+// layout that ragged multi-sequence batches need (see newContext).
+
+/*
+#include <stdlib.h>
+#include "llama.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/ollama/ollama/llama"
+)
+
+var backendOnce sync.Once
+
+// initBackend loads the ggml backends once per process.
+func initBackend() { backendOnce.Do(llama.BackendInit) }
+
+type cModel struct {
+	m     *C.struct_llama_model
+	vocab *C.struct_llama_vocab
+}
+
+func loadCModel(path string, gpuLayers int, mmap bool) (*cModel, error) {
+	initBackend()
+	p := C.llama_model_default_params()
+	p.n_gpu_layers = C.int32_t(gpuLayers)
+	p.use_mmap = C.bool(mmap)
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	m := C.llama_model_load_from_file(cpath, p)
+	if m == nil {
+		return nil, fmt.Errorf("llama.cpp could not load %s (run with --log-level info for its reason)", path)
+	}
+	return &cModel{m: m, vocab: C.llama_model_get_vocab(m)}, nil
+}
+
+func (cm *cModel) free() { C.llama_model_free(cm.m) }
+
+type cFacts struct {
+	nVocab, nCtxTrain, nLayer, nEmbd int
+	nParams, size                    uint64
+	bos, eos                         Token
+	addBOS                           bool
+	desc, chatTemplate               string
+}
+
+func (cm *cModel) facts() cFacts {
+	f := cFacts{
+		nVocab:    int(C.llama_vocab_n_tokens(cm.vocab)),
+		nCtxTrain: int(C.llama_model_n_ctx_train(cm.m)),
+		nLayer:    int(C.llama_model_n_layer(cm.m)),
+		nEmbd:     int(C.llama_model_n_embd(cm.m)),
+		nParams:   uint64(C.llama_model_n_params(cm.m)),
+		size:      uint64(C.llama_model_size(cm.m)),
+		bos:       Token(C.llama_vocab_bos(cm.vocab)),
+		eos:       Token(C.llama_vocab_eos(cm.vocab)),
+		addBOS:    bool(C.llama_vocab_get_add_bos(cm.vocab)),
+	}
+	buf := make([]byte, 256)
+	if n := C.llama_model_desc(cm.m, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf))); n > 0 {
+		f.desc = string(buf[:min(int(n), len(buf)-1)])
+	}
+	if t := C.llama_model_chat_template(cm.m, nil); t != nil {
+		f.chatTemplate = C.GoString(t)
+	}
+	return f
+}
+
+func (cm *cModel) isEOG(t Token) bool { return bool(C.llama_vocab_is_eog(cm.vocab, C.llama_token(t))) }
+
+func (cm *cModel) isControl(t Token) bool {
+	return bool(C.llama_vocab_is_control(cm.vocab, C.llama_token(t)))
+}
+
+// tokenize converts text to tokens. parseSpecial lets text name control tokens such as
+// "<s>"; it is off for user text so a prompt cannot forge them.
+func (cm *cModel) tokenize(text string, addSpecial, parseSpecial bool) ([]Token, error) {
+	if len(text) > 1<<30 {
+		return nil, errors.New("text too long to tokenize")
+	}
+	ctext := C.CString(text)
+	defer C.free(unsafe.Pointer(ctext))
+	out := make([]Token, len(text)+2)
+	call := func() int {
+		return int(C.llama_tokenize(cm.vocab, ctext, C.int32_t(len(text)),
+			(*C.llama_token)(unsafe.Pointer(&out[0])), C.int32_t(len(out)),
+			C.bool(addSpecial), C.bool(parseSpecial)))
+	}
+	n := call()
+	if n < 0 {
+		out = make([]Token, -n)
+		if n = call(); n < 0 {
+			return nil, fmt.Errorf("tokenize: llama.cpp needs %d tokens", -n)
+		}
+	}
+	return out[:n], nil
+}
+
+// piece is the text of one token; control tokens render as nothing.
+func (cm *cModel) piece(t Token) []byte {
+	buf := make([]byte, 32)
+	for {
+		n := int(C.llama_token_to_piece(cm.vocab, C.llama_token(t),
+			(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), 0, false))
+		if n >= 0 {
+			return buf[:n]
+		}
+		buf = make([]byte, -n)
+	}
+}
+
+// applyChatTemplate formats messages with a built-in llama.cpp template (tmpl may be
+// the model's own template text or a template name). It reports false when llama.cpp
+// does not recognise the template.
+func applyChatTemplate(tmpl string, roles, contents []string, addAssistant bool) (string, bool) {
+	if len(roles) == 0 {
+		return "", false
+	}
+	var pins []unsafe.Pointer
+	defer func() {
+		for _, p := range pins {
+			C.free(p)
+		}
+	}()
+	cstr := func(s string) *C.char {
+		p := C.CString(s)
+		pins = append(pins, unsafe.Pointer(p))
+		return p
+	}
+	msgs := (*[1 << 20]C.struct_llama_chat_message)(C.malloc(C.size_t(len(roles)) * C.size_t(unsafe.Sizeof(C.struct_llama_chat_message{}))))[:len(roles):len(roles)]
+	pins = append(pins, unsafe.Pointer(&msgs[0]))
+	total := 0
+	for i := range roles {
+		msgs[i].role = cstr(roles[i])
+		msgs[i].content = cstr(contents[i])
+		total += len(roles[i]) + len(contents[i])
+	}
+	ctmpl := cstr(tmpl)
+	size := 2*total + 256
+	for range 2 {
+		buf := make([]byte, size)
+		n := int(C.llama_chat_apply_template(ctmpl, &msgs[0], C.size_t(len(msgs)), C.bool(addAssistant),
+			(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf))))
+		if n < 0 {
+			return "", false
+		}
+		if n <= len(buf) {
+			return string(buf[:n]), true
+		}
+		size = n
+	}
+	return "", false
+}
+
+// cContext is a llama_context plus the batch buffer its decodes reuse.
+type cContext struct {
+	c      *C.struct_llama_context
+	batch  C.struct_llama_batch
+	nBatch int
+}
+
+// newContext creates a context whose KV cache is one unified buffer shared by all
+// sequences. Unified is what makes a ragged batch one forward pass: with a cache
+// stream per sequence llama.cpp splits a batch into micro-batches of equal length per
+// sequence, so drafts of different lengths would cost several passes.
+func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash bool, kvType string) (*cContext, error) {
+	p := C.llama_context_default_params()
+	p.n_ctx = C.uint32_t(nCtx)
+	p.n_batch = C.uint32_t(nBatch)
+	p.n_ubatch = C.uint32_t(nBatch)
+	p.n_seq_max = C.uint32_t(nSeq)
+	p.n_threads = C.int32_t(threads)
+	p.n_threads_batch = C.int32_t(threads)
+	p.embeddings = false
+	p.no_perf = true
+	p.kv_unified = true
+	if flash {
+		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+	} else {
+		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+	}
+	switch kvType {
+	case "", "f16":
+		p.type_k, p.type_v = C.GGML_TYPE_F16, C.GGML_TYPE_F16
+	case "f32":
+		p.type_k, p.type_v = C.GGML_TYPE_F32, C.GGML_TYPE_F32
+	case "q8_0":
+		p.type_k, p.type_v = C.GGML_TYPE_Q8_0, C.GGML_TYPE_Q8_0
+	default:
+		return nil, fmt.Errorf("unknown KV cache type %q (want f16, f32 or q8_0)", kvType)
+	}
+	c := C.llama_init_from_model(cm.m, p)
+	if c == nil {
+		return nil, errors.New("llama.cpp could not create a context (out of memory, or sizes the model rejects)")
+	}
+	n := int(C.llama_n_batch(c))
+	return &cContext{c: c, batch: C.llama_batch_init(C.int32_t(n), 0, 1), nBatch: n}, nil
+}
+
+func (cc *cContext) free() {
+	C.llama_batch_free(cc.batch)
+	C.llama_free(cc.c)
+}
+
+func (cc *cContext) nCtx() int { return int(C.llama_n_ctx(cc.c)) }
+
+// decode runs one forward pass over entries (already validated by the caller).
+func (cc *cContext) decode(entries []Entry) (int, error) {
+	n := len(entries)
+	tok := unsafe.Slice(cc.batch.token, cc.nBatch)
+	pos := unsafe.Slice(cc.batch.pos, cc.nBatch)
+	nseq := unsafe.Slice(cc.batch.n_seq_id, cc.nBatch)
+	seq := unsafe.Slice(cc.batch.seq_id, cc.nBatch)
+	logits := unsafe.Slice(cc.batch.logits, cc.nBatch)
+	for i, e := range entries {
+		tok[i] = C.llama_token(e.Token)
+		pos[i] = C.llama_pos(e.Pos)
+		nseq[i] = 1
+		*seq[i] = C.llama_seq_id(e.Seq)
+		if e.Logits {
+			logits[i] = 1
+		} else {
+			logits[i] = 0
+		}
+	}
+	cc.batch.n_tokens = C.int32_t(n)
+	return int(C.llama_decode(cc.c, cc.batch)), nil
+}
+
+// logitsRow is a view of the logits of batch index i inside llama.cpp's output
+// buffer; it is valid until the next decode on the context.
+func (cc *cContext) logitsRow(i, nVocab int) []float32 {
+	p := C.llama_get_logits_ith(cc.c, C.int32_t(i))
+	if p == nil {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(p)), nVocab)
+}
+
+// seqRemove drops seq's KV entries at positions >= from (all of them when from <= 0).
+func (cc *cContext) seqRemove(seq, from int) bool {
+	if from <= 0 {
+		from = -1
+	}
+	return bool(C.llama_memory_seq_rm(C.llama_get_memory(cc.c), C.llama_seq_id(seq), C.llama_pos(from), -1))
+}
+
+// seqPosMax is the largest position of seq in the KV cache, or -1 when it has none.
+func (cc *cContext) seqPosMax(seq int) int {
+	return int(C.llama_memory_seq_pos_max(C.llama_get_memory(cc.c), C.llama_seq_id(seq)))
+}

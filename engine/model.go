@@ -1,0 +1,247 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+
+	"github.com/sled-project/sled/engine/gguf"
+)
+
+// Token is a vocabulary id.
+type Token = int32
+
+// Errors returned by the package; match them with errors.Is.
+var (
+	// ErrModelFile means the model file is missing, unreadable, not a GGUF file, or
+	// corrupt. The wrapped error says which.
+	ErrModelFile = errors.New("engine: bad model file")
+	// ErrVocabMismatch means two models do not share a tokenizer, so one cannot
+	// draft for the other.
+	ErrVocabMismatch = errors.New("engine: vocabularies differ")
+	// ErrClosed is returned by methods of a closed Model or Context.
+	ErrClosed = errors.New("engine: closed")
+)
+
+// ModelOptions configures LoadModel. The zero value is valid.
+type ModelOptions struct {
+	// GPULayers is the number of layers offloaded to a GPU when llama.cpp was built
+	// with one. Default 0 (CPU only).
+	GPULayers int
+	// NoMmap reads the weights into memory instead of mapping the file.
+	NoMmap bool
+}
+
+// Info describes a loaded model.
+type Info struct {
+	Path         string `json:"path"`
+	Description  string `json:"description"` // llama.cpp's one-line summary, e.g. "llama ?B all F32"
+	Params       uint64 `json:"params"`
+	SizeBytes    uint64 `json:"size_bytes"`
+	Layers       int    `json:"layers"`
+	Embedding    int    `json:"embedding"`
+	ContextTrain int    `json:"context_train"`
+	VocabSize    int    `json:"vocab_size"`
+	Fingerprint  string `json:"vocab_fingerprint"`
+	BOS          Token  `json:"bos"`
+	EOS          Token  `json:"eos"`
+	AddBOS       bool   `json:"add_bos"`
+	ChatTemplate string `json:"chat_template,omitempty"`
+}
+
+// Model is a loaded GGUF model. It is safe for concurrent use.
+type Model struct {
+	mu     sync.RWMutex // guards cm against Close while in use
+	cm     *cModel
+	info   Info
+	pieces [][]byte // text of every token; control tokens map to nil
+	ctrl   []bool   // control (non-text) tokens
+}
+
+// LoadModel validates the GGUF file at path and loads it. A missing or malformed
+// file gives an error wrapping ErrModelFile and never reaches llama.cpp.
+func LoadModel(path string, opts ModelOptions) (*Model, error) {
+	fp, err := ValidateFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := loadCModel(path, opts.GPULayers, !opts.NoMmap)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrModelFile, err)
+	}
+	f := cm.facts()
+	m := &Model{
+		cm: cm,
+		info: Info{
+			Path: path, Description: f.desc, Params: f.nParams, SizeBytes: f.size,
+			Layers: f.nLayer, Embedding: f.nEmbd, ContextTrain: f.nCtxTrain,
+			VocabSize: f.nVocab, Fingerprint: fp, BOS: f.bos, EOS: f.eos, AddBOS: f.addBOS,
+			ChatTemplate: f.chatTemplate,
+		},
+		pieces: make([][]byte, f.nVocab),
+		ctrl:   make([]bool, f.nVocab),
+	}
+	for t := range f.nVocab {
+		m.ctrl[t] = cm.isControl(Token(t))
+		if !m.ctrl[t] {
+			m.pieces[t] = cm.piece(Token(t))
+		}
+	}
+	return m, nil
+}
+
+// ValidateFile checks that path is a well-formed GGUF file whose tensors lie inside
+// it, and returns its vocabulary fingerprint. Errors wrap ErrModelFile.
+func ValidateFile(path string) (fingerprint string, err error) {
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("%w: %w", ErrModelFile, err)
+	}
+	f, err := gguf.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrModelFile, err)
+	}
+	defer f.Close()
+	fp := f.VocabFingerprint()
+	if fp == "" {
+		return "", fmt.Errorf("%w: %s has no tokenizer (tokenizer.ggml.tokens)", ErrModelFile, path)
+	}
+	return fp, nil
+}
+
+// Close frees the model. Contexts created from it must be closed first.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.cm == nil {
+		return ErrClosed
+	}
+	m.cm.free()
+	m.cm = nil
+	return nil
+}
+
+// Info describes the model.
+func (m *Model) Info() Info { return m.info }
+
+// VocabSize is the number of tokens in the vocabulary; valid ids are [0, VocabSize).
+func (m *Model) VocabSize() int { return m.info.VocabSize }
+
+// Fingerprint identifies the tokenizer: models with equal fingerprints tokenize
+// identically and may draft for each other.
+func (m *Model) Fingerprint() string { return m.info.Fingerprint }
+
+// BOS is the beginning-of-sequence token.
+func (m *Model) BOS() Token { return m.info.BOS }
+
+// EOS is the end-of-sequence token.
+func (m *Model) EOS() Token { return m.info.EOS }
+
+// IsEOG reports whether t ends generation (EOS, end-of-turn and the like).
+func (m *Model) IsEOG(t Token) bool {
+	if !m.ValidToken(t) {
+		return false
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.cm == nil {
+		return false
+	}
+	return m.cm.isEOG(t)
+}
+
+// ValidToken reports whether t is a vocabulary id.
+func (m *Model) ValidToken(t Token) bool { return t >= 0 && int(t) < m.info.VocabSize }
+
+// CheckCompatible returns an error wrapping ErrVocabMismatch, naming both models,
+// unless draft and m share a tokenizer.
+func (m *Model) CheckCompatible(draft *Model) error {
+	if draft.info.Fingerprint != m.info.Fingerprint {
+		return fmt.Errorf("%w: draft %s (vocabulary %.12s, %d tokens) cannot draft for target %s (vocabulary %.12s, %d tokens)",
+			ErrVocabMismatch, draft.info.Path, draft.info.Fingerprint, draft.info.VocabSize,
+			m.info.Path, m.info.Fingerprint, m.info.VocabSize)
+	}
+	return nil
+}
+
+// Tokenize converts text to tokens, with the model's BOS in front when addBOS is set
+// and the model wants one. Text that spells a control token (such as "<s>") is
+// tokenized as plain text, so user input cannot forge control tokens.
+func (m *Model) Tokenize(text string, addBOS bool) ([]Token, error) {
+	return m.tokenize(text, addBOS, false)
+}
+
+// TokenizeSpecial is Tokenize for trusted text, such as the output of a chat
+// template, in which control-token spellings become control tokens.
+func (m *Model) TokenizeSpecial(text string, addBOS bool) ([]Token, error) {
+	return m.tokenize(text, addBOS, true)
+}
+
+func (m *Model) tokenize(text string, addBOS, special bool) ([]Token, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.cm == nil {
+		return nil, ErrClosed
+	}
+	return m.cm.tokenize(text, addBOS, special)
+}
+
+// Piece returns the bytes token t stands for: empty for control tokens and invalid
+// ids. A piece may be part of a multi-byte character; use a TextStream to turn a
+// stream of tokens into whole characters. The caller must not modify the result.
+func (m *Model) Piece(t Token) []byte {
+	if !m.ValidToken(t) {
+		return nil
+	}
+	return m.pieces[t]
+}
+
+// Detokenize concatenates the pieces of tokens. SentencePiece vocabularies mark a
+// word start with a space, so text tokenized from the start of a sequence comes back
+// with one leading space; Detokenize keeps it, so that detokenizing consecutive runs
+// of tokens and concatenating gives the detokenization of the whole.
+func (m *Model) Detokenize(tokens []Token) string {
+	var b []byte
+	for _, t := range tokens {
+		b = append(b, m.Piece(t)...)
+	}
+	return string(b)
+}
+
+// ChatMessage is one turn of a conversation.
+type ChatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// FormatChat renders messages as a prompt with the model's chat template, ready for
+// TokenizeSpecial, and reports whether the template was used. A model without a
+// template, or with one llama.cpp does not know, gets a plain fallback: each message
+// on its own line as "role: content", then "assistant:" when addAssistant is set.
+func (m *Model) FormatChat(msgs []ChatMessage, addAssistant bool) (prompt string, templated bool) {
+	if m.info.ChatTemplate != "" {
+		roles, contents := make([]string, len(msgs)), make([]string, len(msgs))
+		for i, msg := range msgs {
+			roles[i], contents[i] = msg.Role, msg.Content
+		}
+		if s, ok := applyChatTemplate(m.info.ChatTemplate, roles, contents, addAssistant); ok {
+			return s, true
+		}
+	}
+	var b []byte
+	for _, msg := range msgs {
+		b = append(b, msg.Role...)
+		b = append(b, ": "...)
+		b = append(b, msg.Content...)
+		b = append(b, '\n')
+	}
+	if addAssistant {
+		b = append(b, "assistant:"...)
+	}
+	return string(b), false
+}
+
+// DefaultThreads is the thread count a Context uses when none is configured: every
+// core, at most 8 (more rarely helps a single decode).
+func DefaultThreads() int { return min(runtime.NumCPU(), 8) }

@@ -1,0 +1,81 @@
+// Package textgen is the contract between SLED's text generators (a device running
+// speculative decoding, an edge-only device, the centralized baseline server) and
+// their front ends (the OpenAI-compatible HTTP API, the CLI, the benchmarks).
+// Generators work in tokens; front ends own text: chat templates, tokenization,
+// detokenization and stop strings.
+package textgen
+
+import (
+	"context"
+	"errors"
+
+	"github.com/sled-project/sled/engine"
+)
+
+// Request is one generation.
+type Request struct {
+	// Prompt is the tokenized prompt, BOS included when the model wants one. It must
+	// be non-empty and every id valid for the generator's model.
+	Prompt []engine.Token
+	// MaxTokens bounds the generated tokens; > 0.
+	MaxTokens int
+	// Temperature 0 means greedy decoding (the lossless default); > 0 samples.
+	Temperature float32
+	// Seed makes sampling reproducible.
+	Seed uint64
+}
+
+// Chunk is a run of newly generated tokens, in order.
+type Chunk struct {
+	Tokens []engine.Token
+	// Unverified marks tokens a device released without the target's verification
+	// (fallback mode, after repeated verification timeouts). Never set in strict mode.
+	Unverified bool
+}
+
+// Stats are the speculative-decoding figures of one generation. Generators that do
+// not speculate leave the draft fields zero.
+type Stats struct {
+	Rounds         int     `json:"rounds"`          // verification rounds completed
+	Drafted        int     `json:"drafted"`         // draft tokens sent for verification
+	Accepted       int     `json:"accepted"`        // draft tokens the target accepted
+	AcceptanceRate float64 `json:"acceptance_rate"` // Accepted / Drafted
+	Unverified     int     `json:"unverified"`      // tokens released unverified (fallback)
+	Retries        int     `json:"retries"`         // verification requests re-sent after a timeout
+	Resyncs        int     `json:"resyncs"`         // full-prefix resends
+}
+
+// Finish reasons, as OpenAI names them.
+const (
+	FinishStop   = "stop"   // the model ended the text (EOS) or a stop condition hit
+	FinishLength = "length" // MaxTokens reached
+)
+
+// Result is a finished generation.
+type Result struct {
+	Tokens       []engine.Token // all generated tokens, unverified ones included
+	FinishReason string
+	Stats        Stats
+}
+
+// ErrStop, returned by an emit callback, ends a generation early without error: the
+// generator returns the tokens so far with FinishStop.
+var ErrStop = errors.New("textgen: stop")
+
+// ErrInvalidRequest wraps every error about a bad Request (empty prompt, invalid
+// token, MaxTokens <= 0, prompt longer than the context).
+var ErrInvalidRequest = errors.New("textgen: invalid request")
+
+// Generator produces text for a Request.
+//
+// Generate calls emit, from the calling goroutine, with each run of new tokens as
+// soon as they are final, and returns when the generation ends: EOS (FinishStop),
+// MaxTokens (FinishLength), emit returning ErrStop (FinishStop), or an error. An
+// error from emit other than ErrStop, or ctx ending, aborts the generation and is
+// returned. Generate is safe for concurrent use; a generator may serve requests one
+// at a time.
+type Generator interface {
+	Generate(ctx context.Context, req Request, emit func(Chunk) error) (Result, error)
+	// Model is the model whose vocabulary Request and Chunk tokens use.
+	Model() *engine.Model
+}
