@@ -1,0 +1,223 @@
+package events
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sled-project/sled/schemas"
+)
+
+// Event types, as carried in ce-type. The version is part of the name; a
+// breaking change is a new type.
+const (
+	TypeDraftReady   = schemas.DraftReadyV1
+	TypeVerifyBatch  = schemas.VerifyBatchV1
+	TypeVerifyResult = schemas.VerifyResultV1
+)
+
+// Payload is the data of one SLED event: *DraftReady, *VerifyBatch or
+// *VerifyResult. The set is closed; the methods derive the envelope and the
+// routing of an event from its payload.
+type Payload interface {
+	// EventType is the CloudEvents type (ce-type).
+	EventType() string
+	// NATSSubject is the subject the event is published on.
+	NATSSubject() string
+	// MsgID is the JetStream de-duplication id (Nats-Msg-Id): a retry of the
+	// same logical event carries the same id and is stored once.
+	MsgID() string
+	// CESubject is the CloudEvents subject (ce-subject): the session for
+	// drafts and results, the batch id for batches.
+	CESubject() string
+
+	check(vocab int) error
+}
+
+// Sampling holds the decoding parameters of a session. Temperature 0 means
+// greedy decoding (exact argmax match); otherwise the verifier uses the
+// rejection-sampling rule with the draft distribution.
+type Sampling struct {
+	Temperature float32 `json:"temperature,omitempty"`
+	TopK        int     `json:"top_k,omitempty"`
+	TopP        float32 `json:"top_p,omitempty"`
+	Seed        uint64  `json:"seed,omitempty"`
+}
+
+// TopK is the draft model's truncated distribution at one draft position:
+// candidate token ids and their probabilities, highest first.
+type TopK struct {
+	IDs   []int32   `json:"ids"`
+	Probs []float32 `json:"probs"`
+}
+
+// DraftReady (io.sled.draft.ready.v1) is one device's draft for one round.
+//
+// The device's committed sequence is the prompt, every verified token and
+// Committed; PrefixLen is its length and PrefixHash its [PrefixHash]. Committed
+// is the suffix of that sequence added since the last verified round (what
+// the verifier must append to its KV cache before checking Draft). Prefix,
+// when non-nil, is the whole committed sequence: a device sends it when it
+// starts a session and when a result tells it to resync (unknown_session,
+// prefix_mismatch), so the verifier can rebuild the session.
+//
+// Round starts at 1 and increases strictly per session; a retry after a
+// timeout is a new round that resends every unverified token. The JetStream
+// message id is "<session>.<round>", so a re-publish of the same round is
+// stored once.
+type DraftReady struct {
+	DeviceID         string    `json:"device_id"`
+	SessionID        string    `json:"session_id"`
+	Round            uint64    `json:"round"`
+	Pool             string    `json:"pool"`
+	PrefixLen        int       `json:"prefix_len"`
+	PrefixHash       string    `json:"prefix_hash"`
+	Committed        []int32   `json:"committed"`
+	Draft            []int32   `json:"draft"`
+	DraftProbs       []float32 `json:"draft_probs"`
+	TopK             []TopK    `json:"top_k,omitempty"`
+	Sampling         Sampling  `json:"sampling"`
+	VocabFingerprint string    `json:"vocab_fingerprint"`
+	Deadline         time.Time `json:"deadline"`
+	Prefix           []int32   `json:"prefix,omitempty"`
+}
+
+// EventType implements [Payload].
+func (*DraftReady) EventType() string { return TypeDraftReady }
+
+// NATSSubject implements [Payload]: sled.draft.<pool>.<device>.
+func (d *DraftReady) NATSSubject() string { return DraftSubject(d.Pool, d.DeviceID) }
+
+// MsgID implements [Payload]: "<session>.<round>".
+func (d *DraftReady) MsgID() string { return fmt.Sprintf("%s.%d", d.SessionID, d.Round) }
+
+// CESubject implements [Payload]: the session id.
+func (d *DraftReady) CESubject() string { return d.SessionID }
+
+// VerifyBatch (io.sled.verify.batch.v1) is the unit of work a batcher hands a
+// verifier worker: drafts of distinct sessions of one pool.
+type VerifyBatch struct {
+	BatchID string `json:"batch_id"`
+	Pool    string `json:"pool"`
+	// Worker, when set, routes the batch to the worker that holds the
+	// sessions' KV caches (subject sled.batch.<pool>.<worker>); empty means
+	// any worker of the pool.
+	Worker string `json:"worker,omitempty"`
+	// Policy names what closed the batch: "size", "deadline", "slo", ...
+	Policy    string       `json:"policy"`
+	Drafts    []DraftReady `json:"drafts"`
+	CreatedAt time.Time    `json:"created_at"`
+}
+
+// EventType implements [Payload].
+func (*VerifyBatch) EventType() string { return TypeVerifyBatch }
+
+// NATSSubject implements [Payload]: sled.batch.<pool>[.<worker>].
+func (b *VerifyBatch) NATSSubject() string { return BatchSubject(b.Pool, b.Worker) }
+
+// MsgID implements [Payload]: the batch id.
+func (b *VerifyBatch) MsgID() string { return b.BatchID }
+
+// CESubject implements [Payload]: the batch id.
+func (b *VerifyBatch) CESubject() string { return b.BatchID }
+
+// Status is the outcome of a round, carried in a [VerifyResult].
+type Status string
+
+// Result statuses.
+const (
+	// StatusOK: Accepted draft tokens were accepted and Token follows them.
+	StatusOK Status = "ok"
+	// StatusUnknownSession: the verifier has no state for the session (never
+	// seen or evicted); the device resends the round with Prefix set.
+	StatusUnknownSession Status = "unknown_session"
+	// StatusPrefixMismatch: the verifier's committed prefix differs from the
+	// device's (length or hash); the device resends with Prefix set.
+	StatusPrefixMismatch Status = "prefix_mismatch"
+	// StatusInvalid: the request was rejected; Reason names the failed check.
+	StatusInvalid Status = "invalid"
+	// StatusOverloaded: the pool cannot take the request now; retry later.
+	StatusOverloaded Status = "overloaded"
+	// StatusExpired: the request ran out of deliveries (MaxDeliver) or time.
+	StatusExpired Status = "expired"
+)
+
+// ServerTiming reports where a round spent its time on the server side, in
+// milliseconds.
+type ServerTiming struct {
+	QueueMs  float64 `json:"queue_ms,omitempty"`  // draft published → batch closed
+	BatchMs  float64 `json:"batch_ms,omitempty"`  // batch published → verifier started
+	VerifyMs float64 `json:"verify_ms,omitempty"` // target forward pass and acceptance
+	TotalMs  float64 `json:"total_ms,omitempty"`  // draft published → result published
+}
+
+// VerifyResult (io.sled.verify.result.v1) answers one round of one device,
+// published on sled.result.<device>. With StatusOK, the first Accepted draft
+// tokens are accepted and Token is the correction (on rejection) or bonus
+// token (all accepted); EOS reports that Token ends the sequence. Other
+// statuses are errors: Reason is a short machine code (see [Reason]) and
+// Error a human-readable message; Accepted and Token are then meaningless.
+type VerifyResult struct {
+	DeviceID     string       `json:"device_id"`
+	SessionID    string       `json:"session_id,omitempty"`
+	Round        uint64       `json:"round,omitempty"`
+	Status       Status       `json:"status"`
+	Accepted     int          `json:"accepted"`
+	Token        int32        `json:"token"`
+	EOS          bool         `json:"eos,omitempty"`
+	Reason       string       `json:"reason,omitempty"`
+	Error        string       `json:"error,omitempty"`
+	ServerTiming ServerTiming `json:"server_timing"`
+	BatchID      string       `json:"batch_id,omitempty"`
+	BatchSize    int          `json:"batch_size,omitempty"`
+}
+
+// EventType implements [Payload].
+func (*VerifyResult) EventType() string { return TypeVerifyResult }
+
+// NATSSubject implements [Payload]: sled.result.<device>.
+func (r *VerifyResult) NATSSubject() string { return ResultSubject(r.DeviceID) }
+
+// MsgID implements [Payload]: "<session>.<round>.<status>" (or
+// "<device>.<reason>.<nanotime>" for a result not tied to a round).
+func (r *VerifyResult) MsgID() string {
+	if r.SessionID == "" || r.Round == 0 {
+		return fmt.Sprintf("%s.%s.%d", r.DeviceID, r.Reason, time.Now().UnixNano())
+	}
+	return fmt.Sprintf("%s.%d.%s", r.SessionID, r.Round, r.Status)
+}
+
+// CESubject implements [Payload]: the session id.
+func (r *VerifyResult) CESubject() string { return r.SessionID }
+
+// Address names the device, session and round an error result goes to.
+// SessionID and Round may be zero when the input did not reveal them.
+type Address struct {
+	DeviceID  string
+	SessionID string
+	Round     uint64
+}
+
+// ErrorResult builds the error result of status st for a, with Reason(err) as
+// its reason and err's text (truncated to the schema's limit) as its error.
+func ErrorResult(a Address, st Status, err error) *VerifyResult {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if len(msg) > schemas.MaxErrorLen {
+		msg = strings.ToValidUTF8(msg[:schemas.MaxErrorLen-3], "") + "..."
+	}
+	reason := Reason(err)
+	if reason == "" || (reason == "internal" && st != StatusInvalid) {
+		reason = string(st)
+	}
+	return &VerifyResult{
+		DeviceID:  a.DeviceID,
+		SessionID: a.SessionID,
+		Round:     a.Round,
+		Status:    st,
+		Reason:    reason,
+		Error:     msg,
+	}
+}
