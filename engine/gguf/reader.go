@@ -41,6 +41,8 @@ const (
 	maxStringLen   = 64 << 20 // far above any real metadata string
 	maxArrayDepth  = 4        // arrays of arrays of ...
 	minKVBytes     = 8 + 4 + 1
+	plausibleCount = 1 << 20 // tensors or metadata entries in a real model
+	plausibleArray = 1 << 28 // elements in a real metadata array
 	minTensorBytes = 8 + 4 + 8 + 4 + 8
 )
 
@@ -249,13 +251,19 @@ func (d *decoder) str(what string, limit int64) (string, error) {
 }
 
 // count reads an element count and checks that n elements of at least
-// minSize bytes each fit in what is left of the file.
-func (d *decoder) count(what string, minSize int64) (uint64, error) {
+// minSize bytes each fit in what is left of the file. A count that does not
+// fit is reported as truncation if it is at most plausible, else as
+// corruption.
+func (d *decoder) count(what string, minSize int64, plausible uint64) (uint64, error) {
 	n, err := d.u64(what)
 	if err != nil {
 		return 0, err
 	}
 	if n > uint64(d.left()/minSize) {
+		if n <= plausible {
+			return 0, fmt.Errorf("%w: %s %d at offset %d: that many need at least %d bytes, the file ends %d bytes later",
+				ErrTruncated, what, n, d.pos-8, n*uint64(minSize), d.left())
+		}
 		return 0, fmt.Errorf("%w: %s %d at offset %d is impossible: %d elements need at least %d bytes each, the file has %d left",
 			ErrCorrupt, what, n, d.pos-8, n, minSize, d.left())
 	}
@@ -287,11 +295,11 @@ func read(r io.ReaderAt, size int64) (*File, error) {
 	case f.Version != 2 && f.Version != 3:
 		return nil, fmt.Errorf("%w: version %d; this reader knows versions 2 and 3", ErrUnsupportedVersion, f.Version)
 	}
-	nTensors, err := d.count("tensor count", minTensorBytes)
+	nTensors, err := d.count("tensor count", minTensorBytes, plausibleCount)
 	if err != nil {
 		return nil, err
 	}
-	nKV, err := d.count("metadata count", minKVBytes)
+	nKV, err := d.count("metadata count", minKVBytes, plausibleCount)
 	if err != nil {
 		return nil, err
 	}
@@ -422,7 +430,7 @@ func (d *decoder) array(what string, depth int) (Value, error) {
 	if !elem.known() {
 		return Value{}, fmt.Errorf("%w: %s is an array of unknown value type %d", ErrCorrupt, what, et)
 	}
-	n, err := d.count(what+" array length", elem.size())
+	n, err := d.count(what+" array length", elem.size(), plausibleArray)
 	if err != nil {
 		return Value{}, err
 	}
@@ -566,9 +574,13 @@ func (f *File) checkData() error {
 		if t.Offset >= limit {
 			// Starts beyond the end: an absurd offset, unless an earlier
 			// tensor already shows the file was cut short.
-			if bad == nil {
-				bad = fmt.Errorf("%w: tensor %s: data [%d,%d) beyond file size %d", ErrCorrupt, t.Name,
-					satAdd(uint64(f.DataOffset), t.Offset), satAdd(satAdd(uint64(f.DataOffset), t.Offset), n), f.Size)
+			start := satAdd(uint64(f.DataOffset), t.Offset)
+			switch {
+			case bad != nil:
+			case start == math.MaxUint64 || satAdd(start, n) == math.MaxUint64:
+				bad = fmt.Errorf("%w: tensor %s: data offset %d beyond file size %d", ErrCorrupt, t.Name, t.Offset, f.Size)
+			default:
+				bad = fmt.Errorf("%w: tensor %s: data [%d,%d) beyond file size %d", ErrCorrupt, t.Name, start, start+n, f.Size)
 			}
 			continue
 		}
