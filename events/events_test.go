@@ -18,10 +18,10 @@ func sampleDraft(dev, sess string, round uint64) *DraftReady {
 	return &DraftReady{
 		DeviceID: dev, SessionID: sess, Round: round, Pool: "p0",
 		PrefixLen: len(prefix), PrefixHash: PrefixHash(prefix),
-		Committed:  prefix[4:],
-		Draft:      []int32{2599, 29973, 13, 306, 626, 2599, 1532, 29892},
-		DraftProbs: []float32{0.91, 0.88, 0.97, 0.75, 0.66, 0.93, 0.81, 0.7},
-		Sampling:   Sampling{Temperature: 0.7, TopK: 40, TopP: 0.95, Seed: 42},
+		Committed:        prefix[4:],
+		Draft:            []int32{2599, 29973, 13, 306, 626, 2599, 1532, 29892},
+		DraftProbs:       []float32{0.91, 0.88, 0.97, 0.75, 0.66, 0.93, 0.81, 0.7},
+		Sampling:         Sampling{Temperature: 0.7, TopK: 40, TopP: 0.95, Seed: 42},
 		VocabFingerprint: "llama:32000:abcdef01",
 		Deadline:         time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC),
 		Prefix:           prefix,
@@ -44,7 +44,9 @@ func sampleResult() *VerifyResult {
 		ServerTiming: ServerTiming{QueueMs: 0.4, VerifyMs: 12.5, TotalMs: 13.2}, BatchID: "b-1", BatchSize: 4}
 }
 
-func samples() []Payload { return []Payload{sampleDraft("d1", "sd1", 7), sampleBatch(), sampleResult()} }
+func samples() []Payload {
+	return []Payload{sampleDraft("d1", "sd1", 7), sampleBatch(), sampleResult()}
+}
 
 func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
