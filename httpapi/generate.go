@@ -1,0 +1,253 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/textgen"
+)
+
+// params are the validated generation settings of a request.
+type params struct {
+	dev         int
+	maxTokens   int  // resolved by fit
+	explicitMax bool // the request gave max_tokens
+	temperature float32
+	seed        uint64
+	stops       []string
+}
+
+// parseParams validates the settings both endpoints share and picks the device.
+func (s *Server) parseParams(r *http.Request, model string, maxTokens *int, temperature *float64, stop StopSequences, seed *int64, n *int) (*params, *APIError) {
+	p := &params{}
+	if n != nil && *n != 1 {
+		return nil, invalid("n", "n must be 1: one choice per request is supported, got %d", *n)
+	}
+	if maxTokens != nil {
+		switch {
+		case *maxTokens <= 0:
+			return nil, invalid("max_tokens", "max_tokens must be positive, got %d", *maxTokens)
+		case *maxTokens > s.cfg.MaxTokensLimit:
+			return nil, invalid("max_tokens", "max_tokens is %d, more than this server's limit of %d", *maxTokens, s.cfg.MaxTokensLimit)
+		}
+		p.maxTokens, p.explicitMax = *maxTokens, true
+	}
+	if temperature != nil {
+		if !(*temperature >= 0 && *temperature <= 2) {
+			return nil, invalid("temperature", "temperature must be in [0, 2], got %g", *temperature)
+		}
+		p.temperature = float32(*temperature)
+	}
+	if len(stop) > MaxStops {
+		return nil, invalid("stop", "at most %d stop sequences are allowed, got %d", MaxStops, len(stop))
+	}
+	p.stops = stop
+	switch {
+	case seed != nil:
+		p.seed = uint64(*seed)
+	case p.temperature > 0:
+		p.seed = rand.Uint64()
+	}
+	dev, e := s.pickDevice(r, model)
+	if e != nil {
+		return nil, e
+	}
+	p.dev = dev
+	return p, nil
+}
+
+// fit checks the prompt length against the limits and resolves max_tokens.
+func (s *Server) fit(p *params, param string, promptTokens int, m *engine.Model) *APIError {
+	tooLong := func(format string, args ...any) *APIError {
+		e := invalid(param, format, args...)
+		e.Code = CodeContextLengthExceeded
+		return e
+	}
+	if promptTokens == 0 {
+		return invalid(param, "the prompt is empty")
+	}
+	if s.cfg.MaxPromptTokens > 0 && promptTokens > s.cfg.MaxPromptTokens {
+		return tooLong("the prompt has %d tokens, more than this server's limit of %d", promptTokens, s.cfg.MaxPromptTokens)
+	}
+	ctxLen := m.Info().ContextTrain
+	if ctxLen <= 0 {
+		if !p.explicitMax {
+			p.maxTokens = s.cfg.DefaultMaxTokens
+		}
+		return nil
+	}
+	room := ctxLen - promptTokens
+	switch {
+	case p.explicitMax && p.maxTokens > room:
+		return tooLong("this model's context is %d tokens; the prompt has %d and max_tokens asks for %d more", ctxLen, promptTokens, p.maxTokens)
+	case room <= 0:
+		return tooLong("this model's context is %d tokens and the prompt has %d, leaving no room to generate", ctxLen, promptTokens)
+	case !p.explicitMax:
+		p.maxTokens = min(s.cfg.DefaultMaxTokens, room)
+	}
+	return nil
+}
+
+// outcome is a finished generation, seen as text.
+type outcome struct {
+	text   string
+	finish string
+	result textgen.Result
+	spans  [][2]int
+}
+
+func (o *outcome) usage(promptTokens int) *Usage {
+	n := len(o.result.Tokens)
+	return &Usage{PromptTokens: promptTokens, CompletionTokens: n, TotalTokens: promptTokens + n}
+}
+
+func (o *outcome) stats(device string) *Stats {
+	st := o.result.Stats
+	return &Stats{
+		Device: device, Rounds: st.Rounds, Drafted: st.Drafted, Accepted: st.Accepted,
+		AcceptanceRate: st.AcceptanceRate, UnverifiedTokens: st.Unverified,
+		Retries: st.Retries, Resyncs: st.Resyncs, UnverifiedSpans: o.spans,
+	}
+}
+
+// generate runs prompt on device p.dev. onText, if not nil, is called with each run
+// of text as soon as it is final (no stop string can claim it any more); an error
+// from onText aborts the generation and is returned.
+func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token, onText func(string) error) (*outcome, error) {
+	gen := s.devices[p.dev].Generator
+	ts := gen.Model().NewTextStream()
+	ta := newTextAssembler(p.stops)
+	emit := func(c textgen.Chunk) error {
+		stopped := false
+		for _, t := range c.Tokens {
+			if stopped = ta.add(ts.Add(t), c.Unverified); stopped {
+				break
+			}
+		}
+		if out := ta.release(); out != "" && onText != nil {
+			if err := onText(out); err != nil {
+				return err
+			}
+		}
+		if stopped {
+			return textgen.ErrStop
+		}
+		return nil
+	}
+	req := textgen.Request{Prompt: prompt, MaxTokens: p.maxTokens, Temperature: p.temperature, Seed: p.seed}
+	res, err := gen.Generate(ctx, req, emit)
+	if err != nil {
+		return nil, err
+	}
+	finish := res.FinishReason
+	if ta.stopped {
+		finish = textgen.FinishStop
+	} else if ta.add(ts.Flush(), false) {
+		finish = textgen.FinishStop
+	}
+	if out := ta.finish(); out != "" && onText != nil {
+		if err := onText(out); err != nil {
+			return nil, err
+		}
+	}
+	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans()}, nil
+}
+
+// generationError maps an error from Generate to an API error; nil when the
+// client has gone and no response is due.
+func (s *Server) generationError(r *http.Request, err error) *APIError {
+	switch {
+	case r.Context().Err() != nil:
+		return nil
+	case errors.Is(err, textgen.ErrInvalidRequest):
+		e := invalid("", "%v", err)
+		if errors.Is(err, engine.ErrContextFull) {
+			e.Code = CodeContextLengthExceeded
+		}
+		return e
+	case errors.Is(err, context.DeadlineExceeded):
+		return &APIError{StatusCode: http.StatusServiceUnavailable, Type: TypeUnavailable, Code: "timeout",
+			Message: fmt.Sprintf("the device did not finish in time: %v", err)}
+	default:
+		return &APIError{StatusCode: http.StatusInternalServerError, Type: TypeServer,
+			Message: fmt.Sprintf("generation failed: %v", err)}
+	}
+}
+
+// eventStream writes server-sent events. Headers go out with the first event, so
+// that an error before any output can still get a proper status.
+type eventStream struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	started bool
+}
+
+func newEventStream(w http.ResponseWriter) *eventStream {
+	return &eventStream{w: w, rc: http.NewResponseController(w)}
+}
+
+func (es *eventStream) start() {
+	if es.started {
+		return
+	}
+	h := es.w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	es.w.WriteHeader(http.StatusOK)
+	es.started = true
+}
+
+func (es *eventStream) write(data []byte) error {
+	es.start()
+	if _, err := fmt.Fprintf(es.w, "data: %s\n\n", data); err != nil {
+		return fmt.Errorf("httpapi: writing event: %w", err)
+	}
+	if err := es.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return fmt.Errorf("httpapi: flushing event: %w", err)
+	}
+	return nil
+}
+
+// send writes v as one event.
+func (es *eventStream) send(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("httpapi: encoding event: %w", err)
+	}
+	return es.write(b)
+}
+
+// done writes the terminating [DONE] event.
+func (es *eventStream) done() error { return es.write([]byte("[DONE]")) }
+
+// fail reports e: as the response if nothing was sent yet, else as an error event
+// (and no [DONE]).
+func (es *eventStream) fail(e *APIError) {
+	if !es.started {
+		writeError(es.w, e)
+		return
+	}
+	es.send(errorBody{e})
+}
+
+func (s *Server) logRequest(r *http.Request, device string, status int, promptTokens int, o *outcome, began time.Time, err error) {
+	attrs := []any{"path", r.URL.Path, "device", device, "status", status, "prompt_tokens", promptTokens, "dur", time.Since(began)}
+	if o != nil {
+		attrs = append(attrs, "completion_tokens", len(o.result.Tokens), "finish", o.finish)
+	}
+	switch {
+	case status >= 500:
+		s.log.Error("httpapi: request failed", append(attrs, "err", err)...)
+	case err != nil:
+		s.log.Info("httpapi: request ended", append(attrs, "err", err)...)
+	default:
+		s.log.Info("httpapi: request", attrs...)
+	}
+}
