@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 )
 
@@ -203,30 +204,72 @@ func Synth(dst string, s Shape, opt SynthOptions) error {
 	return writeFile(dst, func(w io.Writer) error { return Write(w, kv, tensors) })
 }
 
+// chunkElems is about how many elements of a tensor one generator draws;
+// chunks are generated in parallel and written in order.
+const chunkElems = 1 << 18
+
 // randomData returns a Data function for t: ones for one-dimensional tensors
-// (norm weights), else N(0, 0.02²) from a generator seeded by seed and t's
-// name, so each tensor's data is independent of the others.
+// (norm weights), else N(0, 0.02²). Each chunk of rows has its own generator,
+// seeded by seed, t's name and the chunk's index, so the values do not depend
+// on t's type or on how many chunks are generated at once.
 func randomData(t WriteTensor, seed uint64) func(io.Writer) error {
 	return func(w io.Writer) error {
-		h := fnv.New64a()
-		h.Write([]byte(t.Name))
-		rng := rand.New(rand.NewPCG(seed, h.Sum64()))
 		n := int(t.Dims[0])
-		row := make([]float32, n)
-		out := make([]byte, rowBytes(t.Type, n))
-		ones := len(t.Dims) == 1
-		for r := t.info().Elements() / t.Dims[0]; r > 0; r-- {
-			for i := range row {
-				if ones {
-					row[i] = 1
-				} else {
-					row[i] = float32(rng.NormFloat64() * 0.02)
+		rows := int(t.info().Elements() / t.Dims[0])
+		per := max(1, chunkElems/n)
+		chunks := (rows + per - 1) / per
+		gen := func(c int) ([]byte, error) {
+			h := fnv.New64a()
+			fmt.Fprintf(h, "%s#%d", t.Name, c)
+			rng := rand.New(rand.NewPCG(seed, h.Sum64()))
+			k := min(per, rows-c*per)
+			rb := rowBytes(t.Type, n)
+			out := make([]byte, k*rb)
+			row := make([]float32, n)
+			for r := range k {
+				for i := range row {
+					if len(t.Dims) == 1 {
+						row[i] = 1
+					} else {
+						row[i] = float32(rng.NormFloat64() * 0.02)
+					}
+				}
+				if err := encodeRow(t.Type, row, out[r*rb:(r+1)*rb]); err != nil {
+					return nil, err
 				}
 			}
-			if err := encodeRow(t.Type, row, out); err != nil {
-				return err
+			return out, nil
+		}
+
+		type result struct {
+			b   []byte
+			err error
+		}
+		workers := runtime.GOMAXPROCS(0)
+		order := make(chan chan result, workers)
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			defer close(order)
+			for c := range chunks {
+				ch := make(chan result, 1)
+				select {
+				case order <- ch:
+				case <-done:
+					return
+				}
+				go func() {
+					b, err := gen(c)
+					ch <- result{b, err}
+				}()
 			}
-			if _, err := w.Write(out); err != nil {
+		}()
+		for ch := range order {
+			r := <-ch
+			if r.err != nil {
+				return r.err
+			}
+			if _, err := w.Write(r.b); err != nil {
 				return err
 			}
 		}
