@@ -6,8 +6,10 @@ import (
 	"github.com/sled-project/sled/schemas"
 )
 
-// The check methods hold the semantic rules that JSON Schema cannot state.
-// Encode runs them with vocab 0; Decode with the decoder's VocabSize.
+// The check methods hold the semantic rules that JSON Schema cannot state,
+// plus the element bounds of token and probability arrays that
+// schemas.Structural leaves out (reported as ErrSchema). Encode runs them
+// with vocab 0; Decode with the decoder's VocabSize.
 
 func checkIDs(kv ...string) error {
 	for i := 0; i+1 < len(kv); i += 2 {
@@ -20,7 +22,10 @@ func checkIDs(kv ...string) error {
 
 func checkTokens(field string, toks []int32, vocab int) error {
 	for i, t := range toks {
-		if t < 0 || (vocab > 0 && int(t) >= vocab) {
+		if t < 0 {
+			return fmt.Errorf("%w: %s[%d] = %d is negative", ErrSchema, field, i, t)
+		}
+		if vocab > 0 && int(t) >= vocab {
 			return fmt.Errorf("%w: %s[%d] = %d, vocabulary size %d", ErrTokenRange, field, i, t, vocab)
 		}
 	}
@@ -30,7 +35,7 @@ func checkTokens(field string, toks []int32, vocab int) error {
 func checkProbs(field string, ps []float32) error {
 	for i, p := range ps {
 		if !(p >= 0 && p <= 1) {
-			return fmt.Errorf("%w: %s[%d] = %v not in [0,1]", ErrInvalid, field, i, p)
+			return fmt.Errorf("%w: %s[%d] = %v not in [0,1]", ErrSchema, field, i, p)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"mime"
 	"strings"
@@ -290,10 +291,21 @@ func (d *Decoder) Decode(subject string, h nats.Header, data []byte) (*Event, er
 	if err != nil {
 		return nil, fmt.Errorf("%w: data: %v", ErrMalformed, err)
 	}
-	if err := schemas.Validate(typ, doc); err != nil {
+	// The structural schema leaves the bounds of token and probability
+	// elements to the Go side: unmarshalling into int32/float32 and check
+	// (see schemas.Structural), reported as ErrSchema all the same.
+	sch, err := schemas.Structural(typ)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnknownType, err)
+	}
+	if err := sch.Validate(doc); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrSchema, typ, err)
 	}
 	if err := json.Unmarshal(data, p); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, fmt.Errorf("%w: %s: %v", ErrSchema, typ, err)
+		}
 		return nil, fmt.Errorf("%w: data: %v", ErrMalformed, err)
 	}
 	if err := p.check(d.VocabSize); err != nil {

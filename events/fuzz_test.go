@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/sled-project/sled/schemas"
 )
 
 // checkDecoded is the property every fuzz target checks: a decoded event
@@ -24,6 +27,15 @@ func checkDecoded(t *testing.T, dec *Decoder, ev *Event) {
 	b, _ := json.Marshal(ev2.Data)
 	if !bytes.Equal(a, b) {
 		t.Fatalf("round trip changed payload:\n%s\n%s", a, b)
+	}
+	// What the decoder accepts and passes on satisfies the full published
+	// schema, not only the structural one it validates against.
+	doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(m.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := schemas.Validate(ev.Type(), doc); err != nil {
+		t.Fatalf("accepted event violates the full schema: %v\n%s", err, m.Data)
 	}
 }
 

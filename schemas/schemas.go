@@ -75,9 +75,16 @@ func Raw(eventType string) ([]byte, error) {
 // FS exposes the embedded schema files (one <type>.json per event type).
 func FS() fs.FS { return files }
 
-var compiled = sync.OnceValues(compileAll)
+var (
+	compiled   = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) { return compileAll(false) })
+	structural = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) { return compileAll(true) })
+)
 
-func compileAll() (map[string]*jsonschema.Schema, error) {
+// elementDefs are the $defs that constrain every element of the token and
+// probability arrays; Structural drops their bounds.
+var elementDefs = []string{"token", "prob"}
+
+func compileAll(loose bool) (map[string]*jsonschema.Schema, error) {
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft2020)
 	c.AssertFormat()
@@ -87,6 +94,15 @@ func compileAll() (map[string]*jsonschema.Schema, error) {
 		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
 		if err != nil {
 			return nil, fmt.Errorf("schemas: parse %s: %w", t, err)
+		}
+		if loose {
+			if defs, ok := doc.(map[string]any)["$defs"].(map[string]any); ok {
+				for _, name := range elementDefs {
+					if _, ok := defs[name]; ok {
+						defs[name] = map[string]any{"type": "number"}
+					}
+				}
+			}
 		}
 		if err := c.AddResource(BaseURL+t+".json", doc); err != nil {
 			return nil, fmt.Errorf("schemas: add %s: %w", t, err)
@@ -107,6 +123,28 @@ func compileAll() (map[string]*jsonschema.Schema, error) {
 // once, on first use; the result is safe for concurrent use.
 func Compiled(eventType string) (*jsonschema.Schema, error) {
 	m, err := compiled()
+	if err != nil {
+		return nil, err
+	}
+	s, ok := m[eventType]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownType, eventType)
+	}
+	return s, nil
+}
+
+// Structural returns the schema of an event type with the per-element
+// constraints of token and probability arrays ($defs token and prob)
+// reduced to "type": "number". Everything else (shape, required fields,
+// array lengths, ids, formats, enums) is kept. Validating numbers against
+// bounds costs microseconds each in the validator, and drafts carry dozens
+// to thousands of them, so a caller that checks the element bounds itself
+// (token ids integral and in [0, 2^31-1], probabilities in [0, 1]; the
+// events package does, after unmarshalling into int32 and float32) uses this
+// schema on its hot path. A value that passes Structural and those checks
+// passes Compiled.
+func Structural(eventType string) (*jsonschema.Schema, error) {
+	m, err := structural()
 	if err != nil {
 		return nil, err
 	}

@@ -108,3 +108,28 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestStructural(t *testing.T) {
+	doc := `{"device_id":"d1","session_id":"s1","round":1,"pool":"p","prefix_len":3,"prefix_hash":"0123456789abcdef",
+	"committed":[1],"draft":[2.5,-3],"draft_probs":[1.5,0.9],"sampling":{},"vocab_fingerprint":"v","deadline":"2026-01-02T03:04:05Z"}`
+	v, _ := jsonschema.UnmarshalJSON(strings.NewReader(doc))
+	if Validate(DraftReadyV1, v) == nil {
+		t.Fatal("full schema accepts out-of-range elements")
+	}
+	s, err := Structural(DraftReadyV1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(v); err != nil {
+		t.Fatalf("structural schema checks elements: %v", err)
+	}
+	bad, _ := jsonschema.UnmarshalJSON(strings.NewReader(`{"device_id":"d1"}`))
+	if s.Validate(bad) == nil {
+		t.Fatal("structural schema lost required fields")
+	}
+	for _, typ := range Types() {
+		if _, err := Structural(typ); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,25 @@
+package events
+
+import "time"
+
+// Worker heartbeats are plain core-NATS messages (no JetStream, no CloudEvents
+// envelope): they are periodic and only the latest matters. A verifier worker
+// publishes one every few hundred milliseconds; a batcher that misses them for its
+// heartbeat timeout stops routing sessions to that worker.
+//
+//	sled.hb.<pool>.<worker>   JSON Heartbeat
+
+// HeartbeatSubject returns sled.hb.<pool>.<worker>.
+func HeartbeatSubject(pool, worker string) string { return "sled.hb." + pool + "." + worker }
+
+// HeartbeatFilter returns sled.hb.<pool>.*, every worker of a pool.
+func HeartbeatFilter(pool string) string { return "sled.hb." + pool + ".*" }
+
+// Heartbeat is a verifier worker's liveness and load report.
+type Heartbeat struct {
+	Worker   string    `json:"worker"`
+	Pool     string    `json:"pool"`
+	Sessions int       `json:"sessions"` // sessions holding a KV slot
+	Slots    int       `json:"slots"`    // KV slots in all
+	Time     time.Time `json:"time"`
+}
