@@ -131,8 +131,8 @@ func modelDeriveCmd() *cobra.Command {
 				opt.Type = &t
 			}
 			rep, err := gguf.Derive(args[0], args[1], opt)
-			if rep != nil && (err != nil || verbose || opt.Type != nil) {
-				printReport(cmd.ErrOrStderr(), rep, verbose || err != nil)
+			if rep != nil && (verbose || err == nil && opt.Type != nil) {
+				printReport(cmd.ErrOrStderr(), rep, verbose)
 			}
 			if err != nil {
 				return err
@@ -148,25 +148,46 @@ func modelDeriveCmd() *cobra.Command {
 	return cmd
 }
 
-// printReport lists the tensors that kept their type and why, or with all,
-// every tensor.
+// printReport says which tensors kept their type and why, grouped by
+// reason, or with all, what happened to every tensor.
 func printReport(w io.Writer, rep *gguf.DeriveReport, all bool) {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	for _, p := range rep.Tensors {
-		switch {
-		case p.Dropped:
-			if all {
+	if all {
+		tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+		for _, p := range rep.Tensors {
+			switch {
+			case p.Dropped:
 				fmt.Fprintf(tw, "%s\tdropped\n", p.Name)
-			}
-		case p.Reason != "":
-			fmt.Fprintf(tw, "%s\tkept %s\t%s\n", p.Name, p.From, p.Reason)
-		case all || p.From != p.To:
-			if all {
+			case p.Reason != "":
+				fmt.Fprintf(tw, "%s\tkept %s\t%s\n", p.Name, p.From, p.Reason)
+			case p.From == p.To:
+				fmt.Fprintf(tw, "%s\tkept %s\n", p.Name, p.From)
+			default:
 				fmt.Fprintf(tw, "%s\t%s -> %s\n", p.Name, p.From, p.To)
 			}
 		}
+		tw.Flush()
+		return
 	}
-	tw.Flush()
+	var reasons []string
+	names := map[string][]string{}
+	for _, p := range rep.Tensors {
+		if p.Reason == "" || p.Dropped {
+			continue
+		}
+		key := fmt.Sprintf("kept %s: %s", p.From, p.Reason)
+		if names[key] == nil {
+			reasons = append(reasons, key)
+		}
+		names[key] = append(names[key], p.Name)
+	}
+	for _, r := range reasons {
+		n := names[r]
+		ex := strings.Join(n[:min(3, len(n))], ", ")
+		if len(n) > 3 {
+			ex += ", ..."
+		}
+		fmt.Fprintf(w, "%d tensors %s (%s)\n", len(n), r, ex)
+	}
 }
 
 func modelSynthCmd() *cobra.Command {
