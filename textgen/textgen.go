@@ -8,6 +8,7 @@ package textgen
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/sled-project/sled/engine"
 )
@@ -78,4 +79,25 @@ type Generator interface {
 	Generate(ctx context.Context, req Request, emit func(Chunk) error) (Result, error)
 	// Model is the model whose vocabulary Request and Chunk tokens use.
 	Model() *engine.Model
+}
+
+// Validate checks req against model and a context of ctxLen positions, returning an
+// error wrapping ErrInvalidRequest.
+func Validate(model *engine.Model, req Request, ctxLen int) error {
+	switch {
+	case len(req.Prompt) == 0:
+		return fmt.Errorf("%w: empty prompt", ErrInvalidRequest)
+	case req.MaxTokens <= 0:
+		return fmt.Errorf("%w: max_tokens must be positive, got %d", ErrInvalidRequest, req.MaxTokens)
+	case req.Temperature < 0:
+		return fmt.Errorf("%w: negative temperature %v", ErrInvalidRequest, req.Temperature)
+	case len(req.Prompt) >= ctxLen:
+		return fmt.Errorf("%w: prompt of %d tokens does not fit the context of %d", ErrInvalidRequest, len(req.Prompt), ctxLen)
+	}
+	for i, t := range req.Prompt {
+		if !model.ValidToken(t) {
+			return fmt.Errorf("%w: prompt token %d at %d is outside the vocabulary of %d", ErrInvalidRequest, t, i, model.VocabSize())
+		}
+	}
+	return nil
 }

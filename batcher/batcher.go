@@ -1,0 +1,326 @@
+package batcher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/infra"
+)
+
+// Config configures a Batcher. Zero fields take the documented defaults.
+type Config struct {
+	// Pool is the pool whose drafts (sled.draft.<pool>.*) this batcher batches.
+	// Default "default".
+	Pool string
+	// Policy decides when batches close.
+	Policy Policy
+	// HeartbeatTimeout: a worker silent this long gets no new batches. Default 3s.
+	HeartbeatTimeout time.Duration
+	// ActiveWindow: a session counts as active (for Policy's early close) when it
+	// sent a draft within this window. Default 1s.
+	ActiveWindow time.Duration
+	// AckWait of the drafts consumer: a draft not batched and stored within it is
+	// redelivered (a crashed batcher's drafts go to its replacement). Default 5s.
+	AckWait time.Duration
+	// VocabSize, when > 0, makes the batcher reject drafts with larger token ids.
+	VocabSize int
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats are a Batcher's counters.
+type Stats struct {
+	Drafts, Batches, Superseded, Stale, Moved uint64
+	ByReason                                  map[string]uint64
+}
+
+// Batcher consumes a pool's drafts and publishes verification batches. A draft is
+// acknowledged only after the batch holding it is stored in JetStream, so a crash
+// loses nothing: unacknowledged drafts are redelivered. Several batchers of one
+// pool may run (they share the durable consumer), at the cost of smaller batches.
+type Batcher struct {
+	cfg    Config
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	source string
+	seq    atomic.Uint64
+	prefix string
+
+	mu     sync.Mutex
+	router *Router
+	queues map[string]*queue // worker ("" = shared) -> pending drafts
+	recent map[string]time.Time
+	stats  Stats
+	wake   chan struct{}
+}
+
+type queue struct {
+	items  []item
+	oldest time.Time
+}
+
+type item struct {
+	d   *events.DraftReady
+	msg jetstream.Msg
+	at  time.Time
+}
+
+// New creates a batcher; Run runs it.
+func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
+	if cfg.Pool == "" {
+		cfg.Pool = "default"
+	}
+	if !events.ValidID(cfg.Pool) {
+		return nil, fmt.Errorf("batcher: invalid pool %q", cfg.Pool)
+	}
+	cfg.Policy = cfg.Policy.WithDefaults()
+	if cfg.ActiveWindow <= 0 {
+		cfg.ActiveWindow = time.Second
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var rb [4]byte
+	_, _ = rand.Read(rb[:])
+	return &Batcher{
+		cfg: cfg, nc: nc, js: js, source: "/sled/batcher/" + cfg.Pool,
+		prefix: cfg.Pool + "-" + hex.EncodeToString(rb[:]),
+		router: NewRouter(cfg.HeartbeatTimeout, 0),
+		queues: map[string]*queue{}, recent: map[string]time.Time{},
+		stats: Stats{ByReason: map[string]uint64{}}, wake: make(chan struct{}, 1),
+	}, nil
+}
+
+// Stats returns a copy of the counters.
+func (b *Batcher) Stats() Stats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.stats
+	s.ByReason = make(map[string]uint64, len(b.stats.ByReason))
+	for k, v := range b.stats.ByReason {
+		s.ByReason[k] = v
+	}
+	return s
+}
+
+// Workers lists the workers currently considered alive.
+func (b *Batcher) Workers() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.router.Alive(time.Now())
+}
+
+// Run consumes drafts until ctx ends, then flushes nothing more and returns ctx's
+// error; drafts still queued are redelivered to the next batcher.
+func (b *Batcher) Run(ctx context.Context) error {
+	hb, err := b.nc.Subscribe(events.HeartbeatFilter(b.cfg.Pool), func(m *nats.Msg) {
+		var h events.Heartbeat
+		if json.Unmarshal(m.Data, &h) != nil || !events.ValidID(h.Worker) {
+			return
+		}
+		b.mu.Lock()
+		b.router.Heartbeat(h.Worker, time.Now())
+		b.mu.Unlock()
+	})
+	if err != nil {
+		return fmt.Errorf("batcher: heartbeats: %w", err)
+	}
+	defer hb.Unsubscribe()
+	cons, err := infra.NewConsumer(ctx, b.js, infra.ConsumerConfig{
+		Stream: infra.StreamDrafts, Durable: "batcher-" + b.cfg.Pool,
+		FilterSubjects: []string{events.DraftFilter(b.cfg.Pool)},
+		AckWait:        b.cfg.AckWait,
+		Decoder:        &events.Decoder{VocabSize: b.cfg.VocabSize},
+		Source:         b.source, Logger: b.cfg.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("batcher: %w", err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); b.flusher(ctx) }()
+	err = cons.Run(ctx, b.handle)
+	wg.Wait()
+	return err
+}
+
+// handle queues one draft; the ack waits for the batch to be stored.
+func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Msg) error {
+	d, ok := ev.Data.(*events.DraftReady)
+	if !ok {
+		return infra.Permanent(fmt.Errorf("%w: %s on a draft subject", events.ErrInvalid, ev.Type()))
+	}
+	now := time.Now()
+	if !d.Deadline.IsZero() && now.After(d.Deadline) {
+		// The device has given up on this round and resent its tokens in a new one.
+		b.mu.Lock()
+		b.stats.Stale++
+		b.mu.Unlock()
+		return nil
+	}
+	b.mu.Lock()
+	b.stats.Drafts++
+	b.recent[d.SessionID] = now
+	worker, moved := b.router.Route(d.SessionID, now)
+	if moved {
+		b.stats.Moved++
+	}
+	q := b.queues[worker]
+	if q == nil {
+		q = &queue{}
+		b.queues[worker] = q
+	}
+	// A newer round of a session supersedes the queued one: its drafts include
+	// everything the older round carried.
+	for i, it := range q.items {
+		if it.d.SessionID == d.SessionID {
+			if it.d.Round < d.Round {
+				_ = it.msg.Ack()
+				b.stats.Superseded++
+				q.items = append(q.items[:i], q.items[i+1:]...)
+			} else {
+				b.stats.Superseded++
+				b.mu.Unlock()
+				return nil
+			}
+			break
+		}
+	}
+	if len(q.items) == 0 {
+		q.oldest = now
+	}
+	q.items = append(q.items, item{d: d, msg: msg, at: now})
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	return infra.ErrDetached
+}
+
+// active counts sessions seen within ActiveWindow (caller holds mu).
+func (b *Batcher) active(now time.Time) int {
+	n := 0
+	for s, t := range b.recent {
+		if now.Sub(t) <= b.cfg.ActiveWindow {
+			n++
+		} else {
+			delete(b.recent, s)
+		}
+	}
+	return n
+}
+
+// flusher closes batches as the policy says.
+func (b *Batcher) flusher(ctx context.Context) {
+	timer := time.NewTimer(b.cfg.Policy.MaxWait)
+	defer timer.Stop()
+	sweep := time.NewTicker(time.Minute)
+	defer sweep.Stop()
+	for {
+		wait := b.flushReady(ctx)
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.wake:
+		case <-timer.C:
+		case <-sweep.C:
+			b.mu.Lock()
+			b.router.Sweep(time.Now())
+			b.mu.Unlock()
+		}
+	}
+}
+
+// flushReady publishes every queue the policy closes and returns how long until
+// the next look.
+func (b *Batcher) flushReady(ctx context.Context) time.Duration {
+	now := time.Now()
+	wait := b.cfg.Policy.MaxWait
+	type closed struct {
+		worker, reason string
+		items          []item
+	}
+	var out []closed
+	b.mu.Lock()
+	active := b.active(now)
+	// Sessions routed to different workers form separate batches; "all active in
+	// the batch" is judged per worker by its share of the active sessions.
+	for w, q := range b.queues {
+		share := active
+		if len(b.queues) > 1 {
+			share = 0
+		}
+		ok, reason, next := b.cfg.Policy.Decide(len(q.items), share, now.Sub(q.oldest))
+		for ok {
+			n := min(len(q.items), b.cfg.Policy.Size)
+			out = append(out, closed{worker: w, reason: reason, items: append([]item(nil), q.items[:n]...)})
+			q.items = append(q.items[:0], q.items[n:]...)
+			q.oldest = now
+			ok, reason, next = b.cfg.Policy.Decide(len(q.items), 0, 0)
+		}
+		if len(q.items) > 0 {
+			wait = min(wait, next)
+		}
+	}
+	b.mu.Unlock()
+	for _, c := range out {
+		b.publish(ctx, c.worker, c.reason, c.items)
+	}
+	return max(wait, 100*time.Microsecond)
+}
+
+// publish stores one batch, then acknowledges its drafts (or, if the batch could
+// not be stored, naks them for redelivery).
+func (b *Batcher) publish(ctx context.Context, worker, reason string, items []item) {
+	batch := &events.VerifyBatch{
+		BatchID: fmt.Sprintf("%s-%d", b.prefix, b.seq.Add(1)),
+		Pool:    b.cfg.Pool, Worker: worker, Policy: reason,
+		CreatedAt: time.Now(),
+	}
+	for _, it := range items {
+		batch.Drafts = append(batch.Drafts, *it.d)
+	}
+	m, err := events.Encode(events.New(b.source, batch))
+	if err == nil {
+		_, err = b.js.PublishMsg(ctx, m, jetstream.WithMsgID(batch.BatchID))
+	}
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			b.cfg.Logger.Warn("publish batch", "batch", batch.BatchID, "err", err)
+		}
+		for _, it := range items {
+			_ = it.msg.NakWithDelay(100 * time.Millisecond)
+		}
+		return
+	}
+	for _, it := range items {
+		_ = it.msg.Ack()
+	}
+	b.mu.Lock()
+	b.stats.Batches++
+	b.stats.ByReason[reason]++
+	b.mu.Unlock()
+}

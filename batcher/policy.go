@@ -1,0 +1,62 @@
+// Package batcher turns a pool's stream of drafts into verification batches: it
+// decides when a batch closes (Policy), which verifier worker gets each session
+// (Router), and runs both over NATS JetStream (Batcher).
+package batcher
+
+import "time"
+
+// Policy is static batching as in the SLED paper (a fixed batch size) closed early
+// by a deadline, so a lone device is never stranded, and by the fleet's size: once
+// every recently active session has a draft waiting, waiting longer cannot grow the
+// batch, so it closes at once.
+type Policy struct {
+	// Size closes a batch when it holds this many drafts. Default 8.
+	Size int
+	// MaxWait closes a batch when its oldest draft has waited this long.
+	// Default 3ms.
+	MaxWait time.Duration
+	// NoEarlyClose turns off closing when every active session is in the batch
+	// (the paper's plain static batching).
+	NoEarlyClose bool
+}
+
+// Defaults of Policy.
+const (
+	DefaultSize    = 8
+	DefaultMaxWait = 3 * time.Millisecond
+)
+
+// Batch close reasons, carried in verify.batch's policy field.
+const (
+	ReasonSize     = "size"     // the batch reached Size
+	ReasonAll      = "all"      // every active session has a draft in the batch
+	ReasonDeadline = "deadline" // the oldest draft waited MaxWait
+)
+
+// WithDefaults fills zero fields.
+func (p Policy) WithDefaults() Policy {
+	if p.Size <= 0 {
+		p.Size = DefaultSize
+	}
+	if p.MaxWait <= 0 {
+		p.MaxWait = DefaultMaxWait
+	}
+	return p
+}
+
+// Decide says whether a queue of n drafts, the oldest waiting for age, closes now,
+// with the reason; otherwise it says how long until it must be looked at again.
+// active is the number of sessions that sent a draft recently (0 if unknown).
+func (p Policy) Decide(n, active int, age time.Duration) (close bool, reason string, wait time.Duration) {
+	switch {
+	case n == 0:
+		return false, "", p.MaxWait
+	case n >= p.Size:
+		return true, ReasonSize, 0
+	case !p.NoEarlyClose && active > 0 && n >= active:
+		return true, ReasonAll, 0
+	case age >= p.MaxWait:
+		return true, ReasonDeadline, 0
+	}
+	return false, "", p.MaxWait - age
+}

@@ -1,0 +1,256 @@
+// Package centralized is the paper's baseline: the server generates every token of
+// every request with the target model, using continuous batching (each forward pass
+// advances every active sequence by one token and admits waiting requests as soon
+// as a slot frees). It uses the same engine as the SLED verifier, so comparing the
+// two measures speculation, not implementation differences; it is also the
+// reference output for SLED's lossless guarantee.
+package centralized
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/textgen"
+)
+
+// Config sizes a Server. Zero fields take the documented defaults.
+type Config struct {
+	// Slots is the number of requests generated concurrently. Default 16.
+	Slots int
+	// SlotContext bounds prompt plus output tokens per request. Default: the
+	// model's training context.
+	SlotContext int
+	// BatchTokens bounds the tokens of one forward pass (prompt prefill is split
+	// to fit). Default 512.
+	BatchTokens int
+	// Threads for llama.cpp. Default engine.DefaultThreads().
+	Threads int
+}
+
+// Server generates text with the target model alone. It implements
+// textgen.Generator; Run must be running for Generate to make progress.
+type Server struct {
+	model *engine.Model
+	cfg   Config
+	ectx  *engine.Context
+	queue chan *request
+
+	mu    sync.Mutex
+	steps uint64 // forward passes so far
+}
+
+type request struct {
+	ctx   context.Context
+	req   textgen.Request
+	out   chan textgen.Chunk // generated tokens, one per pass; closed when done
+	final textgen.Result // set by the loop before it closes out
+	err   error
+	// stopped is set by Generate when the caller stops consuming.
+	stopped atomic.Bool
+	// loop state
+	slot   int
+	fed    int // prompt tokens evaluated
+	last   engine.Token
+	tokens []engine.Token
+	rng    *rand.Rand
+	probs  []float32
+}
+
+// New creates a server on target.
+func New(target *engine.Model, cfg Config) (*Server, error) {
+	if cfg.Slots <= 0 {
+		cfg.Slots = 16
+	}
+	if cfg.BatchTokens <= 0 {
+		cfg.BatchTokens = 512
+	}
+	cfg.BatchTokens = max(cfg.BatchTokens, cfg.Slots+1)
+	ectx, err := target.NewContext(engine.ContextOptions{
+		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("centralized: %w", err)
+	}
+	o := ectx.Options()
+	cfg.SlotContext, cfg.BatchTokens, cfg.Threads = o.SlotContext, o.BatchSize, o.Threads
+	return &Server{model: target, cfg: cfg, ectx: ectx, queue: make(chan *request)}, nil
+}
+
+// Close frees the server's context; call it after Run returned.
+func (s *Server) Close() error { return s.ectx.Close() }
+
+// Model implements textgen.Generator.
+func (s *Server) Model() *engine.Model { return s.model }
+
+// Steps is the number of forward passes run so far.
+func (s *Server) Steps() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.steps
+}
+
+// Generate implements textgen.Generator.
+func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
+	if err := textgen.Validate(s.model, req, s.cfg.SlotContext); err != nil {
+		return textgen.Result{}, err
+	}
+	r := &request{ctx: ctx, req: req, out: make(chan textgen.Chunk, 64)}
+	if req.Temperature > 0 {
+		r.rng = rand.New(rand.NewPCG(req.Seed, 0x51ed))
+	}
+	select {
+	case s.queue <- r:
+	case <-ctx.Done():
+		return textgen.Result{}, ctx.Err()
+	}
+	var emitErr error
+	for c := range r.out {
+		if emitErr == nil {
+			if err := emit(c); err != nil {
+				emitErr = err
+				r.stopped.Store(true)
+			}
+		}
+	}
+	res := r.final
+	switch {
+	case errors.Is(emitErr, textgen.ErrStop):
+		res.FinishReason = textgen.FinishStop
+		return res, nil
+	case emitErr != nil:
+		return res, emitErr
+	}
+	return res, r.err
+}
+
+// Run is the generation loop; it returns when ctx ends. Requests in flight then end
+// with ctx's error.
+func (s *Server) Run(ctx context.Context) error {
+	active := make([]*request, 0, s.cfg.Slots)
+	free := make([]int, 0, s.cfg.Slots)
+	for i := s.cfg.Slots - 1; i >= 0; i-- {
+		free = append(free, i)
+	}
+	finish := func(r *request, reason string, err error) {
+		r.final.Tokens = r.tokens
+		r.final.FinishReason = reason
+		r.err = err
+		_ = s.ectx.Clear(r.slot)
+		free = append(free, r.slot)
+		close(r.out)
+	}
+	defer func() {
+		for _, r := range active {
+			finish(r, "", ctx.Err())
+		}
+	}()
+	for {
+		// Admit new requests: block only when idle.
+		for len(free) > 0 {
+			var r *request
+			if len(active) == 0 {
+				select {
+				case r = <-s.queue:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			} else {
+				select {
+				case r = <-s.queue:
+				default:
+				}
+			}
+			if r == nil {
+				break
+			}
+			r.slot, free = free[len(free)-1], free[:len(free)-1]
+			active = append(active, r)
+		}
+		// One pass: a token for every decoding request, prompt chunks for the rest.
+		var entries []engine.Entry
+		var owners []*request // owner of each logits row
+		budget := s.cfg.BatchTokens
+		for _, r := range active {
+			if r.fed == len(r.req.Prompt) && len(r.tokens) > 0 {
+				entries = append(entries, engine.Entry{Seq: r.slot, Pos: len(r.req.Prompt) + len(r.tokens) - 1, Token: r.last, Logits: true})
+				owners = append(owners, r)
+				budget--
+			}
+		}
+		for _, r := range active {
+			if r.fed == len(r.req.Prompt) || budget <= 0 {
+				continue
+			}
+			n := min(budget, len(r.req.Prompt)-r.fed)
+			for i := r.fed; i < r.fed+n; i++ {
+				last := i == len(r.req.Prompt)-1
+				entries = append(entries, engine.Entry{Seq: r.slot, Pos: i, Token: r.req.Prompt[i], Logits: last})
+				if last {
+					owners = append(owners, r)
+				}
+			}
+			r.fed += n
+			budget -= n
+		}
+		rows, err := s.ectx.Decode(ctx, entries)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			for _, r := range active {
+				finish(r, "", fmt.Errorf("centralized: forward pass: %w", err))
+			}
+			active = active[:0]
+			continue
+		}
+		s.mu.Lock()
+		s.steps++
+		s.mu.Unlock()
+		for i, r := range owners {
+			var next engine.Token
+			if r.rng != nil {
+				r.probs = engine.Softmax(r.probs, rows[i], r.req.Temperature)
+				next = sampleFrom(r.rng, r.probs)
+			} else {
+				next = engine.Argmax(rows[i])
+			}
+			r.tokens = append(r.tokens, next)
+			r.last = next
+			r.out <- textgen.Chunk{Tokens: []engine.Token{next}}
+		}
+		// Retire finished requests.
+		kept := active[:0]
+		for _, r := range active {
+			switch {
+			case r.stopped.Load():
+				finish(r, textgen.FinishStop, nil)
+			case r.ctx.Err() != nil:
+				finish(r, textgen.FinishStop, r.ctx.Err())
+			case len(r.tokens) > 0 && s.model.IsEOG(r.last):
+				finish(r, textgen.FinishStop, nil)
+			case len(r.tokens) >= r.req.MaxTokens:
+				finish(r, textgen.FinishLength, nil)
+			case len(r.req.Prompt)+len(r.tokens) >= s.cfg.SlotContext:
+				finish(r, textgen.FinishLength, nil)
+			default:
+				kept = append(kept, r)
+			}
+		}
+		active = kept
+	}
+}
+
+func sampleFrom(r *rand.Rand, p []float32) engine.Token {
+	u := r.Float32()
+	for t, pt := range p {
+		if u -= pt; u <= 0 {
+			return engine.Token(t)
+		}
+	}
+	return engine.Token(len(p) - 1)
+}

@@ -1,0 +1,519 @@
+// Package drafter is the device agent: it drafts tokens with a small local model,
+// sends them to the verification server over NATS JetStream, and turns verdicts into
+// output that is exactly the target model's (see the policies in policy.go).
+package drafter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/textgen"
+)
+
+// ErrRejected is returned by Generate when the server refused a round as invalid
+// (for instance a draft model whose vocabulary differs from the target's). The
+// wrapped message gives the server's reason.
+var ErrRejected = errors.New("drafter: verification request rejected")
+
+// ErrNoProgress is returned in strict mode when no round succeeded within
+// RetryPolicy.MaxWait.
+var ErrNoProgress = errors.New("drafter: no verification result in time")
+
+// Config configures a Device. Zero fields take the documented defaults.
+type Config struct {
+	// DeviceID names the device; it must be a valid NATS subject token
+	// (events.ValidID). Required.
+	DeviceID string
+	// Pool is the verification pool (subject prefix) the device drafts for.
+	// Default "default".
+	Pool string
+	// Draft is the dynamic drafting policy.
+	Draft DraftPolicy
+	// Retry is the timeout and fallback policy.
+	Retry RetryPolicy
+	// NoAsync turns off asynchronous drafting (drafting ahead while a round is
+	// being verified).
+	NoAsync bool
+	// Threads for the draft model. Default engine.DefaultThreads().
+	Threads int
+	// MaxContext bounds prompt plus output. Default: the draft model's training
+	// context (the target must allow at least as much).
+	MaxContext int
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Device is one edge device: a draft model and a NATS connection. It implements
+// textgen.Generator, serving one generation at a time (concurrent calls queue).
+type Device struct {
+	cfg    Config
+	model  *engine.Model
+	nc     *nats.Conn
+	pub    *infra.Publisher
+	dec    *events.Decoder
+	sub    *nats.Subscription
+	source string
+
+	gen sync.Mutex // one generation at a time; guards ds
+	ds  *draftState
+
+	wmu     sync.Mutex
+	waiters map[string]chan *events.VerifyResult
+}
+
+// New starts a device on draft, publishing through js and receiving results on nc.
+// Close releases it.
+func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Device, error) {
+	if !events.ValidID(cfg.DeviceID) {
+		return nil, fmt.Errorf("drafter: invalid device id %q", cfg.DeviceID)
+	}
+	if cfg.Pool == "" {
+		cfg.Pool = "default"
+	}
+	cfg.Draft = cfg.Draft.WithDefaults()
+	if err := cfg.Draft.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Retry = cfg.Retry.WithDefaults()
+	if cfg.MaxContext <= 0 {
+		cfg.MaxContext = draft.Info().ContextTrain
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.Logger = cfg.Logger.With("device", cfg.DeviceID)
+	ds, err := newDraftState(draft, cfg.Threads, cfg.MaxContext)
+	if err != nil {
+		return nil, fmt.Errorf("drafter: %w", err)
+	}
+	d := &Device{
+		cfg: cfg, model: draft, nc: nc, ds: ds,
+		pub:     infra.NewPublisher(js, infra.PublisherConfig{}),
+		dec:     &events.Decoder{VocabSize: draft.VocabSize()},
+		source:  "/sled/device/" + cfg.DeviceID,
+		waiters: make(map[string]chan *events.VerifyResult),
+	}
+	d.sub, err = nc.Subscribe(events.ResultSubject(cfg.DeviceID), d.onResult)
+	if err != nil {
+		ds.close()
+		return nil, fmt.Errorf("drafter: subscribe: %w", err)
+	}
+	if err := nc.FlushWithContext(ctx); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("drafter: subscribe: %w", err)
+	}
+	return d, nil
+}
+
+// Close stops receiving results and frees the draft context. A generation in
+// progress fails.
+func (d *Device) Close() error {
+	_ = d.sub.Unsubscribe()
+	d.gen.Lock()
+	defer d.gen.Unlock()
+	return d.ds.close()
+}
+
+// Model implements textgen.Generator.
+func (d *Device) Model() *engine.Model { return d.model }
+
+// ID is the device id.
+func (d *Device) ID() string { return d.cfg.DeviceID }
+
+// Config returns the configuration with defaults filled in.
+func (d *Device) Config() Config { return d.cfg }
+
+// onResult dispatches a verify.result to the generation waiting for it. Results of
+// sessions nobody waits for (a finished or abandoned generation) are dropped.
+func (d *Device) onResult(m *nats.Msg) {
+	ev, err := d.dec.DecodeMsg(m)
+	if err != nil {
+		d.cfg.Logger.Warn("bad result event", "err", err)
+		return
+	}
+	r, ok := ev.Data.(*events.VerifyResult)
+	if !ok {
+		return
+	}
+	d.wmu.Lock()
+	ch := d.waiters[r.SessionID]
+	d.wmu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- r:
+		default: // a full buffer holds only stale results
+		}
+	}
+}
+
+func newSessionID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Generate implements textgen.Generator with speculative decoding. See the package
+// documentation for the protocol.
+func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
+	if err := textgen.Validate(d.model, req, d.cfg.MaxContext); err != nil {
+		return textgen.Result{}, err
+	}
+	d.gen.Lock()
+	defer d.gen.Unlock()
+	g := &generation{
+		d: d, req: req, emit: emit, session: newSessionID(),
+		committed:  append([]engine.Token(nil), req.Prompt...),
+		results:    make(chan *events.VerifyResult, 64),
+		needPrefix: true,
+	}
+	d.wmu.Lock()
+	d.waiters[g.session] = g.results
+	d.wmu.Unlock()
+	defer func() {
+		d.wmu.Lock()
+		delete(d.waiters, g.session)
+		d.wmu.Unlock()
+	}()
+	err := g.run(ctx)
+	res := textgen.Result{Tokens: g.committed[len(req.Prompt):], FinishReason: g.finish, Stats: g.stats}
+	if res.Stats.Drafted > 0 {
+		res.Stats.AcceptanceRate = float64(res.Stats.Accepted) / float64(res.Stats.Drafted)
+	}
+	if errors.Is(err, textgen.ErrStop) {
+		res.FinishReason = textgen.FinishStop
+		err = nil
+	}
+	return res, err
+}
+
+// generation is the state of one Generate call.
+type generation struct {
+	d       *Device
+	req     textgen.Request
+	emit    func(textgen.Chunk) error
+	session string
+	results chan *events.VerifyResult
+
+	committed  []engine.Token // prompt + output released so far
+	sent       int            // committed[:sent] is in the verifier's cache after the last verdict
+	pending    []engine.Token // drafts awaiting a verdict
+	probs      []float32      // draft probabilities of pending
+	round      uint64         // last round sent
+	needPrefix bool           // next round carries the full prefix
+	finish     string
+	stats      textgen.Stats
+	failures   int // consecutive failed rounds
+	lastOK     time.Time
+	// nextPending and nextProbs are drafted-ahead tokens that survive the verdict
+	// being applied (see reuseAhead).
+	nextPending []engine.Token
+	nextProbs   []float32
+}
+
+func (g *generation) out() int { return len(g.committed) - len(g.req.Prompt) }
+
+// room is how many more tokens the generation may produce.
+func (g *generation) room() int {
+	return min(g.req.MaxTokens-g.out(), g.d.cfg.MaxContext-len(g.committed))
+}
+
+func (g *generation) run(ctx context.Context) error {
+	ds := g.d.ds
+	if err := ds.reset(); err != nil {
+		return err
+	}
+	g.lastOK = time.Now()
+	for {
+		if g.room() <= 0 {
+			g.finish = textgen.FinishLength
+			return nil
+		}
+		if err := g.draft(ctx); err != nil {
+			return err
+		}
+		res, err := g.roundTrip(ctx)
+		if errors.Is(err, errDone) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if done, err := g.apply(ctx, res); done || err != nil {
+			return err
+		}
+	}
+}
+
+// draft extends pending (which may hold reused tokens drafted ahead) by the
+// dynamic drafting policy, within the generation's room.
+func (g *generation) draft(ctx context.Context) error {
+	limit := min(g.d.cfg.Draft.MaxLen, g.room()-1) // the verdict adds one token
+	if len(g.pending) > max(limit, 0) {
+		g.pending, g.probs = g.pending[:max(limit, 0)], g.probs[:max(limit, 0)]
+	}
+	ds := g.d.ds
+	if err := ds.sync(ctx, append(g.committed[:len(g.committed):len(g.committed)], g.pending...)); err != nil {
+		return err
+	}
+	for len(g.pending) < limit {
+		if n := len(g.pending); n > 0 && g.d.model.IsEOG(g.pending[n-1]) {
+			break // nothing follows an end of sequence
+		}
+		t, p := ds.peek()
+		if !g.d.cfg.Draft.Continue(len(g.pending), p) {
+			break
+		}
+		if err := ds.push(ctx, t); err != nil {
+			return err
+		}
+		g.pending, g.probs = append(g.pending, t), append(g.probs, p)
+	}
+	return nil
+}
+
+// send publishes the next round: every unverified token and the drafts.
+func (g *generation) send(ctx context.Context) error {
+	g.round++
+	ev := &events.DraftReady{
+		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Round: g.round, Pool: g.d.cfg.Pool,
+		PrefixLen: len(g.committed), PrefixHash: events.PrefixHash(g.committed),
+		Committed:        append([]int32{}, g.committed[g.sent:]...),
+		Draft:            append([]int32{}, g.pending...),
+		DraftProbs:       append([]float32{}, g.probs...),
+		Sampling:         events.Sampling{Temperature: g.req.Temperature, Seed: g.req.Seed},
+		VocabFingerprint: g.d.model.Fingerprint(),
+		Deadline:         time.Now().Add(g.d.cfg.Retry.Timeout),
+	}
+	if g.needPrefix {
+		ev.Prefix = append([]int32(nil), g.committed...)
+	}
+	_, err := g.d.pub.Publish(ctx, events.New(g.d.source, ev))
+	return err
+}
+
+// roundTrip sends the round and waits for its verdict, drafting ahead meanwhile.
+// Timeouts, expired and overloaded results, and resync requests are handled here:
+// it returns only an ok result or an error that ends the generation.
+func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error) {
+	retry := g.d.cfg.Retry
+	var ahead []engine.Token
+	var aheadProbs []float32
+	for {
+		if retry.MaxWait > 0 && time.Since(g.lastOK) > retry.MaxWait {
+			return nil, fmt.Errorf("%w: %s without a verdict", ErrNoProgress, retry.MaxWait)
+		}
+		failed := false
+		if err := g.send(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			g.d.cfg.Logger.Warn("publish draft", "session", g.session, "round", g.round, "err", err)
+			failed = true
+		}
+		timer := time.NewTimer(retry.Timeout)
+		res, err := g.wait(ctx, timer, failed, &ahead, &aheadProbs)
+		timer.Stop()
+		if err != nil {
+			return nil, err
+		}
+		if res != nil {
+			switch res.Status {
+			case events.StatusOK:
+				g.failures = 0
+				g.lastOK = time.Now()
+				g.reuseAhead(res, ahead, aheadProbs)
+				return res, nil
+			case events.StatusUnknownSession, events.StatusPrefixMismatch:
+				g.needPrefix = true
+				g.stats.Resyncs++
+				g.pending, g.probs = mergeAhead(g.pending, g.probs, ahead, aheadProbs)
+				ahead, aheadProbs = nil, nil
+				continue
+			case events.StatusInvalid:
+				return nil, fmt.Errorf("%w: %s: %s", ErrRejected, res.Reason, res.Error)
+			}
+			// expired, overloaded: a failed round, like a timeout.
+		}
+		g.failures++
+		g.stats.Retries++
+		if retry.Release(g.failures) {
+			if done, err := g.release(); err != nil {
+				return nil, err
+			} else if done {
+				return nil, errDone
+			}
+			// The drafted-ahead tokens continue the released ones.
+			g.pending, g.probs = ahead, aheadProbs
+			ahead, aheadProbs = nil, nil
+			g.failures = 0
+		} else {
+			g.pending, g.probs = mergeAhead(g.pending, g.probs, ahead, aheadProbs)
+			ahead, aheadProbs = nil, nil
+		}
+		limit := max(min(MaxDraftLen, g.room()-1), 0)
+		if len(g.pending) > limit {
+			g.pending, g.probs = g.pending[:limit], g.probs[:limit]
+		}
+		if g.room() <= 0 {
+			g.finish = textgen.FinishLength
+			return nil, errDone
+		}
+		if failed {
+			// Publishing failed (NATS unreachable): do not spin.
+			select {
+			case <-time.After(retry.Timeout / 4):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+}
+
+// errDone ends a generation that ran out of room while releasing drafts.
+var errDone = errors.New("done")
+
+// wait returns the result of the current round, nil on timeout. While waiting it
+// drafts ahead (asynchronous drafting) on the assumption that every pending token
+// will be accepted.
+func (g *generation) wait(ctx context.Context, timer *time.Timer, failed bool, ahead *[]engine.Token, aheadProbs *[]float32) (*events.VerifyResult, error) {
+	if failed {
+		return nil, nil
+	}
+	ds := g.d.ds
+	async := !g.d.cfg.NoAsync
+	for {
+		canAhead := async && len(*ahead) < g.d.cfg.Draft.MaxLen+1 && len(g.pending)+len(*ahead)+1 < g.room()
+		if canAhead && len(g.pending)+len(*ahead) > 0 {
+			last := g.pending
+			if len(*ahead) > 0 {
+				last = *ahead
+			}
+			if g.d.model.IsEOG(last[len(last)-1]) {
+				canAhead = false
+			}
+		}
+		if canAhead {
+			select {
+			case r := <-g.results:
+				if r.Round == g.round {
+					return r, nil
+				}
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			default:
+			}
+			t, p := ds.peek()
+			if len(*ahead) > 0 && !g.d.cfg.Draft.Continue(len(*ahead)-1, p) {
+				canAhead = false
+			} else {
+				if err := ds.push(ctx, t); err != nil {
+					return nil, err
+				}
+				*ahead, *aheadProbs = append(*ahead, t), append(*aheadProbs, p)
+				continue
+			}
+		}
+		select {
+		case r := <-g.results:
+			if r.Round == g.round {
+				return r, nil
+			}
+		case <-timer.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// mergeAhead appends the tokens drafted ahead to the pending ones for a resend.
+func mergeAhead(p []engine.Token, pp []float32, a []engine.Token, ap []float32) ([]engine.Token, []float32) {
+	n := min(len(a), MaxDraftLen-len(p))
+	if n <= 0 {
+		return p, pp
+	}
+	return append(p, a[:n]...), append(pp, ap[:n]...)
+}
+
+// reuseAhead keeps the tokens drafted ahead when the verdict accepted every
+// pending token and its bonus token is the first of them: they are then drafts
+// that continue the new committed sequence, and the draft cache already holds them.
+func (g *generation) reuseAhead(res *events.VerifyResult, ahead []engine.Token, aheadProbs []float32) {
+	g.nextPending, g.nextProbs = nil, nil
+	if res.Accepted == len(g.pending) && len(ahead) > 0 && ahead[0] == res.Token {
+		g.nextPending = append([]engine.Token(nil), ahead[1:]...)
+		g.nextProbs = append([]float32(nil), aheadProbs[1:]...)
+	}
+}
+
+// apply folds an ok verdict into the generation and emits the new tokens. It
+// reports whether the generation is done.
+func (g *generation) apply(_ context.Context, res *events.VerifyResult) (bool, error) {
+	k := res.Accepted
+	if k < 0 || k > len(g.pending) {
+		return true, fmt.Errorf("%w: verdict accepts %d of %d draft tokens", ErrRejected, k, len(g.pending))
+	}
+	out := make([]engine.Token, 0, k+1)
+	out = append(append(out, g.pending[:k]...), res.Token)
+	g.stats.Rounds++
+	g.stats.Drafted += len(g.pending)
+	g.stats.Accepted += k
+	g.pending, g.probs = g.nextPending, g.nextProbs
+	g.needPrefix = false
+	return g.commit(out, false, res.EOS)
+}
+
+// release commits the pending drafts unverified (fallback mode).
+func (g *generation) release() (bool, error) {
+	out := g.pending
+	g.pending, g.probs = nil, nil
+	g.d.cfg.Logger.Warn("releasing unverified drafts", "session", g.session, "tokens", len(out))
+	return g.commit(out, true, false)
+}
+
+// commit appends out (cut at the first end-of-generation token and at the room
+// left) to the output, emits it, and reports whether the generation is done.
+func (g *generation) commit(out []engine.Token, unverified, eos bool) (bool, error) {
+	for i, t := range out {
+		if g.d.model.IsEOG(t) {
+			out, eos = out[:i+1], true
+			break
+		}
+	}
+	if r := g.room(); len(out) > r {
+		out = out[:max(r, 0)]
+	}
+	g.committed = append(g.committed, out...)
+	if unverified {
+		g.stats.Unverified += len(out)
+	} else {
+		g.sent = len(g.committed) - 1
+	}
+	if len(out) > 0 {
+		if err := g.emit(textgen.Chunk{Tokens: append([]engine.Token(nil), out...), Unverified: unverified}); err != nil {
+			return true, err
+		}
+	}
+	switch {
+	case eos:
+		g.finish = textgen.FinishStop
+		return true, nil
+	case g.room() <= 0:
+		g.finish = textgen.FinishLength
+		return true, nil
+	}
+	return false, nil
+}

@@ -1,0 +1,129 @@
+package verifier
+
+import (
+	"math"
+	"math/rand/v2"
+
+	"github.com/sled-project/sled/engine"
+)
+
+// AcceptInput is what the acceptance rule sees for one sequence of a batch.
+type AcceptInput struct {
+	// Draft holds the device's draft tokens, in order.
+	Draft []engine.Token
+	// DraftProbs[i] is the draft model's probability of Draft[i] (its confidence).
+	// Optional under greedy decoding.
+	DraftProbs []float32
+	// DraftDists[i], when present, is the draft model's distribution at draft
+	// position i as sparse top-k (renormalised); sampling uses it to form the
+	// residual distribution on rejection. Without it the draft distribution is
+	// taken to be all mass on Draft[i] with probability DraftProbs[i].
+	DraftDists [][]engine.TokenProb
+	// Target[i] is the target's logits row after the committed prefix and
+	// Draft[:i]; len(Target) == len(Draft)+1, the last row giving the bonus token.
+	Target [][]float32
+	// Temperature 0 selects greedy acceptance; > 0 selects speculative sampling.
+	Temperature float32
+	// Rand drives speculative sampling; unused when greedy.
+	Rand *rand.Rand
+}
+
+// Verdict is the outcome for one sequence: Draft[:Accepted] are accepted and Next
+// follows them, as the correction of Draft[Accepted] when Accepted < len(Draft) or
+// as the bonus token when every draft token was accepted.
+type Verdict struct {
+	Accepted int
+	Next     engine.Token
+}
+
+// Accept is SLED's acceptance rule. The output it leads to is exactly the target
+// model's own: with Temperature 0, token for token the target's greedy decoding
+// (accept while the draft token is the target's argmax; Next is the target's
+// argmax at the first disagreement); with Temperature > 0, a sample from the
+// target's distribution (the rejection rule of Leviathan et al., 2023: accept
+// Draft[i] with probability min(1, p(x)/q(x)); on rejection sample Next from
+// norm(max(0, p-q)); if all are accepted sample the bonus token from p).
+//
+// Accept is a pure function of its input (and the state of in.Rand).
+func Accept(in AcceptInput) Verdict {
+	if in.Temperature <= 0 {
+		return acceptGreedy(in)
+	}
+	return acceptSampling(in)
+}
+
+func acceptGreedy(in AcceptInput) Verdict {
+	for i, d := range in.Draft {
+		if t := engine.Argmax(in.Target[i]); t != d {
+			return Verdict{Accepted: i, Next: t}
+		}
+	}
+	return Verdict{Accepted: len(in.Draft), Next: engine.Argmax(in.Target[len(in.Draft)])}
+}
+
+func acceptSampling(in AcceptInput) Verdict {
+	var p []float32
+	for i, d := range in.Draft {
+		p = engine.Softmax(p, in.Target[i], in.Temperature)
+		q := draftDist(in, i)
+		qd := q[d]
+		if qd <= 0 {
+			qd = float32(math.SmallestNonzeroFloat32)
+		}
+		if in.Rand.Float32() < min(1, p[d]/qd) {
+			continue
+		}
+		// Rejected: sample from the residual max(0, p - q), renormalised.
+		var mass float64
+		for t, pt := range p {
+			r := pt - q[engine.Token(t)]
+			if r > 0 {
+				mass += float64(r)
+			}
+		}
+		if mass <= 0 { // p == q where it matters: fall back to p itself
+			return Verdict{Accepted: i, Next: sample(in.Rand, p)}
+		}
+		u := in.Rand.Float64() * mass
+		last := engine.Token(0)
+		for t, pt := range p {
+			r := pt - q[engine.Token(t)]
+			if r <= 0 {
+				continue
+			}
+			last = engine.Token(t)
+			if u -= float64(r); u <= 0 {
+				return Verdict{Accepted: i, Next: engine.Token(t)}
+			}
+		}
+		return Verdict{Accepted: i, Next: last}
+	}
+	p = engine.Softmax(p, in.Target[len(in.Draft)], in.Temperature)
+	return Verdict{Accepted: len(in.Draft), Next: sample(in.Rand, p)}
+}
+
+// draftDist is the draft distribution at position i as a sparse map.
+func draftDist(in AcceptInput, i int) map[engine.Token]float32 {
+	if i < len(in.DraftDists) && len(in.DraftDists[i]) > 0 {
+		q := make(map[engine.Token]float32, len(in.DraftDists[i]))
+		for _, tp := range in.DraftDists[i] {
+			q[tp.Token] = tp.Prob
+		}
+		return q
+	}
+	prob := float32(1)
+	if i < len(in.DraftProbs) {
+		prob = in.DraftProbs[i]
+	}
+	return map[engine.Token]float32{in.Draft[i]: prob}
+}
+
+func sample(r *rand.Rand, p []float32) engine.Token {
+	u := r.Float32()
+	for t, pt := range p {
+		if u -= pt; u <= 0 {
+			return engine.Token(t)
+		}
+	}
+	return engine.Token(len(p) - 1)
+}

@@ -1,0 +1,79 @@
+package verifier
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/sled-project/sled/engine"
+)
+
+// row returns logits over a vocabulary of n with the given token on top.
+func row(n int, top engine.Token) []float32 {
+	r := make([]float32, n)
+	for i := range r {
+		r[i] = float32(i%7) * 0.1
+	}
+	r[top] = 10
+	return r
+}
+
+func TestAcceptGreedy(t *testing.T) {
+	const V = 16
+	target := []engine.Token{3, 5, 7, 9}
+	rows := [][]float32{row(V, 3), row(V, 5), row(V, 7), row(V, 9)}
+	cases := []struct {
+		draft []engine.Token
+		want  Verdict
+	}{
+		{[]engine.Token{3, 5, 7}, Verdict{Accepted: 3, Next: 9}}, // all accepted: bonus
+		{[]engine.Token{3, 6, 7}, Verdict{Accepted: 1, Next: 5}}, // correction at 1
+		{[]engine.Token{4, 5, 7}, Verdict{Accepted: 0, Next: 3}}, // first rejected
+		{[]engine.Token{}, Verdict{Accepted: 0, Next: 3}},        // no draft: one target token
+		{[]engine.Token{3, 5, 8}, Verdict{Accepted: 2, Next: 7}},
+	}
+	for _, tc := range cases {
+		got := Accept(AcceptInput{Draft: tc.draft, Target: rows[:len(tc.draft)+1]})
+		if got != tc.want {
+			t.Errorf("draft %v: got %+v, want %+v (target %v)", tc.draft, got, tc.want, target)
+		}
+	}
+}
+
+// TestAcceptSamplingPreservesTarget checks the defining property of speculative
+// sampling: whatever the draft distribution, the first emitted token is distributed
+// as the target's p.
+func TestAcceptSamplingPreservesTarget(t *testing.T) {
+	logits := []float32{2, 1, 0.5, 0, -1}
+	p := engine.Softmax(nil, logits, 1)
+	// A draft distribution that disagrees with p.
+	q := []engine.TokenProb{{Token: 3, Prob: 0.6}, {Token: 0, Prob: 0.3}, {Token: 4, Prob: 0.1}}
+	r := rand.New(rand.NewPCG(1, 2))
+	const N = 200000
+	counts := make([]int, len(p))
+	for range N {
+		// The drafter samples its token from q.
+		u, d := r.Float32(), q[len(q)-1].Token
+		for _, tp := range q {
+			if u -= tp.Prob; u <= 0 {
+				d = tp.Token
+				break
+			}
+		}
+		v := Accept(AcceptInput{
+			Draft: []engine.Token{d}, DraftDists: [][]engine.TokenProb{q},
+			Target: [][]float32{logits, logits}, Temperature: 1, Rand: r,
+		})
+		first := v.Next
+		if v.Accepted == 1 {
+			first = d
+		}
+		counts[first]++
+	}
+	for i, pi := range p {
+		got := float64(counts[i]) / N
+		if math.Abs(got-float64(pi)) > 0.006 {
+			t.Errorf("token %d: emitted with frequency %.4f, target probability %.4f", i, got, pi)
+		}
+	}
+}

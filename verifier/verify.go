@@ -1,0 +1,361 @@
+package verifier
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
+)
+
+// Config sizes a Verifier. Zero fields take the documented defaults.
+type Config struct {
+	// Slots is how many device sessions keep a KV cache at once; the least recently
+	// used session is evicted beyond that and rebuilt from the device's full prefix
+	// when it returns (a resync). Default 16.
+	Slots int
+	// SlotContext is the most positions one session may hold (prompt plus output).
+	// Default: the model's training context.
+	SlotContext int
+	// BatchTokens is the most tokens evaluated in one forward pass. A batch with more
+	// (long prefixes after a resync) is evaluated in several passes. Default 512.
+	BatchTokens int
+	// Threads for llama.cpp. Default engine.DefaultThreads().
+	Threads int
+}
+
+// Result reasons a Verifier sets on non-ok results, beside those of events.Reason.
+const (
+	ReasonVocabMismatch = "vocab_mismatch" // the draft model's tokenizer is not the target's
+	ReasonContextLength = "context_length" // the session would outgrow SlotContext
+	ReasonNoSlot        = "no_slot"        // every slot is held by a session of the same batch
+	ReasonEngine        = "engine"         // the forward pass failed
+)
+
+// Stats are cumulative counters of a Verifier.
+type Stats struct {
+	Batches, Drafts, DraftTokens, Accepted uint64
+	Resyncs, Evictions, ForwardPasses      uint64
+}
+
+// Verifier checks drafts against the target model: for each draft of a batch it
+// extends the session's KV cache with the newly committed tokens and the draft, runs
+// all sessions in one forward pass, applies Accept, and rolls back the rejected
+// positions. It does no messaging; the Worker feeds it batches from NATS.
+//
+// A Verifier is safe for concurrent use; batches are verified one at a time.
+type Verifier struct {
+	model *engine.Model
+	cfg   Config
+
+	mu    sync.Mutex
+	ectx  *engine.Context
+	slots *slotTable
+	stats Stats
+}
+
+// New creates a verifier for target with its own llama.cpp context.
+func New(target *engine.Model, cfg Config) (*Verifier, error) {
+	if cfg.Slots <= 0 {
+		cfg.Slots = 16
+	}
+	if cfg.BatchTokens <= 0 {
+		cfg.BatchTokens = 512
+	}
+	// A pass must fit a whole draft (schema limit 64) and its first logits row.
+	cfg.BatchTokens = max(cfg.BatchTokens, 128)
+	ectx, err := target.NewContext(engine.ContextOptions{
+		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("verifier: %w", err)
+	}
+	o := ectx.Options()
+	cfg.SlotContext, cfg.BatchTokens, cfg.Threads = o.SlotContext, o.BatchSize, o.Threads
+	return &Verifier{model: target, cfg: cfg, ectx: ectx, slots: newSlotTable(cfg.Slots)}, nil
+}
+
+// Close frees the verifier's context. The model stays open.
+func (v *Verifier) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.ectx.Close()
+}
+
+// Model is the target model.
+func (v *Verifier) Model() *engine.Model { return v.model }
+
+// Config returns the configuration with defaults filled in.
+func (v *Verifier) Config() Config { return v.cfg }
+
+// Stats returns the counters so far.
+func (v *Verifier) Stats() Stats {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := v.stats
+	s.Evictions = v.slots.evictions
+	return s
+}
+
+// Sessions is the number of sessions holding a slot.
+func (v *Verifier) Sessions() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.slots.len()
+}
+
+// job is one draft's work within a batch.
+type job struct {
+	d      *events.DraftReady
+	s      *session
+	base   int            // KV position the feed starts at
+	feed   []engine.Token // tokens to evaluate: new committed tokens (or a full prefix), then the draft
+	done   int            // feed tokens already evaluated (long prefixes go in several passes)
+	res    *events.VerifyResult
+	resync bool
+}
+
+func (j *job) nDraft() int { return len(j.d.Draft) }
+
+// Verify verifies drafts (normally one batch) and returns one result per draft, in
+// order. Drafts of one session beyond the first are answered as invalid: a batch
+// holds at most one round per session. Verify fails only when ctx ends; every
+// problem with a draft becomes that draft's error result.
+func (v *Verifier) Verify(ctx context.Context, drafts []events.DraftReady) ([]events.VerifyResult, error) {
+	start := time.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	results := make([]events.VerifyResult, len(drafts))
+	pinned := make(map[string]bool, len(drafts))
+	var jobs []*job
+	for i := range drafts {
+		d := &drafts[i]
+		r := &results[i]
+		*r = events.VerifyResult{DeviceID: d.DeviceID, SessionID: d.SessionID, Round: d.Round, BatchSize: len(drafts)}
+		if pinned[d.SessionID] {
+			fail(r, events.StatusInvalid, "invalid", "a batch may hold one round per session")
+			continue
+		}
+		if j := v.plan(d, r, pinned); j != nil {
+			pinned[d.SessionID] = true
+			jobs = append(jobs, j)
+		}
+	}
+	if err := v.run(ctx, jobs); err != nil {
+		return nil, err
+	}
+	ms := float64(time.Since(start).Microseconds()) / 1000
+	v.stats.Batches++
+	for i := range results {
+		results[i].ServerTiming.VerifyMs = ms
+	}
+	return results, nil
+}
+
+func fail(r *events.VerifyResult, st events.Status, reason, msg string) {
+	r.Status, r.Reason, r.Error = st, reason, msg
+}
+
+// plan decides what to evaluate for d, or answers it at once (returns nil).
+func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map[string]bool) *job {
+	if d.VocabFingerprint != v.model.Fingerprint() {
+		fail(r, events.StatusInvalid, ReasonVocabMismatch, fmt.Sprintf(
+			"draft vocabulary %.12s differs from the target's %.12s: use a draft model with the target's tokenizer", d.VocabFingerprint, v.model.Fingerprint()))
+		return nil
+	}
+	for _, set := range [][]int32{d.Committed, d.Draft, d.Prefix} {
+		for _, t := range set {
+			if !v.model.ValidToken(t) {
+				fail(r, events.StatusInvalid, "token_range", fmt.Sprintf("token %d outside the target vocabulary of %d", t, v.model.VocabSize()))
+				return nil
+			}
+		}
+	}
+	if d.PrefixLen+len(d.Draft)+1 > v.cfg.SlotContext {
+		fail(r, events.StatusInvalid, ReasonContextLength, fmt.Sprintf(
+			"prefix %d + draft %d tokens exceed the verifier's context of %d", d.PrefixLen, len(d.Draft), v.cfg.SlotContext))
+		return nil
+	}
+	j := &job{d: d, res: r}
+	if s := v.slots.get(d.SessionID); s != nil {
+		base := d.PrefixLen - len(d.Committed)
+		if base >= 0 && base <= len(s.kv) && (base > 0 || len(d.Committed) > 0) {
+			h := events.NewPrefixHasher()
+			h.Write(s.kv[:base]...)
+			h.Write(d.Committed...)
+			if h.Sum() == d.PrefixHash {
+				j.s, j.base = s, base
+				j.feed = append(append(j.feed, d.Committed...), d.Draft...)
+				if len(d.Committed) == 0 {
+					// The target's prediction for Draft[0] comes from the last prefix
+					// token, already in the cache: evaluate it again.
+					j.base--
+					j.feed = append([]engine.Token{s.kv[j.base]}, j.feed...)
+				}
+				return j
+			}
+		}
+		if d.Prefix == nil {
+			fail(r, events.StatusPrefixMismatch, "prefix_mismatch", fmt.Sprintf(
+				"verifier holds %d tokens of this session that do not match prefix %d/%s: resend the full prefix", len(s.kv), d.PrefixLen, d.PrefixHash))
+			return nil
+		}
+	} else if d.Prefix == nil {
+		fail(r, events.StatusUnknownSession, "unknown_session", "no state for this session here: resend the full prefix")
+		return nil
+	}
+	// Rebuild the session from the full prefix.
+	if len(d.Prefix) == 0 {
+		fail(r, events.StatusInvalid, "invalid", "empty prefix")
+		return nil
+	}
+	s, evicted := v.slots.assign(d.SessionID, pinned)
+	if s == nil {
+		fail(r, events.StatusOverloaded, ReasonNoSlot, fmt.Sprintf("all %d slots hold sessions of this batch", v.cfg.Slots))
+		return nil
+	}
+	if evicted != nil {
+		_ = v.ectx.Clear(evicted.slot)
+	}
+	s.kv = s.kv[:0]
+	j.s, j.base, j.resync = s, 0, true
+	j.feed = append(append(j.feed, d.Prefix...), d.Draft...)
+	return j
+}
+
+// run evaluates the jobs in as few forward passes as BatchTokens allows and fills
+// in their results.
+func (v *Verifier) run(ctx context.Context, jobs []*job) error {
+	for _, j := range jobs {
+		if err := v.ectx.Remove(j.s.slot, j.base); err != nil {
+			return fmt.Errorf("verifier: rollback: %w", err)
+		}
+		if j.resync {
+			v.stats.Resyncs++
+		}
+	}
+	limit := v.cfg.BatchTokens
+	// Long feeds first evaluate their heads alone, so that each job's logits rows
+	// (its last nDraft+1 positions) land in one pass.
+	for _, j := range jobs {
+		for len(j.feed)-j.done > limit {
+			n := min(limit, len(j.feed)-j.done-(j.nDraft()+1))
+			if err := v.pass(ctx, []*job{j}, map[*job]int{j: n}); err != nil {
+				return err
+			}
+		}
+	}
+	var group []*job
+	size := 0
+	for _, j := range jobs {
+		if j.res.Status != "" {
+			continue
+		}
+		need := len(j.feed) - j.done
+		if size+need > limit && len(group) > 0 {
+			if err := v.pass(ctx, group, nil); err != nil {
+				return err
+			}
+			group, size = group[:0], 0
+		}
+		group = append(group, j)
+		size += need
+	}
+	if len(group) > 0 {
+		return v.pass(ctx, group, nil)
+	}
+	return nil
+}
+
+// pass evaluates one forward pass. With partial set, it evaluates partial[j] feed
+// tokens of each job without logits; otherwise the rest of each job's feed, then
+// applies the acceptance rule.
+func (v *Verifier) pass(ctx context.Context, group []*job, partial map[*job]int) error {
+	var entries []engine.Entry
+	for _, j := range group {
+		n := len(j.feed) - j.done
+		if partial != nil {
+			n = partial[j]
+		}
+		firstLogit := len(j.feed) - j.nDraft() - 1
+		for i := j.done; i < j.done+n; i++ {
+			entries = append(entries, engine.Entry{
+				Seq: j.s.slot, Pos: j.base + i, Token: j.feed[i], Logits: partial == nil && i >= firstLogit,
+			})
+		}
+	}
+	v.stats.ForwardPasses++
+	rows, err := v.ectx.Decode(ctx, entries)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The pass changed nothing; these sessions must rebuild.
+		for _, j := range group {
+			fail(j.res, events.StatusOverloaded, ReasonEngine, err.Error())
+			v.dropSession(j.s)
+		}
+		return nil
+	}
+	if partial != nil {
+		for _, j := range group {
+			j.done += partial[j]
+		}
+		return nil
+	}
+	k := 0
+	for _, j := range group {
+		n := j.nDraft() + 1
+		v.accept(j, rows[k:k+n])
+		k += n
+	}
+	return nil
+}
+
+func (v *Verifier) accept(j *job, rows [][]float32) {
+	d := j.d
+	in := AcceptInput{Draft: d.Draft, DraftProbs: d.DraftProbs, Target: rows, Temperature: d.Sampling.Temperature}
+	if in.Temperature > 0 {
+		in.Rand = rand.New(rand.NewPCG(d.Sampling.Seed, d.Round))
+		for _, tk := range d.TopK {
+			dist := make([]engine.TokenProb, len(tk.IDs))
+			for i := range tk.IDs {
+				dist[i] = engine.TokenProb{Token: tk.IDs[i], Prob: tk.Probs[i]}
+			}
+			in.DraftDists = append(in.DraftDists, dist)
+		}
+	}
+	verdict := Accept(in)
+	j.done = len(j.feed)
+	keep := len(j.feed) - j.nDraft() + verdict.Accepted
+	j.s.kv = append(j.s.kv[:j.base], j.feed[:keep]...)
+	if err := v.ectx.Remove(j.s.slot, j.base+keep); err != nil {
+		fail(j.res, events.StatusOverloaded, ReasonEngine, err.Error())
+		v.dropSession(j.s)
+		return
+	}
+	j.res.Status = events.StatusOK
+	j.res.Accepted = verdict.Accepted
+	j.res.Token = verdict.Next
+	j.res.EOS = v.model.IsEOG(verdict.Next)
+	v.stats.Drafts++
+	v.stats.DraftTokens += uint64(j.nDraft())
+	v.stats.Accepted += uint64(verdict.Accepted)
+}
+
+func (v *Verifier) dropSession(s *session) {
+	_ = v.ectx.Clear(s.slot)
+	v.slots.drop(s.id)
+}
+
+// Forget drops a session's state (a device ended it).
+func (v *Verifier) Forget(sessionID string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if s := v.slots.get(sessionID); s != nil {
+		v.dropSession(s)
+	}
+}

@@ -1,0 +1,316 @@
+package verifier
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/internal/testmodels"
+)
+
+func TestMain(m *testing.M) {
+	slog.SetLogLoggerLevel(slog.LevelWarn)
+	os.Exit(m.Run())
+}
+
+var (
+	targetOnce sync.Once
+	target     *engine.Model
+)
+
+func loadTarget(t testing.TB) *engine.Model {
+	t.Helper()
+	p := testmodels.Path(t, testmodels.Target)
+	targetOnce.Do(func() {
+		var err error
+		if target, err = engine.LoadModel(p, engine.ModelOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return target
+}
+
+// reference is the target's own greedy continuation of prompt.
+func reference(t testing.TB, m *engine.Model, prompt []engine.Token, n int) []engine.Token {
+	t.Helper()
+	c, err := m.NewContext(engine.ContextOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out []engine.Token
+	seq := append([]engine.Token(nil), prompt...)
+	fed := 0
+	for len(out) < n {
+		var es []engine.Entry
+		for i := fed; i < len(seq); i++ {
+			es = append(es, engine.Entry{Seq: 0, Pos: i, Token: seq[i], Logits: i == len(seq)-1})
+		}
+		rows, err := c.Decode(context.Background(), es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fed = len(seq)
+		next := engine.Argmax(rows[0])
+		out = append(out, next)
+		seq = append(seq, next)
+		if m.IsEOG(next) {
+			break
+		}
+	}
+	return out
+}
+
+// device is a scripted device session: it knows the reference continuation and
+// drafts `good` correct tokens followed by one wrong token, so every verdict is
+// predictable.
+type device struct {
+	id, session string
+	m           *engine.Model
+	ref         []engine.Token
+	committed   []engine.Token // prompt + verified output
+	promptLen   int
+	sentUpTo    int // committed[:sentUpTo] has been sent to the verifier
+	round       uint64
+	withPrefix  bool
+}
+
+func newDevice(m *engine.Model, id string, prompt, ref []engine.Token) *device {
+	return &device{id: id, session: "s-" + id, m: m, ref: ref, committed: append([]engine.Token(nil), prompt...), promptLen: len(prompt), withPrefix: true}
+}
+
+func (d *device) out() []engine.Token { return d.committed[d.promptLen:] }
+
+func (d *device) draft(good int, wrong bool) events.DraftReady {
+	d.round++
+	pos := len(d.out())
+	var draft []engine.Token
+	for i := 0; i < good && pos+i < len(d.ref); i++ {
+		draft = append(draft, d.ref[pos+i])
+	}
+	if wrong && pos+len(draft) < len(d.ref) {
+		draft = append(draft, (d.ref[pos+len(draft)]+1)%engine.Token(d.m.VocabSize()))
+	}
+	probs := make([]float32, len(draft))
+	for i := range probs {
+		probs[i] = 0.9
+	}
+	ev := events.DraftReady{
+		DeviceID: d.id, SessionID: d.session, Round: d.round, Pool: "p",
+		PrefixLen: len(d.committed), PrefixHash: events.PrefixHash(d.committed),
+		Committed: append([]int32(nil), d.committed[d.sentUpTo:]...), Draft: draft, DraftProbs: probs,
+		VocabFingerprint: d.m.Fingerprint(),
+	}
+	if d.withPrefix {
+		ev.Prefix = append([]int32(nil), d.committed...)
+		d.withPrefix = false
+	}
+	return ev
+}
+
+// apply folds a result in; it returns the expected verdict check error, if any.
+func (d *device) apply(ev events.DraftReady, r events.VerifyResult) error {
+	if r.Status != events.StatusOK {
+		return fmt.Errorf("%s round %d: status %s (%s: %s)", d.id, r.Round, r.Status, r.Reason, r.Error)
+	}
+	pos := len(d.out())
+	want := 0
+	for want < len(ev.Draft) && ev.Draft[want] == d.ref[pos+want] {
+		want++
+	}
+	if r.Accepted != want || r.Token != d.ref[pos+want] {
+		return fmt.Errorf("%s round %d: accepted %d token %d, want %d token %d", d.id, r.Round, r.Accepted, r.Token, want, d.ref[pos+want])
+	}
+	d.sentUpTo = len(d.committed)
+	d.committed = append(d.committed, ev.Draft[:r.Accepted]...)
+	d.committed = append(d.committed, r.Token)
+	return nil
+}
+
+func TestVerifyBatchesAreLossless(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 4, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	var devs []*device
+	for i, text := range []string{"Once upon a time", "The little dog", "Tom and Sue went to"} {
+		p, _ := m.Tokenize(text, true)
+		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, 60)))
+	}
+	for round := 0; ; round++ {
+		var batch []events.DraftReady
+		var who []*device
+		for i, d := range devs {
+			if len(d.out()) >= 50 {
+				continue
+			}
+			// Ragged drafts: different lengths per device and round; some all-correct.
+			good := (round + i) % 5
+			batch = append(batch, d.draft(good, (round+i)%3 != 0))
+			who = append(who, d)
+		}
+		if len(batch) == 0 {
+			break
+		}
+		res, err := v.Verify(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range who {
+			if err := d.apply(batch[i], res[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, d := range devs {
+		if fmt.Sprint(d.out()[:50]) != fmt.Sprint(d.ref[:50]) {
+			t.Fatalf("%s: output diverged from the target's greedy continuation", d.id)
+		}
+	}
+	st := v.Stats()
+	t.Logf("stats: %+v", st)
+	if st.Accepted == 0 || st.Accepted >= st.DraftTokens || st.Resyncs != 3 {
+		t.Fatalf("unexpected stats %+v", st)
+	}
+}
+
+func TestVerifyResyncAndErrors(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	one := func(ev events.DraftReady) events.VerifyResult {
+		t.Helper()
+		res, err := v.Verify(ctx, []events.DraftReady{ev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[0]
+	}
+	mk := func(id, text string) *device {
+		p, _ := m.Tokenize(text, true)
+		return newDevice(m, id, p, reference(t, m, p, 40))
+	}
+	a, b, c := mk("a", "Once upon a time"), mk("b", "The cat"), mk("c", "A big tree")
+
+	// A new session without its prefix is unknown.
+	a.withPrefix = false
+	ev := a.draft(2, true)
+	if r := one(ev); r.Status != events.StatusUnknownSession {
+		t.Fatalf("no prefix: %+v", r)
+	}
+	// Resync: the same round again with the prefix.
+	a.round--
+	a.withPrefix = true
+	ev = a.draft(2, true)
+	if err := a.apply(ev, one(ev)); err != nil {
+		t.Fatal(err)
+	}
+	// A lost result: the device never saw round 2's verdict and retries as round 3
+	// with the same committed tokens and longer drafts. The verifier rolls back.
+	ev2 := a.draft(3, true)
+	if r := one(ev2); r.Status != events.StatusOK {
+		t.Fatal(r)
+	}
+	ev3 := a.draft(4, false)
+	ev3.Round = ev2.Round + 1
+	if err := a.apply(ev3, one(ev3)); err != nil {
+		t.Fatalf("retry after lost result: %v", err)
+	}
+	// Wrong prefix hash: prefix mismatch, the verifier's state intact.
+	bad := a.draft(2, true)
+	bad.PrefixHash = "0000000000000000"
+	if r := one(bad); r.Status != events.StatusPrefixMismatch {
+		t.Fatalf("bad hash: %+v", r)
+	}
+	ev = a.draft(2, true)
+	if err := a.apply(ev, one(ev)); err != nil {
+		t.Fatalf("after mismatch: %v", err)
+	}
+	// Two more sessions in a 2-slot verifier evict a (least recently used).
+	for _, d := range []*device{b, c} {
+		ev := d.draft(1, true)
+		if err := d.apply(ev, one(ev)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev = a.draft(1, true)
+	if r := one(ev); r.Status != events.StatusUnknownSession {
+		t.Fatalf("evicted session: %+v", r)
+	}
+	a.round--
+	a.withPrefix = true
+	ev = a.draft(1, true)
+	if err := a.apply(ev, one(ev)); err != nil {
+		t.Fatalf("rebuilt after eviction: %v", err)
+	}
+	if st := v.Stats(); st.Evictions < 2 || st.Resyncs < 4 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Bad requests are answered, not crashed on.
+	ev = b.draft(1, true)
+	ev.VocabFingerprint = "deadbeef"
+	if r := one(ev); r.Status != events.StatusInvalid || r.Reason != ReasonVocabMismatch {
+		t.Fatalf("vocab mismatch: %+v", r)
+	}
+	ev = b.draft(1, true)
+	ev.Draft[0] = 9999
+	if r := one(ev); r.Status != events.StatusInvalid || r.Reason != "token_range" {
+		t.Fatalf("token range: %+v", r)
+	}
+	ev = b.draft(1, true)
+	ev.PrefixLen = 600
+	if r := one(ev); r.Status != events.StatusInvalid || r.Reason != ReasonContextLength {
+		t.Fatalf("context length: %+v", r)
+	}
+	// Two rounds of one session in one batch: the second is refused.
+	e1, e2 := c.draft(1, true), c.draft(1, true)
+	res, err := v.Verify(ctx, []events.DraftReady{e1, e2})
+	if err != nil || res[0].Status != events.StatusOK || res[1].Status != events.StatusInvalid {
+		t.Fatalf("duplicate session in batch: %v %+v", err, res)
+	}
+}
+
+func TestVerifyLongPrefixSplitsPasses(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 2, BatchTokens: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	var text string
+	for range 30 {
+		text += "Lily went to the park. "
+	}
+	p, _ := m.Tokenize(text, true)
+	if len(p) < 200 {
+		t.Fatalf("prompt only %d tokens", len(p))
+	}
+	d := newDevice(m, "long", p, reference(t, m, p, 20))
+	short := newDevice(m, "short", p[:10], reference(t, m, p[:10], 20))
+	e1, e2 := d.draft(3, true), short.draft(2, false)
+	res, err := v.Verify(context.Background(), []events.DraftReady{e1, e2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.apply(e1, res[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := short.apply(e2, res[1]); err != nil {
+		t.Fatal(err)
+	}
+	if v.Stats().ForwardPasses < 2 {
+		t.Fatalf("a %d-token batch fit one 128-token pass?", len(p))
+	}
+}
