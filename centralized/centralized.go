@@ -48,7 +48,7 @@ type request struct {
 	ctx   context.Context
 	req   textgen.Request
 	out   chan textgen.Chunk // generated tokens, one per pass; closed when done
-	final textgen.Result // set by the loop before it closes out
+	final textgen.Result     // set by the loop before it closes out
 	err   error
 	// stopped is set by Generate when the caller stops consuming.
 	stopped atomic.Bool

@@ -188,4 +188,3 @@ func (w *Worker) handle(ctx context.Context, ev *events.Event, msg jetstream.Msg
 	w.mu.Unlock()
 	return nil
 }
-
