@@ -95,7 +95,7 @@ func TestModelInfo(t *testing.T) {
 	if info.VocabSize != 512 || info.Layers != 5 || info.ContextTrain != 512 || info.BOS != 1 || info.EOS != 2 {
 		t.Fatalf("unexpected info %+v", info)
 	}
-	if !m.IsEOG(m.EOS()) || m.IsEOG(100) || m.IsEOG(-1) || m.IsEOG(1 << 20) {
+	if !m.IsEOG(m.EOS()) || m.IsEOG(100) || m.IsEOG(-1) || m.IsEOG(1<<20) {
 		t.Fatal("IsEOG wrong")
 	}
 	for _, d := range []string{testmodels.Draft4L, testmodels.Draft3L} {
