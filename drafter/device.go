@@ -110,7 +110,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		ds.close()
 		return nil, fmt.Errorf("drafter: subscribe: %w", err)
 	}
-	if err := nc.FlushWithContext(ctx); err != nil {
+	if err := nc.FlushTimeout(5 * time.Second); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("drafter: subscribe: %w", err)
 	}

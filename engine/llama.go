@@ -9,13 +9,42 @@ package engine
 // layout that ragged multi-sequence batches need (see newContext).
 
 /*
+#include <stdio.h>
 #include <stdlib.h>
 #include "llama.h"
+
+// llama.cpp logs through one process-wide callback. SLED keeps errors and, when
+// asked, everything; warnings about harmless settings (a unified KV cache larger
+// than the training context, say) and model-loading progress dots stay quiet.
+static int sled_log_verbose = 0;
+
+static void sled_log(enum ggml_log_level level, const char * text, void * user_data) {
+	(void)user_data;
+	if (sled_log_verbose || level == GGML_LOG_LEVEL_ERROR) {
+		fputs(text, stderr);
+	}
+}
+
+static void sled_log_init(int verbose) {
+	sled_log_verbose = verbose;
+	llama_log_set(sled_log, NULL);
+}
+
+static bool sled_quiet_progress(float progress, void * user_data) {
+	(void)progress; (void)user_data;
+	return true;
+}
+
+static void sled_quiet_loading(struct llama_model_params * p) {
+	p->progress_callback = sled_quiet_progress;
+}
 */
 import "C"
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"fmt"
 	"sync"
 	"unsafe"
@@ -25,8 +54,18 @@ import (
 
 var backendOnce sync.Once
 
-// initBackend loads the ggml backends once per process.
-func initBackend() { backendOnce.Do(llama.BackendInit) }
+// initBackend loads the ggml backends once per process and routes llama.cpp's log:
+// everything when the default slog logger is at debug level, else errors only.
+func initBackend() {
+	backendOnce.Do(func() {
+		llama.BackendInit()
+		verbose := 0
+		if slog.Default().Enabled(context.Background(), slog.LevelDebug) {
+			verbose = 1
+		}
+		C.sled_log_init(C.int(verbose))
+	})
+}
 
 type cModel struct {
 	m     *C.struct_llama_model
@@ -38,6 +77,7 @@ func loadCModel(path string, gpuLayers int, mmap bool) (*cModel, error) {
 	p := C.llama_model_default_params()
 	p.n_gpu_layers = C.int32_t(gpuLayers)
 	p.use_mmap = C.bool(mmap)
+	C.sled_quiet_loading(&p)
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	m := C.llama_model_load_from_file(cpath, p)

@@ -69,7 +69,8 @@ type UpConfig struct {
 	// NoAsync turns off asynchronous drafting on every device.
 	NoAsync bool
 	// DeviceThreads is each simulated device's llama.cpp thread count. Default 1:
-	// simulated devices share this machine's cores with the server.
+	// simulated devices share this machine's cores with the server, and the
+	// verifier's threads default to the cores the devices leave (at least 1).
 	DeviceThreads int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -136,6 +137,14 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 	}
 	if cfg.Devices <= 0 {
 		cfg.Devices = max(len(cfg.Drafts), 1)
+	}
+	if cfg.Verifier.Threads <= 0 {
+		// Simulated devices share the cores: llama.cpp's worker threads spin while
+		// they wait, so oversubscribed cores make every pass crawl.
+		cfg.Verifier.Threads = max(1, engine.DefaultThreads()-cfg.Devices*cfg.DeviceThreads)
+		if cfg.Mode == ModeCentralized {
+			cfg.Verifier.Threads = engine.DefaultThreads()
+		}
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s = &System{cfg: cfg, cancel: cancel, Models: map[string]*engine.Model{}}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/textgen"
+	"github.com/sled-project/sled/verifier"
+)
+
+// Flags shared by the roles.
+type policyFlags struct {
+	threshold          float32
+	minLen, maxLen     int
+	timeout            time.Duration
+	maxFailures        int
+	fallback, noAsync  bool
+	batchSize          int
+	maxWait            time.Duration
+	slots, batchTokens int
+	verifierThreads    int
+	pool               string
+}
+
+func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
+	f := cmd.Flags()
+	f.StringVar(&p.pool, "pool", "default", "verification pool (subject prefix)")
+	if device {
+		f.Float32Var(&p.threshold, "threshold", drafter.DefaultThreshold, "dynamic drafting: keep drafting while the draft token's probability is at least this (0: fixed length --max-draft)")
+		f.IntVar(&p.minLen, "min-draft", drafter.DefaultMinLen, "fewest draft tokens per round")
+		f.IntVar(&p.maxLen, "max-draft", drafter.DefaultMaxLen, "most draft tokens per round (at most 64)")
+		f.DurationVar(&p.timeout, "timeout", drafter.DefaultTimeout, "wait for a verification result this long before resending")
+		f.IntVar(&p.maxFailures, "max-failures", drafter.DefaultMaxFailures, "consecutive failed rounds before fallback releases drafts")
+		f.BoolVar(&p.fallback, "fallback", false, "lossy fallback: release unverified drafts after --max-failures failed rounds (default strict lossless)")
+		f.BoolVar(&p.noAsync, "no-async", false, "turn off asynchronous drafting (drafting ahead while verification is in flight)")
+	}
+	if server {
+		f.IntVar(&p.batchSize, "batch-size", batcher.DefaultSize, "static batch size")
+		f.DurationVar(&p.maxWait, "max-wait", batcher.DefaultMaxWait, "close a batch when its oldest draft waited this long")
+		f.IntVar(&p.slots, "slots", 16, "verifier KV slots (sessions held at once)")
+		f.IntVar(&p.batchTokens, "batch-tokens", 512, "most tokens per verifier forward pass")
+		f.IntVar(&p.verifierThreads, "verifier-threads", 0, "verifier llama.cpp threads (default: the cores simulated devices leave)")
+	}
+}
+
+func (p *policyFlags) draft() drafter.DraftPolicy {
+	th := p.threshold
+	if th == 0 {
+		th = -1 // explicit 0 on the command line: fixed length
+	}
+	return drafter.DraftPolicy{Threshold: th, MinLen: p.minLen, MaxLen: p.maxLen}
+}
+
+func (p *policyFlags) retry() drafter.RetryPolicy {
+	return drafter.RetryPolicy{Timeout: p.timeout, MaxFailures: p.maxFailures, Fallback: p.fallback}
+}
+
+func (p *policyFlags) verifier() verifier.Config {
+	return verifier.Config{Slots: p.slots, BatchTokens: p.batchTokens, Threads: p.verifierThreads}
+}
+
+func (p *policyFlags) batch() batcher.Policy {
+	return batcher.Policy{Size: p.batchSize, MaxWait: p.maxWait}
+}
+
+// modelDir is where default models are looked up: $SLED_MODEL_DIR, else
+// ../shared/models next to the working directory.
+func modelDir() string {
+	if d := os.Getenv("SLED_MODEL_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join("..", "shared", "models")
+}
+
+// findModel resolves a model argument: a path as given, or a file name in dir.
+func findModel(dir, name string) (string, error) {
+	for _, p := range []string{name, filepath.Join(dir, name)} {
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf(`model %q not found (looked in the working directory and in %s).
+Get one of:
+  - the SLED test models: set SLED_MODEL_DIR (or --models) to the directory holding
+    stories260k.gguf, stories260k-draft-4L.gguf and stories260k-draft-3L.gguf;
+  - any GGUF model: sled model pull URL --out DIR, then --target/--draft DIR/FILE;
+  - a draft from a target you have: sled model derive TARGET DRAFT --layers K`, name, dir)
+}
+
+func init() {
+	var (
+		p        policyFlags
+		mode     string
+		models   string
+		target   string
+		drafts   []string
+		devices  int
+		httpAddr string
+		natsURL  string
+		natsPort int
+		storeDir string
+		demo     bool
+		demoText string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the whole system in one process: embedded NATS, batcher, verifier, devices, HTTP API",
+		Long: `up runs SLED in one process: an embedded NATS server with JetStream (or --nats),
+the batcher, one verifier worker with the target model, and --devices simulated
+devices, each with its own draft model (--draft, repeatable, used round-robin). One
+OpenAI-compatible HTTP API spreads requests over the devices; the header
+X-SLED-Device picks one. --mode centralized serves every token from the target
+(the paper's baseline); --mode edge serves each device's draft model alone.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if models == "" {
+				models = modelDir()
+			}
+			cfg := services.UpConfig{
+				Mode: mode, Devices: devices, HTTPAddr: httpAddr, NATSURL: natsURL,
+				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir},
+				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
+				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync,
+			}
+			var err error
+			if mode != services.ModeEdge {
+				if cfg.Target, err = findModel(models, target); err != nil {
+					return err
+				}
+			}
+			if mode != services.ModeCentralized {
+				for _, d := range drafts {
+					path, err := findModel(models, d)
+					if err != nil {
+						return err
+					}
+					cfg.Drafts = append(cfg.Drafts, path)
+				}
+			}
+			start := time.Now()
+			sys, err := services.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer sys.Close()
+			fmt.Printf("sled up (%s mode) in %s: %d devices, API http://%s/v1", cfg.Mode, time.Since(start).Round(time.Millisecond), len(sys.Generators), sys.HTTPAddr)
+			if sys.URL != "" {
+				fmt.Printf(", NATS %s", sys.URL)
+			}
+			fmt.Println()
+			if demo {
+				if err := runDemo(ctx, sys, demoText); err != nil {
+					return err
+				}
+			}
+			fmt.Printf("serving; try: sled generate --url http://%s %q (Ctrl-C stops)\n", sys.HTTPAddr, demoText)
+			<-ctx.Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&mode, "mode", services.ModeSLED, "sled, centralized (server generates every token) or edge (drafts only)")
+	f.StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
+	f.StringVar(&target, "target", "stories260k.gguf", "target model file")
+	f.StringArrayVar(&drafts, "draft", []string{"stories260k-draft-4L.gguf", "stories260k-draft-3L.gguf"}, "draft model file, repeatable; devices use them round-robin")
+	f.IntVar(&devices, "devices", 3, "number of simulated devices")
+	f.StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
+	f.StringVar(&natsURL, "nats", "", "external NATS URL instead of the embedded server")
+	f.IntVar(&natsPort, "nats-port", -1, "embedded NATS client port (-1: a free port)")
+	f.StringVar(&storeDir, "store-dir", "", "embedded JetStream store directory (default: a temporary directory)")
+	f.BoolVar(&demo, "demo", true, "print one demo completion per device with its acceptance figures")
+	f.StringVar(&demoText, "demo-prompt", "Once upon a time", "prompt of the demo completions")
+	p.register(cmd, true, true)
+	rootCmd.AddCommand(cmd)
+}
+
+// runDemo generates one completion per device and prints it with its figures.
+func runDemo(ctx context.Context, sys *services.System, prompt string) error {
+	for i, d := range sys.Generators {
+		toks, err := d.Generator.Model().Tokenize(prompt, true)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		res, err := d.Generator.Generate(ctx, textgen.Request{Prompt: toks, MaxTokens: 48}, func(textgen.Chunk) error { return nil })
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return fmt.Errorf("demo on %s: %w", d.Name, err)
+		}
+		el := time.Since(start)
+		text := strings.ReplaceAll(d.Generator.Model().Detokenize(res.Tokens), "\n", " ")
+		fmt.Printf("[%d] %s: %s%s\n", i+1, d.Name, prompt, text)
+		st := res.Stats
+		if st.Drafted > 0 {
+			fmt.Printf("    %d tokens in %s (%.0f tok/s), %d rounds, accepted %d/%d drafted (%.0f%%), %.2f tokens per round\n",
+				len(res.Tokens), el.Round(time.Millisecond), float64(len(res.Tokens))/el.Seconds(), st.Rounds, st.Accepted, st.Drafted,
+				100*st.AcceptanceRate, float64(len(res.Tokens))/float64(max(st.Rounds, 1)))
+		} else {
+			fmt.Printf("    %d tokens in %s (%.0f tok/s)\n", len(res.Tokens), el.Round(time.Millisecond), float64(len(res.Tokens))/el.Seconds())
+		}
+	}
+	return nil
+}

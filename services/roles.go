@@ -1,0 +1,177 @@
+package services
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/httpapi"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/verifier"
+)
+
+// Standalone roles, each connecting to a NATS URL: what `sled verifier`, `sled
+// batcher` and `sled drafter` run on separate hosts. Each provisions the streams it
+// needs (idempotent) and returns when ctx ends.
+
+// Conn is a role's NATS connection settings.
+type Conn struct {
+	// URL of the NATS server. Default nats://127.0.0.1:4222.
+	URL string
+	// Name of the connection, as the server shows it.
+	Name string
+	// Replicas of provisioned streams (3 on a three-node cluster). Default 1.
+	Replicas int
+}
+
+func (c Conn) dial(ctx context.Context, fallbackName string) (*nats.Conn, jetstream.JetStream, error) {
+	if c.URL == "" {
+		c.URL = nats.DefaultURL
+	}
+	if c.Name == "" {
+		c.Name = fallbackName
+	}
+	nc, js, err := infra.Connect(ctx, c.URL, c.Name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := infra.ProvisionTopology(ctx, js, infra.Topology{Replicas: c.Replicas}); err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// VerifierRole configures RunVerifier.
+type VerifierRole struct {
+	Conn     Conn
+	Target   string // target model file (required)
+	Pool     string
+	Name     string // worker name (required)
+	Verifier verifier.Config
+	Logger   *slog.Logger
+}
+
+// RunVerifier runs one verifier worker until ctx ends.
+func RunVerifier(ctx context.Context, r VerifierRole) error {
+	m, err := engine.LoadModel(r.Target, engine.ModelOptions{})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	nc, js, err := r.Conn.dial(ctx, "sled-verifier-"+r.Name)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ew, err := infra.WatchExpiries(ctx, nc, js, infra.ExpiryConfig{Logger: r.Logger})
+	if err != nil {
+		return err
+	}
+	defer ew.Stop()
+	v, err := verifier.New(m, r.Verifier)
+	if err != nil {
+		return err
+	}
+	defer v.Close()
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Logger: r.Logger})
+	if err != nil {
+		return err
+	}
+	return ignoreCanceled(w.Run(ctx))
+}
+
+// BatcherRole configures RunBatcher.
+type BatcherRole struct {
+	Conn    Conn
+	Batcher batcher.Config
+}
+
+// RunBatcher runs a batcher until ctx ends.
+func RunBatcher(ctx context.Context, r BatcherRole) error {
+	nc, js, err := r.Conn.dial(ctx, "sled-batcher")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	b, err := batcher.New(nc, js, r.Batcher)
+	if err != nil {
+		return err
+	}
+	return ignoreCanceled(b.Run(ctx))
+}
+
+// DrafterRole configures RunDrafter.
+type DrafterRole struct {
+	Conn     Conn
+	Draft    string // draft model file (required)
+	Device   drafter.Config
+	HTTPAddr string // device API address (default 127.0.0.1:8080)
+	// Ready, if set, is called with the API's address once it serves.
+	Ready  func(addr string)
+	Logger *slog.Logger
+}
+
+// RunDrafter runs one device with its HTTP API until ctx ends.
+func RunDrafter(ctx context.Context, r DrafterRole) error {
+	m, err := engine.LoadModel(r.Draft, engine.ModelOptions{})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	nc, js, err := r.Conn.dial(ctx, "sled-device-"+r.Device.DeviceID)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	d, err := drafter.New(ctx, m, nc, js, r.Device)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if r.HTTPAddr == "" {
+		r.HTTPAddr = "127.0.0.1:8080"
+	}
+	api := httpapi.New(httpapi.Config{Devices: []httpapi.Device{{Name: d.ID(), Generator: d}}, Logger: r.Logger})
+	return serve(ctx, r.HTTPAddr, api, r.Ready)
+}
+
+// serve runs h on addr until ctx ends, then shuts it down gracefully.
+func serve(ctx context.Context, addr string, h http.Handler, ready func(string)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("services: listen %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	}
+}
+
+func ignoreCanceled(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
