@@ -44,8 +44,8 @@ import "C"
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"sync"
 	"unsafe"
 
