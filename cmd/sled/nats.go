@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -21,8 +22,9 @@ var natsCmd = &cobra.Command{
 With --provision (the default) the SLED streams (SLED_DRAFTS, SLED_BATCHES,
 SLED_RESULTS, SLED_DLQ) are created or updated at start. To be one node of a
 cluster, give every node the same --cluster-name, its own --cluster-port and
---name, and --routes to the others (e.g. nats-route://host-b:6222); provision
-from one node with --replicas 3.`,
+--name, and --routes to the others (e.g. nats-route://host-b:6222), and
+--replicas 3: each node provisions in the background once the cluster has a
+quorum.`,
 	Args: cobra.NoArgs,
 	RunE: runNATS,
 }
@@ -72,27 +74,54 @@ func runNATS(cmd *cobra.Command, _ []string) error {
 	}
 	defer srv.Shutdown()
 	if natsFlags.provision {
-		nc, js, err := infra.Connect(ctx, srv.ClientURL(), "sled-nats-provision")
-		if err != nil {
-			return err
-		}
 		topo := infra.Topology{Replicas: natsFlags.replicas}
 		if natsFlags.memory {
 			topo.Storage = jetstream.MemoryStorage
 		}
-		// In a cluster the meta leader may take a moment to be elected.
-		for attempt := 0; ; attempt++ {
-			if err = infra.ProvisionTopology(ctx, js, topo); err == nil || attempt == 30 || ctx.Err() != nil {
-				break
+		if natsFlags.clusterName == "" {
+			if err := provision(ctx, srv.ClientURL(), topo); err != nil {
+				return err
 			}
-			time.Sleep(time.Second)
-		}
-		nc.Close()
-		if err != nil {
-			return fmt.Errorf("provision: %w", err)
+		} else {
+			// A cluster node cannot provision before a quorum of nodes is up;
+			// keep trying in the background.
+			go func() {
+				if err := provision(ctx, srv.ClientURL(), topo); err != nil && ctx.Err() == nil {
+					slog.Error("provisioning streams", "err", err)
+				}
+			}()
 		}
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "sled nats: listening on %s\n", srv.ClientURL())
 	<-ctx.Done()
 	return nil
+}
+
+// provision creates or updates the SLED streams, retrying while the server
+// (or the cluster's meta leader) does not answer yet: each attempt has a
+// short timeout, since requests go unanswered until then.
+func provision(ctx context.Context, url string, topo infra.Topology) error {
+	nc, js, err := infra.Connect(ctx, url, "sled-nats-provision")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	for {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err = infra.ProvisionTopology(actx, js, topo)
+		cancel()
+		if err == nil {
+			slog.Info("streams provisioned", "replicas", topo.Replicas)
+			return nil
+		}
+		if natsFlags.clusterName == "" {
+			return fmt.Errorf("provision: %w", err)
+		}
+		slog.Info("provisioning streams: waiting for the cluster", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
