@@ -447,3 +447,23 @@ func TestHandlerErrors(t *testing.T) {
 		t.Fatalf("succeeded on delivery %d, want 2", n)
 	}
 }
+
+func TestDraftTTL(t *testing.T) {
+	p := NewPublisher(nil, PublisherConfig{DraftTTL: 10 * time.Second})
+	now := time.Now()
+	for _, c := range []struct {
+		deadline time.Time
+		want     time.Duration
+	}{
+		{time.Time{}, 10 * time.Second},
+		{now.Add(time.Hour), 10 * time.Second},
+		{now.Add(3*time.Second + 100*time.Millisecond), 3 * time.Second},
+		{now.Add(-time.Second), time.Second}, // already late: the server's minimum
+	} {
+		d := draft("d", "s", 1)
+		d.Deadline = c.deadline
+		if got := p.draftTTL(d); got != c.want {
+			t.Errorf("deadline in %v: ttl %v, want %v", time.Until(c.deadline).Round(time.Second), got, c.want)
+		}
+	}
+}
