@@ -123,7 +123,7 @@ func Pull(ctx context.Context, rawURL string, opts Options) (*Result, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(dest); err == nil && !opts.Overwrite {
-		return nil, fmt.Errorf("modelpull: %s: %w (allow overwriting to replace it)", dest, fs.ErrExist)
+		return nil, fmt.Errorf("modelpull: %s: %w", dest, fs.ErrExist)
 	}
 	if opts.Client == nil {
 		opts.Client = http.DefaultClient
