@@ -13,6 +13,10 @@
 // Requests are spread over the devices round-robin, or pinned to one with the
 // X-SLED-Device header (or by naming a device as the model). Responses have
 // OpenAI's shapes plus a "sled" object (Stats). Errors have OpenAI's error body.
+//
+// Unlike OpenAI, an absent temperature means 0, greedy decoding: greedy
+// speculative decoding is lossless, so by default a device's text is exactly what
+// the target model alone would write.
 package httpapi
 
 import (

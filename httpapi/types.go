@@ -26,7 +26,8 @@ type CompletionRequest struct {
 	// (not OpenAI's 1) because greedy speculative decoding is lossless: the text is
 	// exactly what the target model alone would produce.
 	Temperature *float64 `json:"temperature,omitempty"`
-	// Stop holds up to 4 strings; the text ends before the first occurrence of any.
+	// Stop holds up to 4 strings; generation ends when one appears, and the text
+	// ends before the earliest stop string in it. Empty strings are ignored.
 	Stop StopSequences `json:"stop,omitempty"`
 	// Stream asks for server-sent events.
 	Stream bool `json:"stream,omitempty"`
