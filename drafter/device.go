@@ -349,6 +349,13 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 		g.failures++
 		g.stats.Retries++
 		if retry.Release(g.failures) {
+			if len(g.pending) == 0 && len(ahead) == 0 {
+				// Nothing drafted (the room left allows only the verdict's own
+				// token): the device supplies that token itself.
+				if err := g.draftOne(ctx); err != nil {
+					return nil, err
+				}
+			}
 			if done, err := g.release(); err != nil {
 				return nil, err
 			} else if done {
@@ -516,4 +523,19 @@ func (g *generation) commit(out []engine.Token, unverified, eos bool) (bool, err
 		return true, nil
 	}
 	return false, nil
+}
+
+// draftOne drafts a single token after the committed sequence, whatever the
+// policy says: fallback's stand-in for the target's next token.
+func (g *generation) draftOne(ctx context.Context) error {
+	ds := g.d.ds
+	if err := ds.sync(ctx, g.committed); err != nil {
+		return err
+	}
+	t, p := ds.peek()
+	if err := ds.push(ctx, t); err != nil {
+		return err
+	}
+	g.pending, g.probs = append(g.pending, t), append(g.probs, p)
+	return nil
 }

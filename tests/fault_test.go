@@ -1,0 +1,214 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/textgen"
+)
+
+// TestVerifierStoppedMidRun stops the verifier while three devices generate, keeps
+// it down past several device timeouts, and brings a fresh one (empty KV cache, the
+// same worker name) back: devices time out, resend, resync, and finish with output
+// identical to the centralized baseline.
+func TestVerifierStoppedMidRun(t *testing.T) {
+	ps := prompts[:3]
+	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Devices: 1})
+	want := runAll(t, central, ps, genTokens)
+	central.Close()
+
+	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L), requantized(t)}
+	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, NoAsync: true,
+		Retry: drafter.RetryPolicy{Timeout: 250 * time.Millisecond}})
+
+	var mu sync.Mutex
+	progressed := 0
+	firstChunk := make(chan struct{}, len(ps))
+	type out struct {
+		res textgen.Result
+		err error
+	}
+	results := make([]out, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g := s.Generator(i)
+			prompt, _ := g.Model().Tokenize(p, true)
+			n := 0
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			res, err := g.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: genTokens}, func(c textgen.Chunk) error {
+				n += len(c.Tokens)
+				if n >= 8 && n-len(c.Tokens) < 8 {
+					firstChunk <- struct{}{}
+				}
+				if c.Unverified {
+					return errors.New("unverified tokens in strict mode")
+				}
+				// Slow the devices a little so the outage lands mid-generation.
+				time.Sleep(5 * time.Millisecond)
+				return nil
+			})
+			mu.Lock()
+			progressed++
+			mu.Unlock()
+			results[i] = out{res, err}
+		}()
+	}
+	for range ps {
+		<-firstChunk
+	}
+	s.StopVerifier()
+	mu.Lock()
+	if progressed == len(ps) {
+		mu.Unlock()
+		t.Fatal("every generation finished before the outage; slow them down")
+	}
+	mu.Unlock()
+	time.Sleep(1500 * time.Millisecond) // six device timeouts
+	if err := s.StartVerifier(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	retries, resyncs := 0, 0
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("prompt %q: %v", ps[i], r.err)
+		}
+		if fmt.Sprint(r.res.Tokens) != fmt.Sprint(want[i].tokens) {
+			t.Errorf("prompt %q: output after the outage differs from centralized:\n got %v\nwant %v", ps[i], r.res.Tokens, want[i].tokens)
+		}
+		retries += r.res.Stats.Retries
+		resyncs += r.res.Stats.Resyncs
+	}
+	t.Logf("after a 1.5s verifier outage: %d retries, %d resyncs, outputs identical", retries, resyncs)
+	if retries == 0 || resyncs == 0 {
+		t.Fatalf("expected retries and resyncs, got %d and %d", retries, resyncs)
+	}
+}
+
+// TestFallbackReleasesUnverified runs a device in fallback mode with no verifier:
+// after MaxFailures timed-out rounds it releases its own drafts, and the HTTP API
+// reports them as unverified.
+func TestFallbackReleasesUnverified(t *testing.T) {
+	s := start(t, services.UpConfig{
+		Drafts: []string{testmodels.Path(t, testmodels.Draft4L)}, HTTPAddr: "127.0.0.1:0",
+		Draft: drafter.DraftPolicy{Threshold: -1, MinLen: 4, MaxLen: 4},
+		Retry: drafter.RetryPolicy{Timeout: 100 * time.Millisecond, MaxFailures: 2, Fallback: true},
+	})
+	s.StopVerifier()
+	body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": 12})
+	resp, err := http.Post("http://"+s.HTTPAddr+"/v1/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Choices []struct {
+			Text string `json:"text"`
+		} `json:"choices"`
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+		SLED struct {
+			Unverified int      `json:"unverified_tokens"`
+			Retries    int      `json:"retries"`
+			Spans      [][2]int `json:"unverified_spans"`
+		} `json:"sled"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status %d, %v", resp.StatusCode, err)
+	}
+	t.Logf("fallback with no verifier: %q, %d of %d tokens unverified, %d retries, spans %v",
+		got.Choices[0].Text, got.SLED.Unverified, got.Usage.CompletionTokens, got.SLED.Retries, got.SLED.Spans)
+	if got.SLED.Unverified != 12 || got.Usage.CompletionTokens != 12 || len(got.SLED.Spans) == 0 || got.SLED.Retries < 2 {
+		t.Fatalf("expected 12 unverified tokens with spans, got %+v", got.SLED)
+	}
+	// The released text is the draft model's own greedy text.
+	edge, err := drafter.NewEdge(s.Models[testmodels.Path(t, testmodels.Draft4L)], 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer edge.Close()
+	m := edge.Model()
+	prompt, _ := m.Tokenize("Once upon a time", true)
+	er, err := edge.Generate(context.Background(), textgen.Request{Prompt: prompt, MaxTokens: 12}, func(textgen.Chunk) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Detokenize(er.Tokens) != got.Choices[0].Text {
+		t.Fatalf("released %q, draft model alone gives %q", got.Choices[0].Text, m.Detokenize(er.Tokens))
+	}
+}
+
+// TestDeviceKilledMidRequest abandons a generation mid-request (its context
+// cancelled, the device closed): the server keeps nothing stuck, and other devices
+// carry on.
+func TestDeviceKilledMidRequest(t *testing.T) {
+	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
+	s := start(t, services.UpConfig{Drafts: drafts, Devices: 2})
+	victim := s.Devices[0]
+	prompt, _ := victim.Model().Tokenize("Once upon a time", true)
+	ctx, kill := context.WithCancel(context.Background())
+	n := 0
+	_, err := victim.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: 200}, func(c textgen.Chunk) error {
+		if n += len(c.Tokens); n >= 10 {
+			kill() // the device dies mid-request
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("killed generation returned %v", err)
+	}
+	victim.Close()
+
+	// The other device is unaffected.
+	other := runAll(t, &services.System{Generators: s.Generators[1:]}, prompts[:2], 32)
+	for _, o := range other {
+		if len(o.tokens) == 0 {
+			t.Fatal("surviving device produced nothing")
+		}
+	}
+	// Nothing is left pending in the server: every draft acknowledged, every batch
+	// consumed.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		dc, err := s.JS.Consumer(context.Background(), infra.StreamDrafts, "batcher-default")
+		if err != nil {
+			t.Fatal(err)
+		}
+		di, err := dc.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bs, err := s.JS.Stream(context.Background(), infra.StreamBatches)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bi, err := bs.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if di.NumAckPending == 0 && di.NumPending == 0 && bi.State.Msgs == 0 {
+			t.Logf("server idle: drafts pending %d, unacked %d, batches stored %d; verifier holds %d sessions", di.NumPending, di.NumAckPending, bi.State.Msgs, s.Verifier().Sessions())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server stuck: drafts pending %d, unacked %d, batches stored %d", di.NumPending, di.NumAckPending, bi.State.Msgs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
