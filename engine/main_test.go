@@ -9,5 +9,9 @@ import (
 func TestMain(m *testing.M) {
 	// llama.cpp logs through slog's default level; keep test output to warnings.
 	slog.SetLogLoggerLevel(slog.LevelWarn)
-	os.Exit(m.Run())
+	code := m.Run()
+	if benchDir != "" {
+		os.RemoveAll(benchDir)
+	}
+	os.Exit(code)
 }

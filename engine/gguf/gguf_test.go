@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"github.com/sled-project/sled/internal/testmodels"
 	"io"
 	"io/fs"
 	"math"
@@ -14,20 +15,8 @@ import (
 	"testing"
 )
 
-// modelPath returns the path of a test model in $SLED_MODEL_DIR, failing the
-// test if it is not there.
-func modelPath(t testing.TB, name string) string {
-	t.Helper()
-	dir := os.Getenv("SLED_MODEL_DIR")
-	if dir == "" {
-		t.Fatalf("SLED_MODEL_DIR is not set: point it at the test models (../shared/models beside the checkout; see README.md)")
-	}
-	p := filepath.Join(dir, name)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("test model missing: %v (SLED_MODEL_DIR=%s)", err, dir)
-	}
-	return p
-}
+// modelPath returns the path of a shared test model (see internal/testmodels).
+func modelPath(t testing.TB, name string) string { return testmodels.Path(t, name) }
 
 func open(t testing.TB, path string) *File {
 	t.Helper()
