@@ -28,8 +28,10 @@ type Config struct {
 	Policy Policy
 	// HeartbeatTimeout: a worker silent this long gets no new batches. Default 3s.
 	HeartbeatTimeout time.Duration
-	// ActiveWindow: a session counts as active (for Policy's early close) when it
-	// sent a draft within this window. Default 1s.
+	// ActiveWindow: a device counts as active (for Policy's early close) when it
+	// sent a draft within this window. Default 1s. Devices, not sessions, are
+	// counted: a device runs one generation at a time, so it has at most one round
+	// in flight, while a finished session would look active for the whole window.
 	ActiveWindow time.Duration
 	// AckWait of the drafts consumer: a draft not batched and stored within it is
 	// redelivered (a crashed batcher's drafts go to its replacement). Default 5s.
@@ -61,7 +63,7 @@ type Batcher struct {
 	mu     sync.Mutex
 	router *Router
 	queues map[string]*queue // worker ("" = shared) -> pending drafts
-	recent map[string]time.Time
+	recent map[string]time.Time // device -> last draft
 	stats  Stats
 	wake   chan struct{}
 }
@@ -175,7 +177,7 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	}
 	b.mu.Lock()
 	b.stats.Drafts++
-	b.recent[d.SessionID] = now
+	b.recent[d.DeviceID] = now
 	worker, moved := b.router.Route(d.SessionID, now)
 	if moved {
 		b.stats.Moved++
@@ -213,7 +215,7 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	return infra.ErrDetached
 }
 
-// active counts sessions seen within ActiveWindow (caller holds mu).
+// active counts devices seen within ActiveWindow (caller holds mu).
 func (b *Batcher) active(now time.Time) int {
 	n := 0
 	for s, t := range b.recent {
@@ -266,11 +268,20 @@ func (b *Batcher) flushReady(ctx context.Context) time.Duration {
 	var out []closed
 	b.mu.Lock()
 	active := b.active(now)
-	// Sessions routed to different workers form separate batches; "all active in
-	// the batch" is judged per worker by its share of the active sessions.
+	// Sessions routed to different workers form separate batches. "Every active
+	// device is in the batch" can only be judged when one queue holds drafts;
+	// with several, each waits for its size or deadline.
+	busy := 0
+	for w, q := range b.queues {
+		if len(q.items) == 0 {
+			delete(b.queues, w)
+			continue
+		}
+		busy++
+	}
 	for w, q := range b.queues {
 		share := active
-		if len(b.queues) > 1 {
+		if busy > 1 {
 			share = 0
 		}
 		ok, reason, next := b.cfg.Policy.Decide(len(q.items), share, now.Sub(q.oldest))

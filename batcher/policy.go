@@ -7,15 +7,15 @@ import "time"
 
 // Policy is static batching as in the SLED paper (a fixed batch size) closed early
 // by a deadline, so a lone device is never stranded, and by the fleet's size: once
-// every recently active session has a draft waiting, waiting longer cannot grow the
-// batch, so it closes at once.
+// every recently active device has a draft waiting, waiting longer cannot grow the
+// batch (a device has one round in flight at a time), so it closes at once.
 type Policy struct {
 	// Size closes a batch when it holds this many drafts. Default 8.
 	Size int
 	// MaxWait closes a batch when its oldest draft has waited this long.
-	// Default 3ms.
+	// Default 1ms.
 	MaxWait time.Duration
-	// NoEarlyClose turns off closing when every active session is in the batch
+	// NoEarlyClose turns off closing when every active device is in the batch
 	// (the paper's plain static batching).
 	NoEarlyClose bool
 }
@@ -23,13 +23,13 @@ type Policy struct {
 // Defaults of Policy.
 const (
 	DefaultSize    = 8
-	DefaultMaxWait = 3 * time.Millisecond
+	DefaultMaxWait = time.Millisecond
 )
 
 // Batch close reasons, carried in verify.batch's policy field.
 const (
 	ReasonSize     = "size"     // the batch reached Size
-	ReasonAll      = "all"      // every active session has a draft in the batch
+	ReasonAll      = "all"      // every active device has a draft in the batch
 	ReasonDeadline = "deadline" // the oldest draft waited MaxWait
 )
 
@@ -46,7 +46,7 @@ func (p Policy) WithDefaults() Policy {
 
 // Decide says whether a queue of n drafts, the oldest waiting for age, closes now,
 // with the reason; otherwise it says how long until it must be looked at again.
-// active is the number of sessions that sent a draft recently (0 if unknown).
+// active is the number of devices that sent a draft recently (0 if unknown).
 func (p Policy) Decide(n, active int, age time.Duration) (close bool, reason string, wait time.Duration) {
 	switch {
 	case n == 0:
