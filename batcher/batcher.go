@@ -62,7 +62,7 @@ type Batcher struct {
 
 	mu     sync.Mutex
 	router *Router
-	queues map[string]*queue // worker ("" = shared) -> pending drafts
+	queues map[string]*queue    // worker ("" = shared) -> pending drafts
 	recent map[string]time.Time // device -> last draft
 	stats  Stats
 	wake   chan struct{}
