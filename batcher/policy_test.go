@@ -1,0 +1,76 @@
+package batcher
+
+import (
+	"testing"
+	"time"
+)
+
+func TestPolicyDecide(t *testing.T) {
+	p := Policy{Size: 4, MaxWait: 2 * time.Millisecond}.WithDefaults()
+	cases := []struct {
+		n, active int
+		age       time.Duration
+		close     bool
+		reason    string
+	}{
+		{0, 3, time.Hour, false, ""},        // nothing to send
+		{4, 10, 0, true, ReasonSize},        // full
+		{5, 10, 0, true, ReasonSize},        // over full
+		{3, 3, 0, true, ReasonAll},          // every active device is in
+		{2, 3, time.Millisecond, false, ""}, // waiting for the third
+		{2, 3, 2 * time.Millisecond, true, ReasonDeadline},
+		{1, 0, 0, false, ""}, // unknown activity: wait
+	}
+	for _, c := range cases {
+		ok, reason, wait := p.Decide(c.n, c.active, c.age)
+		if ok != c.close || reason != c.reason {
+			t.Errorf("Decide(%d, %d, %v) = %v %q, want %v %q", c.n, c.active, c.age, ok, reason, c.close, c.reason)
+		}
+		if !ok && c.n > 0 && wait != p.MaxWait-c.age {
+			t.Errorf("Decide(%d, %d, %v) wait %v", c.n, c.active, c.age, wait)
+		}
+	}
+	plain := Policy{Size: 4, NoEarlyClose: true}.WithDefaults()
+	if ok, _, _ := plain.Decide(3, 3, 0); ok {
+		t.Error("NoEarlyClose closed on all-active")
+	}
+	if d := (Policy{}).WithDefaults(); d.Size != DefaultSize || d.MaxWait != DefaultMaxWait {
+		t.Errorf("defaults %+v", d)
+	}
+}
+
+func TestRouterSticky(t *testing.T) {
+	r := NewRouter(time.Second, time.Minute)
+	now := time.Unix(1000, 0)
+	if w, _ := r.Route("s1", now); w != "" {
+		t.Fatalf("routed to %q with no workers", w)
+	}
+	r.Heartbeat("w1", now)
+	r.Heartbeat("w2", now)
+	a, _ := r.Route("s1", now)
+	b, _ := r.Route("s2", now)
+	if a == b {
+		t.Fatalf("two new sessions on one worker %q while another is idle", a)
+	}
+	// Sticky while the worker lives.
+	for i := range 5 {
+		if w, moved := r.Route("s1", now.Add(time.Duration(i)*100*time.Millisecond)); w != a || moved {
+			t.Fatalf("s1 moved to %q", w)
+		}
+	}
+	// a stops heartbeating; the other keeps going.
+	later := now.Add(2 * time.Second)
+	other := map[string]string{"w1": "w2", "w2": "w1"}[a]
+	r.Heartbeat(other, later)
+	if w, moved := r.Route("s1", later); w != other || !moved {
+		t.Fatalf("after %s died, s1 went to %q (moved %v)", a, w, moved)
+	}
+	if alive := r.Alive(later); len(alive) != 1 || alive[0] != other {
+		t.Fatalf("alive %v", alive)
+	}
+	// Idle sessions and dead workers are forgotten.
+	r.Sweep(later.Add(2 * time.Minute))
+	if r.Sessions() != 0 {
+		t.Fatalf("%d sessions after sweep", r.Sessions())
+	}
+}
