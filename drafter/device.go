@@ -299,6 +299,14 @@ func (g *generation) send(ctx context.Context) error {
 	if g.needPrefix {
 		ev.Prefix = append([]int32(nil), g.committed...)
 	}
+	if g.req.Temperature > 0 {
+		// The device drafts greedily, so its draft distribution is a point mass on
+		// each draft token; telling the verifier so keeps speculative sampling
+		// exact (accept with p(x), resample from p without x on rejection).
+		for _, t := range g.pending {
+			ev.TopK = append(ev.TopK, events.TopK{IDs: []int32{t}, Probs: []float32{1}})
+		}
+	}
 	_, err := g.d.pub.Publish(ctx, events.New(g.d.source, ev))
 	return err
 }
