@@ -77,3 +77,28 @@ func TestAcceptSamplingPreservesTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestAcceptSamplingGreedyDrafter covers SLED devices under sampling: they draft
+// the draft model's argmax and declare a point-mass draft distribution. The first
+// emitted token must still follow the target's p.
+func TestAcceptSamplingGreedyDrafter(t *testing.T) {
+	logits := []float32{0.5, 2, 1, -1}
+	p := engine.Softmax(nil, logits, 0.8)
+	r := rand.New(rand.NewPCG(3, 4))
+	const N = 200000
+	counts := make([]int, len(p))
+	point := [][]engine.TokenProb{{{Token: 2, Prob: 1}}} // the drafter always proposes token 2
+	for range N {
+		v := Accept(AcceptInput{Draft: []engine.Token{2}, DraftDists: point, Target: [][]float32{logits, logits}, Temperature: 0.8, Rand: r})
+		first := v.Next
+		if v.Accepted == 1 {
+			first = 2
+		}
+		counts[first]++
+	}
+	for i, pi := range p {
+		if got := float64(counts[i]) / N; math.Abs(got-float64(pi)) > 0.006 {
+			t.Errorf("token %d: frequency %.4f, target probability %.4f", i, got, pi)
+		}
+	}
+}
