@@ -69,6 +69,9 @@ type Device struct {
 	gen sync.Mutex // one generation at a time; guards ds
 	ds  *draftState
 
+	closing context.Context // done once Close starts: generations in progress end
+	close   context.CancelFunc
+
 	wmu     sync.Mutex
 	waiters map[string]chan *events.VerifyResult
 }
@@ -105,6 +108,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		source:  "/sled/device/" + cfg.DeviceID,
 		waiters: make(map[string]chan *events.VerifyResult),
 	}
+	d.closing, d.close = context.WithCancel(context.Background())
 	d.sub, err = nc.Subscribe(events.ResultSubject(cfg.DeviceID), d.onResult)
 	if err != nil {
 		ds.close()
@@ -118,8 +122,9 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 }
 
 // Close stops receiving results and frees the draft context. A generation in
-// progress fails.
+// progress ends with context.Canceled.
 func (d *Device) Close() error {
+	d.close()
 	_ = d.sub.Unsubscribe()
 	d.gen.Lock()
 	defer d.gen.Unlock()
@@ -170,8 +175,14 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 	if err := textgen.Validate(d.model, req, d.cfg.MaxContext); err != nil {
 		return textgen.Result{}, err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(d.closing, cancel)()
 	d.gen.Lock()
 	defer d.gen.Unlock()
+	if d.closing.Err() != nil {
+		return textgen.Result{}, fmt.Errorf("drafter: device %s is closed: %w", d.cfg.DeviceID, context.Canceled)
+	}
 	g := &generation{
 		d: d, req: req, emit: emit, session: newSessionID(),
 		committed:  append([]engine.Token(nil), req.Prompt...),
