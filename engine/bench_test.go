@@ -75,8 +75,14 @@ func benchModel(b *testing.B, which string) *Model {
 // benchDecode runs rounds of `seqs` sequences x `per` tokens, each round one Decode,
 // on a context pre-filled with a 32-token prefix per sequence.
 func benchDecode(b *testing.B, which string, seqs, per int) {
+	benchDecodeOpts(b, which, seqs, per, false, false)
+}
+
+// benchDecodeOpts is benchDecode with a choice of KV layout; ragged gives slot s
+// 1+s%per tokens per pass instead of per.
+func benchDecodeOpts(b *testing.B, which string, seqs, per int, separate, ragged bool) {
 	m := benchModel(b, which)
-	c, err := m.NewContext(ContextOptions{Slots: seqs, SlotContext: 512})
+	c, err := m.NewContext(ContextOptions{Slots: seqs, SlotContext: 512, SeparateKV: separate})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -96,7 +102,7 @@ func benchDecode(b *testing.B, which string, seqs, per int) {
 		}
 	}
 	reset()
-	pos := prefix
+	pos, tokens := prefix, 0
 	b.ResetTimer()
 	for range b.N {
 		if pos+per > 500 {
@@ -107,16 +113,21 @@ func benchDecode(b *testing.B, which string, seqs, per int) {
 		}
 		es := make([]Entry, 0, seqs*per)
 		for s := range seqs {
-			for i := range per {
-				es = append(es, Entry{Seq: s, Pos: pos + i, Token: Token(5 + (s+i)%300), Logits: true})
+			n := per
+			if ragged {
+				n = 1 + s%per
+			}
+			for i := range n {
+				es = append(es, Entry{Seq: s, Pos: c.Len(s) + i, Token: Token(5 + (s+i)%300), Logits: true})
 			}
 		}
 		if _, err := c.Decode(ctx, es); err != nil {
 			b.Fatal(err)
 		}
+		tokens += len(es)
 		pos += per
 	}
-	b.ReportMetric(float64(b.N*seqs*per)/b.Elapsed().Seconds(), "tokens/s")
+	b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "tokens/s")
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/pass")
 }
 
@@ -124,3 +135,24 @@ func BenchmarkDecodeStories1x1(b *testing.B) { benchDecode(b, "stories260k", 1, 
 func BenchmarkDecodeStories8x5(b *testing.B) { benchDecode(b, "stories260k", 8, 5) }
 func BenchmarkDecodeSmolLM1x1(b *testing.B)  { benchDecode(b, "smollm-135m", 1, 1) }
 func BenchmarkDecodeSmolLM8x5(b *testing.B)  { benchDecode(b, "smollm-135m", 8, 5) }
+
+// KV layout: the unified cache (default) against a stream per slot, on equal and
+// ragged batches.
+func BenchmarkDecodeStories8x5Separate(b *testing.B) {
+	benchDecodeOpts(b, "stories260k", 8, 5, true, false)
+}
+func BenchmarkDecodeStories8x5Ragged(b *testing.B) {
+	benchDecodeOpts(b, "stories260k", 8, 5, false, true)
+}
+func BenchmarkDecodeStories8x5RaggedSeparate(b *testing.B) {
+	benchDecodeOpts(b, "stories260k", 8, 5, true, true)
+}
+func BenchmarkDecodeSmolLM8x5Separate(b *testing.B) {
+	benchDecodeOpts(b, "smollm-135m", 8, 5, true, false)
+}
+func BenchmarkDecodeSmolLM8x5Ragged(b *testing.B) {
+	benchDecodeOpts(b, "smollm-135m", 8, 5, false, true)
+}
+func BenchmarkDecodeSmolLM8x5RaggedSeparate(b *testing.B) {
+	benchDecodeOpts(b, "smollm-135m", 8, 5, true, true)
+}

@@ -32,6 +32,11 @@ type ContextOptions struct {
 	FlashAttention bool
 	// KVType is the KV cache element type: "f16" (default), "f32" or "q8_0".
 	KVType string
+	// SeparateKV gives every slot its own KV cache stream instead of one unified
+	// cache. Attention then reads only the slot's own positions, but llama.cpp
+	// evaluates a ragged batch (slots with different token counts) in several
+	// micro-batches. Default off (unified).
+	SeparateKV bool
 }
 
 func (o ContextOptions) withDefaults(m *Model) ContextOptions {
@@ -83,7 +88,7 @@ func (m *Model) NewContext(opts ContextOptions) (*Context, error) {
 		return nil, ErrClosed
 	}
 	opts = opts.withDefaults(m)
-	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.FlashAttention, opts.KVType)
+	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.FlashAttention, opts.SeparateKV, opts.KVType)
 	if err != nil {
 		return nil, fmt.Errorf("engine: new context (%d slots x %d positions): %w", opts.Slots, opts.SlotContext, err)
 	}

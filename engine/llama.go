@@ -216,7 +216,7 @@ type cContext struct {
 // sequences. Unified is what makes a ragged batch one forward pass: with a cache
 // stream per sequence llama.cpp splits a batch into micro-batches of equal length per
 // sequence, so drafts of different lengths would cost several passes.
-func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash bool, kvType string) (*cContext, error) {
+func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash, separateKV bool, kvType string) (*cContext, error) {
 	p := C.llama_context_default_params()
 	p.n_ctx = C.uint32_t(nCtx)
 	p.n_batch = C.uint32_t(nBatch)
@@ -226,7 +226,7 @@ func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash bool, kvType 
 	p.n_threads_batch = C.int32_t(threads)
 	p.embeddings = false
 	p.no_perf = true
-	p.kv_unified = true
+	p.kv_unified = C.bool(!separateKV)
 	if flash {
 		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
 	} else {
