@@ -13,6 +13,7 @@ import (
 
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/engine/gguf"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
@@ -84,7 +85,16 @@ func modelDir() string {
 }
 
 // findModel resolves a model argument: a path as given, or a file name in dir.
+// "NAME@TYPE" (TYPE one of F16, Q8_0, Q4_0) names NAME requantized to TYPE: the copy
+// is derived once into the user cache directory and reused.
 func findModel(dir, name string) (string, error) {
+	if base, typ, ok := strings.Cut(name, "@"); ok {
+		src, err := findModel(dir, base)
+		if err != nil {
+			return "", err
+		}
+		return requantized(src, typ)
+	}
 	for _, p := range []string{name, filepath.Join(dir, name)} {
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p, nil
@@ -174,7 +184,8 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 	f.StringVar(&mode, "mode", services.ModeSLED, "sled, centralized (server generates every token) or edge (drafts only)")
 	f.StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
 	f.StringVar(&target, "target", "stories260k.gguf", "target model file")
-	f.StringArrayVar(&drafts, "draft", []string{"stories260k-draft-4L.gguf", "stories260k-draft-3L.gguf"}, "draft model file, repeatable; devices use them round-robin")
+	f.StringArrayVar(&drafts, "draft", []string{"stories260k-draft-4L.gguf", "stories260k-draft-3L.gguf", "stories260k-draft-4L.gguf@Q8_0"},
+		"draft model file, repeatable; devices use them round-robin; FILE@Q8_0 (or @F16, @Q4_0) is FILE requantized")
 	f.IntVar(&devices, "devices", 3, "number of simulated devices")
 	f.StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 	f.StringVar(&natsURL, "nats", "", "external NATS URL instead of the embedded server")
@@ -214,4 +225,34 @@ func runDemo(ctx context.Context, sys *services.System, prompt string) error {
 		}
 	}
 	return nil
+}
+
+// requantized returns a copy of src converted to typ in the user cache directory,
+// deriving it when missing or older than src.
+func requantized(src, typ string) (string, error) {
+	t, err := gguf.ParseType(typ)
+	if err != nil {
+		return "", fmt.Errorf("%s@%s: %w", src, typ, err)
+	}
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	dir = filepath.Join(dir, "sled", "models")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	base := strings.TrimSuffix(filepath.Base(src), filepath.Ext(src))
+	dst := filepath.Join(dir, base+"-"+strings.ToLower(t.String())+".gguf")
+	si, err := os.Stat(src)
+	if err != nil {
+		return "", err
+	}
+	if di, err := os.Stat(dst); err == nil && !di.ModTime().Before(si.ModTime()) {
+		return dst, nil
+	}
+	if _, err := gguf.Derive(src, dst, gguf.DeriveOptions{Type: &t}); err != nil {
+		return "", fmt.Errorf("requantize %s to %s: %w", src, t, err)
+	}
+	return dst, nil
 }
