@@ -14,6 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
@@ -40,7 +44,12 @@ type Config struct {
 	VocabSize int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Telemetry receives the batcher's spans and metrics. Default: none.
+	Telemetry *infra.Telemetry
 }
+
+// TracerName is the instrumentation scope of the batcher's spans.
+const TracerName = "github.com/sled-project/sled/batcher"
 
 // Stats are a Batcher's counters.
 type Stats struct {
@@ -66,7 +75,21 @@ type Batcher struct {
 	recent map[string]time.Time // device -> last draft
 	stats  Stats
 	wake   chan struct{}
+
+	tel       *infra.Telemetry
+	tracer    trace.Tracer
+	m         *infra.Metrics
+	poolAttrs metric.MeasurementOption            // pool
+	byPolicy  map[string]metric.MeasurementOption // pool, policy
+	byOutcome map[string]metric.MeasurementOption // pool, outcome
 }
+
+// Draft outcomes at the batcher (the outcome label of sled_batcher_drafts_total).
+const (
+	OutcomeBatched    = "batched"
+	OutcomeSuperseded = "superseded" // a newer round of the session replaced it
+	OutcomeStale      = "stale"      // past its deadline on arrival
+)
 
 type queue struct {
 	items  []item
@@ -74,9 +97,11 @@ type queue struct {
 }
 
 type item struct {
-	d   *events.DraftReady
-	msg jetstream.Msg
-	at  time.Time
+	d     *events.DraftReady
+	msg   jetstream.Msg
+	at    time.Time
+	round trace.SpanContext // the round's span, from the draft's traceparent
+	span  trace.Span        // "batcher.queue": arrival to batch close
 }
 
 // New creates a batcher; Run runs it.
@@ -99,13 +124,26 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
 	}
 	var rb [4]byte
 	_, _ = rand.Read(rb[:])
-	return &Batcher{
+	tel := cfg.Telemetry.Or()
+	pool := attribute.String("pool", cfg.Pool)
+	b := &Batcher{
 		cfg: cfg, nc: nc, js: js, source: "/sled/batcher/" + cfg.Pool,
 		prefix: cfg.Pool + "-" + hex.EncodeToString(rb[:]),
 		router: NewRouter(cfg.HeartbeatTimeout, 0),
 		queues: map[string]*queue{}, recent: map[string]time.Time{},
 		stats: Stats{ByReason: map[string]uint64{}}, wake: make(chan struct{}, 1),
-	}, nil
+		tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
+		poolAttrs: metric.WithAttributeSet(attribute.NewSet(pool)),
+		byPolicy:  map[string]metric.MeasurementOption{},
+		byOutcome: map[string]metric.MeasurementOption{},
+	}
+	for _, r := range []string{ReasonSize, ReasonAll, ReasonDeadline} {
+		b.byPolicy[r] = metric.WithAttributeSet(attribute.NewSet(pool, attribute.String("policy", r)))
+	}
+	for _, o := range []string{OutcomeBatched, OutcomeSuperseded, OutcomeStale} {
+		b.byOutcome[o] = metric.WithAttributeSet(attribute.NewSet(pool, attribute.String("outcome", o)))
+	}
+	return b, nil
 }
 
 // Stats returns a copy of the counters.
@@ -148,7 +186,7 @@ func (b *Batcher) Run(ctx context.Context) error {
 		FilterSubjects: []string{events.DraftFilter(b.cfg.Pool)},
 		AckWait:        b.cfg.AckWait,
 		Decoder:        &events.Decoder{VocabSize: b.cfg.VocabSize},
-		Source:         b.source, Logger: b.cfg.Logger,
+		Source:         b.source, Logger: b.cfg.Logger, Telemetry: b.cfg.Telemetry,
 	})
 	if err != nil {
 		return fmt.Errorf("batcher: %w", err)
@@ -168,11 +206,24 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 		return infra.Permanent(fmt.Errorf("%w: %s on a draft subject", events.ErrInvalid, ev.Type()))
 	}
 	now := time.Now()
+	// The draft's trace context is its round's: the queue span is the round's
+	// child, and the draft carries the context on into the batch.
+	rctx := b.tel.Extract(ctx, ev)
+	_, span := b.tracer.Start(rctx, "batcher.queue", trace.WithSpanKind(trace.SpanKindConsumer))
+	if span.IsRecording() {
+		span.SetAttributes(infra.EventAttrs(ev, msg.Subject(), "receive")...)
+		span.SetAttributes(infra.AttrDevice.String(d.DeviceID), infra.AttrSession.String(d.SessionID),
+			infra.AttrRound.Int64(int64(d.Round)), infra.AttrDrafted.Int(len(d.Draft)), infra.AttrPool.String(b.cfg.Pool))
+	}
+	if d.TraceParent == "" {
+		d.TraceParent, d.TraceState = ev.TraceParent, ev.TraceState
+	}
 	if !d.Deadline.IsZero() && now.After(d.Deadline) {
 		// The device has given up on this round and resent its tokens in a new one.
 		b.mu.Lock()
 		b.stats.Stale++
 		b.mu.Unlock()
+		b.dropped(ctx, span, OutcomeStale)
 		return nil
 	}
 	b.mu.Lock()
@@ -194,10 +245,12 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 			if it.d.Round < d.Round {
 				_ = it.msg.Ack()
 				b.stats.Superseded++
+				b.dropped(ctx, it.span, OutcomeSuperseded)
 				q.items = append(q.items[:i], q.items[i+1:]...)
 			} else {
 				b.stats.Superseded++
 				b.mu.Unlock()
+				b.dropped(ctx, span, OutcomeSuperseded)
 				return nil
 			}
 			break
@@ -206,13 +259,22 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	if len(q.items) == 0 {
 		q.oldest = now
 	}
-	q.items = append(q.items, item{d: d, msg: msg, at: now})
+	q.items = append(q.items, item{d: d, msg: msg, at: now, round: trace.SpanContextFromContext(rctx), span: span})
 	b.mu.Unlock()
 	select {
 	case b.wake <- struct{}{}:
 	default:
 	}
 	return infra.ErrDetached
+}
+
+// dropped ends the queue span of a draft that will not be batched and counts it.
+func (b *Batcher) dropped(ctx context.Context, span trace.Span, outcome string) {
+	b.m.BatcherDrafts.Add(ctx, 1, b.byOutcome[outcome])
+	if span.IsRecording() {
+		span.SetAttributes(infra.AttrOutcome.String(outcome))
+	}
+	span.End()
 }
 
 // active counts devices seen within ActiveWindow (caller holds mu).
@@ -314,9 +376,20 @@ func (b *Batcher) publish(ctx context.Context, worker, reason string, items []it
 	for _, it := range items {
 		batch.Drafts = append(batch.Drafts, *it.d)
 	}
-	m, err := events.Encode(events.New(b.source, batch))
+	ctx, span := b.startBatch(ctx, batch, items)
+	defer span.End()
+	ev := events.New(b.source, batch)
+	b.tel.Inject(ctx, ev)
+	m, err := events.Encode(ev)
 	if err == nil {
 		_, err = b.js.PublishMsg(ctx, m, jetstream.WithMsgID(batch.BatchID))
+	}
+	if span.IsRecording() {
+		span.SetAttributes(infra.EventAttrs(ev, batch.NATSSubject(), "send")...)
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "publish failed")
+		}
 	}
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
@@ -334,4 +407,41 @@ func (b *Batcher) publish(ctx context.Context, worker, reason string, items []it
 	b.stats.Batches++
 	b.stats.ByReason[reason]++
 	b.mu.Unlock()
+	pol, ok := b.byPolicy[reason]
+	if !ok {
+		pol = metric.WithAttributes(attribute.String("pool", b.cfg.Pool), attribute.String("policy", reason))
+	}
+	b.m.Batches.Add(ctx, 1, pol)
+	b.m.BatchSize.Record(ctx, int64(len(items)), pol)
+	b.m.BatchFill.Record(ctx, float64(len(items))/float64(b.cfg.Policy.Size), b.poolAttrs)
+	b.m.BatcherDrafts.Add(ctx, int64(len(items)), b.byOutcome[OutcomeBatched])
+}
+
+// startBatch ends the queue spans of a closing batch's drafts, records their
+// queue wait, and starts the batch's span: the root of the batch's own trace
+// (a batch serves many rounds), linked to every round it holds. The batch
+// event carries its context, so the verifier's batch span is its child.
+func (b *Batcher) startBatch(ctx context.Context, batch *events.VerifyBatch, items []item) (context.Context, trace.Span) {
+	now := batch.CreatedAt
+	var links []trace.Link
+	tracing := b.tel.Tracing()
+	for _, it := range items {
+		b.m.QueueWait.Record(ctx, now.Sub(it.at).Seconds(), b.poolAttrs)
+		if it.span.IsRecording() {
+			it.span.SetAttributes(infra.AttrOutcome.String(OutcomeBatched), infra.AttrBatchID.String(batch.BatchID),
+				infra.AttrBatchPolicy.String(batch.Policy), infra.AttrBatchSize.Int(len(items)))
+		}
+		it.span.End(trace.WithTimestamp(now))
+		if tracing && it.round.IsValid() {
+			links = append(links, trace.Link{SpanContext: it.round})
+		}
+	}
+	ctx, span := b.tracer.Start(ctx, "batcher.batch", trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithLinks(links...), trace.WithTimestamp(now))
+	if span.IsRecording() {
+		span.SetAttributes(infra.AttrBatchID.String(batch.BatchID), infra.AttrBatchPolicy.String(batch.Policy),
+			infra.AttrBatchSize.Int(len(items)), infra.AttrPool.String(b.cfg.Pool), infra.AttrWorker.String(batch.Worker),
+			infra.AttrMsgBatchCount.Int(len(items)))
+	}
+	return ctx, span
 }

@@ -15,6 +15,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
@@ -53,6 +56,12 @@ type Config struct {
 	MaxContext int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Telemetry receives the device's spans (one trace per round) and metrics.
+	// Default: none.
+	Telemetry *infra.Telemetry
+	// ModelName is the draft_model label of the device's metrics. Default: the
+	// draft model file's base name without extension.
+	ModelName string
 }
 
 // Device is one edge device: a draft model and a NATS connection. It implements
@@ -65,6 +74,7 @@ type Device struct {
 	dec    *events.Decoder
 	sub    *nats.Subscription
 	source string
+	obs    *observer
 
 	gen sync.Mutex // one generation at a time; guards ds
 	ds  *draftState
@@ -97,6 +107,9 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		cfg.Logger = slog.Default()
 	}
 	cfg.Logger = cfg.Logger.With("device", cfg.DeviceID)
+	if cfg.ModelName == "" {
+		cfg.ModelName = modelName(draft.Info().Path)
+	}
 	ds, err := newDraftState(draft, cfg.Threads, cfg.MaxContext)
 	if err != nil {
 		return nil, fmt.Errorf("drafter: %w", err)
@@ -107,6 +120,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		dec:     &events.Decoder{VocabSize: draft.VocabSize()},
 		source:  "/sled/device/" + cfg.DeviceID,
 		waiters: make(map[string]chan *events.VerifyResult),
+		obs:     newObserver(cfg.Telemetry, cfg.DeviceID, cfg.ModelName),
 	}
 	d.closing, d.close = context.WithCancel(context.Background())
 	d.sub, err = nc.Subscribe(events.ResultSubject(cfg.DeviceID), d.onResult)
@@ -139,6 +153,9 @@ func (d *Device) ID() string { return d.cfg.DeviceID }
 
 // Config returns the configuration with defaults filled in.
 func (d *Device) Config() Config { return d.cfg }
+
+// Activity returns the device's cumulative counts, e.g. for a live summary.
+func (d *Device) Activity() Activity { return d.obs.activity() }
 
 // onResult dispatches a verify.result to the generation waiting for it. Results of
 // sessions nobody waits for (a finished or abandoned generation) are dropped.
@@ -231,6 +248,7 @@ type generation struct {
 	// being applied (see reuseAhead).
 	nextPending []engine.Token
 	nextProbs   []float32
+	rt          round // the open round's trace
 }
 
 func (g *generation) out() int { return len(g.committed) - len(g.req.Prompt) }
@@ -246,12 +264,24 @@ func (g *generation) run(ctx context.Context) error {
 		return err
 	}
 	g.lastOK = time.Now()
+	defer func() {
+		if g.rt.span != nil {
+			g.endRound(OutcomeCanceled, nil) // the generation ended mid-round
+		}
+	}()
 	for {
 		if g.room() <= 0 {
 			g.finish = textgen.FinishLength
 			return nil
 		}
-		if err := g.draft(ctx); err != nil {
+		g.beginRound(ctx)
+		_, sp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.draft")
+		err := g.draft(ctx)
+		if sp.IsRecording() {
+			sp.SetAttributes(infra.AttrDrafted.Int(len(g.pending)))
+		}
+		sp.End()
+		if err != nil {
 			return err
 		}
 		res, err := g.roundTrip(ctx)
@@ -296,6 +326,7 @@ func (g *generation) draft(ctx context.Context) error {
 
 // send publishes the next round: every unverified token and the drafts.
 func (g *generation) send(ctx context.Context) error {
+	g.beginRound(ctx)
 	g.round++
 	ev := &events.DraftReady{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Round: g.round, Pool: g.d.cfg.Pool,
@@ -318,7 +349,25 @@ func (g *generation) send(ctx context.Context) error {
 			ev.TopK = append(ev.TopK, events.TopK{IDs: []int32{t}, Probs: []float32{1}})
 		}
 	}
-	_, err := g.d.pub.Publish(ctx, events.New(g.d.source, ev))
+	e := events.New(g.d.source, ev)
+	o := g.d.obs
+	// The event carries the round span's context: the batcher's and the
+	// verifier's spans for this round are its children.
+	o.tel.Inject(g.rt.ctx, e)
+	_, sp := o.tracer.Start(g.rt.ctx, "drafter.publish", trace.WithSpanKind(trace.SpanKindProducer))
+	_, err := g.d.pub.Publish(ctx, e)
+	if sp.IsRecording() {
+		sp.SetAttributes(infra.EventAttrs(e, ev.NATSSubject(), "send")...)
+		if err != nil {
+			sp.RecordError(err)
+			sp.SetStatus(codes.Error, "publish failed")
+		}
+	}
+	sp.End()
+	if g.rt.span.IsRecording() {
+		g.rt.span.SetAttributes(infra.AttrRound.Int64(int64(g.round)), infra.AttrDrafted.Int(len(g.pending)))
+	}
+	g.observeSent(ctx)
 	return err
 }
 
@@ -342,32 +391,51 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 			failed = true
 		}
 		timer := time.NewTimer(retry.Timeout)
+		_, wsp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.wait")
 		res, err := g.wait(ctx, timer, failed, &ahead, &aheadProbs)
 		timer.Stop()
+		if wsp.IsRecording() {
+			wsp.SetAttributes(attribute.Int("sled.drafted_ahead", len(ahead)))
+		}
+		wsp.End()
 		if err != nil {
 			return nil, err
 		}
-		if res != nil {
+		m := g.d.obs.m
+		outcome := OutcomeTimeout
+		switch {
+		case res != nil:
 			switch res.Status {
 			case events.StatusOK:
 				g.failures = 0
 				g.lastOK = time.Now()
 				g.reuseAhead(res, ahead, aheadProbs)
-				return res, nil
+				return res, nil // apply ends the round
 			case events.StatusUnknownSession, events.StatusPrefixMismatch:
+				g.endRound(OutcomeResync, res)
+				m.Resyncs.Add(ctx, 1, g.d.obs.dev)
 				g.needPrefix = true
 				g.stats.Resyncs++
 				g.pending, g.probs = mergeAhead(g.pending, g.probs, ahead, aheadProbs)
 				ahead, aheadProbs = nil, nil
 				continue
 			case events.StatusInvalid:
+				g.endRound(OutcomeInvalid, res)
 				return nil, fmt.Errorf("%w: %s: %s", ErrRejected, res.Reason, res.Error)
 			}
 			// expired, overloaded: a failed round, like a timeout.
+			outcome = string(res.Status)
+		case failed:
+			outcome = OutcomePublishError
+		default:
+			m.Timeouts.Add(ctx, 1, g.d.obs.dev)
 		}
+		g.endRound(outcome, res)
+		m.Retries.Add(ctx, 1, g.d.obs.dev)
 		g.failures++
 		g.stats.Retries++
 		if retry.Release(g.failures) {
+			m.Fallbacks.Add(ctx, 1, g.d.obs.dev)
 			if len(g.pending) == 0 && len(ahead) == 0 {
 				// Nothing drafted (the room left allows only the verdict's own
 				// token): the device supplies that token itself.
@@ -487,11 +555,13 @@ func (g *generation) reuseAhead(res *events.VerifyResult, ahead []engine.Token, 
 
 // apply folds an ok verdict into the generation and emits the new tokens. It
 // reports whether the generation is done.
-func (g *generation) apply(_ context.Context, res *events.VerifyResult) (bool, error) {
+func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool, error) {
 	k := res.Accepted
 	if k < 0 || k > len(g.pending) {
 		return true, fmt.Errorf("%w: verdict accepts %d of %d draft tokens", ErrRejected, k, len(g.pending))
 	}
+	g.observeVerdict(ctx, len(g.pending), k)
+	defer g.endRound(OutcomeOK, res)
 	out := make([]engine.Token, 0, k+1)
 	out = append(append(out, g.pending[:k]...), res.Token)
 	g.stats.Rounds++
@@ -523,6 +593,7 @@ func (g *generation) commit(out []engine.Token, unverified, eos bool) (bool, err
 		out = out[:max(r, 0)]
 	}
 	g.committed = append(g.committed, out...)
+	g.observeTokens(len(out), unverified)
 	if unverified {
 		g.stats.Unverified += len(out)
 	} else {

@@ -60,6 +60,10 @@ func (d *DraftReady) check(vocab int) error {
 		return fmt.Errorf("%w: %d committed tokens exceed prefix_len %d", ErrInvalid, len(d.Committed), d.PrefixLen)
 	case len(d.PrefixHash) != 16:
 		return fmt.Errorf("%w: prefix_hash %q is not 16 hex digits", ErrInvalid, truncate(d.PrefixHash, 32))
+	case d.TraceParent != "" && !validTraceParent(d.TraceParent):
+		return fmt.Errorf("%w: traceparent %q is not a W3C trace context", ErrInvalid, truncate(d.TraceParent, 64))
+	case len(d.TraceState) > 512:
+		return fmt.Errorf("%w: tracestate is %d bytes, limit 512", ErrInvalid, len(d.TraceState))
 	}
 	if err := checkTokens("committed", d.Committed, vocab); err != nil {
 		return err

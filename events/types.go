@@ -80,6 +80,15 @@ type DraftReady struct {
 	VocabFingerprint string    `json:"vocab_fingerprint"`
 	Deadline         time.Time `json:"deadline"`
 	Prefix           []int32   `json:"prefix,omitempty"`
+	// TraceParent and TraceState are the round's W3C trace context, as in the
+	// draft event's ce-traceparent and ce-tracestate. A device need not set
+	// them (the event header carries the context); the batcher copies the
+	// header here when it puts the draft in a [VerifyBatch], whose own header
+	// carries the batch's context, so the verifier can continue each round's
+	// trace. Optional; a value that is not W3C traceparent is rejected by the
+	// schema.
+	TraceParent string `json:"traceparent,omitempty"`
+	TraceState  string `json:"tracestate,omitempty"`
 }
 
 // EventType implements [Payload].

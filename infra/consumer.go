@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sled-project/sled/events"
 )
@@ -97,6 +99,8 @@ type ConsumerConfig struct {
 	// Logger logs rejected messages and handler errors (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// Telemetry counts rejected events and redeliveries (default: none).
+	Telemetry *Telemetry
 }
 
 // Consumer defaults.
@@ -155,10 +159,12 @@ func (c ConsumerConfig) JetStreamConfig() jetstream.ConsumerConfig {
 // Consumer runs a Handler over a durable JetStream consumer with explicit
 // ack/nak/term, rejecting bad input without stopping.
 type Consumer struct {
-	js   jetstream.JetStream
-	cons jetstream.Consumer
-	cfg  ConsumerConfig
-	pub  *Publisher
+	js    jetstream.JetStream
+	cons  jetstream.Consumer
+	cfg   ConsumerConfig
+	pub   *Publisher
+	m     *Metrics
+	attrs metric.MeasurementOption // consumer=<Durable>
 }
 
 // NewConsumer creates the durable consumer, or updates it to cfg.
@@ -171,7 +177,11 @@ func NewConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig
 	if err != nil {
 		return nil, fmt.Errorf("infra: consumer %s/%s: %w", cfg.Stream, cfg.Durable, err)
 	}
-	return &Consumer{js: js, cons: cons, cfg: cfg, pub: NewPublisher(js, PublisherConfig{})}, nil
+	return &Consumer{
+		js: js, cons: cons, cfg: cfg, pub: NewPublisher(js, PublisherConfig{}),
+		m:     cfg.Telemetry.Or().Metrics,
+		attrs: metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", cfg.Durable))),
+	}, nil
 }
 
 // JetStream returns the underlying consumer (e.g. for Info or Fetch).
@@ -199,6 +209,9 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 
 func (c *Consumer) handle(ctx context.Context, m jetstream.Msg, h Handler) {
 	log := c.cfg.Logger
+	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
+		c.m.Redeliveries.Add(ctx, 1, c.attrs)
+	}
 	ev, err := c.cfg.Decoder.DecodeFrom(m)
 	if err != nil {
 		c.reject(ctx, m, nil, err)
@@ -226,6 +239,7 @@ func (c *Consumer) handle(ctx context.Context, m jetstream.Msg, h Handler) {
 // redelivery after a crash between the steps repeats nothing.
 func (c *Consumer) reject(ctx context.Context, m jetstream.Msg, ev *events.Event, cause error) {
 	reason := events.Reason(cause)
+	c.m.Rejected.Add(ctx, 1, metric.WithAttributes(attribute.String("consumer", c.cfg.Durable), attribute.String("reason", reason)))
 	log := c.cfg.Logger.With("consumer", c.cfg.Durable, "subject", m.Subject(), "reason", reason)
 	log.Warn("rejecting message", "err", cause)
 	var stream string

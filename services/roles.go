@@ -60,6 +60,8 @@ type VerifierRole struct {
 	Name     string // worker name (required)
 	Verifier verifier.Config
 	Logger   *slog.Logger
+	// Telemetry receives spans and metrics (default none).
+	Telemetry *infra.Telemetry
 }
 
 // RunVerifier runs one verifier worker until ctx ends.
@@ -84,7 +86,7 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 		return err
 	}
 	defer v.Close()
-	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Logger: r.Logger})
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Logger: r.Logger, Telemetry: r.Telemetry})
 	if err != nil {
 		return err
 	}
@@ -93,7 +95,8 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 
 // BatcherRole configures RunBatcher.
 type BatcherRole struct {
-	Conn    Conn
+	Conn Conn
+	// Batcher configures the batcher, Telemetry included.
 	Batcher batcher.Config
 }
 
@@ -113,8 +116,9 @@ func RunBatcher(ctx context.Context, r BatcherRole) error {
 
 // DrafterRole configures RunDrafter.
 type DrafterRole struct {
-	Conn     Conn
-	Draft    string // draft model file (required)
+	Conn  Conn
+	Draft string // draft model file (required)
+	// Device configures the device, Telemetry included.
 	Device   drafter.Config
 	HTTPAddr string // device API address (default 127.0.0.1:8080)
 	// Ready, if set, is called with the API's address once it serves.

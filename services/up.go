@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -74,6 +75,10 @@ type UpConfig struct {
 	DeviceThreads int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Telemetry receives every role's spans and metrics (see
+	// infra.SetupTelemetry; the caller shuts it down after Close). Default:
+	// none.
+	Telemetry *infra.Telemetry
 }
 
 // System is a running `sled up`.
@@ -274,7 +279,7 @@ func deviceName(i int, path string) string {
 }
 
 func (s *System) startSLED(ctx, runCtx context.Context) error {
-	b, err := batcher.New(s.Conn, s.JS, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.Target.VocabSize(), Logger: s.cfg.Logger})
+	b, err := batcher.New(s.Conn, s.JS, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		return err
 	}
@@ -289,7 +294,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 			DeviceID: deviceName(i, path), Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			NoAsync: s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
 			MaxContext: min(s.Models[path].Info().ContextTrain, s.Target.Info().ContextTrain),
-			Logger:     s.cfg.Logger,
+			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 		})
 		if err != nil {
 			return err
@@ -312,7 +317,7 @@ func (s *System) StartVerifier() error {
 	if err != nil {
 		return err
 	}
-	w, err := verifier.NewWorker(v, s.Conn, s.JS, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Logger: s.cfg.Logger})
+	w, err := verifier.NewWorker(v, s.Conn, s.JS, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		v.Close()
 		return err
@@ -396,6 +401,56 @@ func (s *System) serveHTTP(runCtx context.Context) error {
 		}
 	})
 	return nil
+}
+
+// Summarize writes a line per device every interval, until ctx ends: tokens/s
+// and acceptance over the interval, for devices that produced tokens in it
+// (an idle system prints nothing). Only SLED-mode devices report.
+func (s *System) Summarize(ctx context.Context, every time.Duration, w io.Writer) {
+	if len(s.Devices) == 0 || every <= 0 {
+		return
+	}
+	last := make([]drafter.Activity, len(s.Devices))
+	for i, d := range s.Devices {
+		last[i] = d.Activity()
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	prev := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			el := now.Sub(prev).Seconds()
+			prev = now
+			for i, d := range s.Devices {
+				a := d.Activity()
+				if line := summaryLine(d.ID(), last[i], a, el); line != "" {
+					fmt.Fprintln(w, line)
+				}
+				last[i] = a
+			}
+		}
+	}
+}
+
+// summaryLine describes the activity between two snapshots taken el seconds
+// apart, or returns "" when there was none.
+func summaryLine(device string, from, to drafter.Activity, el float64) string {
+	tokens := to.Tokens - from.Tokens
+	if tokens == 0 || el <= 0 {
+		return ""
+	}
+	rounds, drafted, accepted := to.Rounds-from.Rounds, to.Drafted-from.Drafted, to.Accepted-from.Accepted
+	line := fmt.Sprintf("%s: %.1f tok/s, %d rounds", device, float64(tokens)/el, rounds)
+	if drafted > 0 {
+		line += fmt.Sprintf(", acceptance %.0f%% (%d/%d), %.2f accepted/round", 100*float64(accepted)/float64(drafted), accepted, drafted, float64(accepted)/float64(max(rounds, 1)))
+	}
+	if u := to.Unverified - from.Unverified; u > 0 {
+		line += fmt.Sprintf(", %d unverified", u)
+	}
+	return line
 }
 
 // Generator returns device i's generator.

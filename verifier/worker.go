@@ -10,6 +10,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
@@ -32,7 +36,12 @@ type WorkerConfig struct {
 	MaxDeliver int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Telemetry receives the worker's spans and metrics. Default: none.
+	Telemetry *infra.Telemetry
 }
+
+// TracerName is the instrumentation scope of the verifier's spans.
+const TracerName = "github.com/sled-project/sled/verifier"
 
 // Worker feeds a Verifier with the batches of one pool from JetStream and
 // publishes each verdict on its device's result subject. A batch is acknowledged
@@ -48,6 +57,15 @@ type Worker struct {
 	mu      sync.Mutex
 	batches uint64
 	skipped uint64 // drafts past their deadline, left unanswered
+	seen    Stats  // verifier counters already exported as metrics
+
+	tel      *infra.Telemetry
+	tracer   trace.Tracer
+	m        *infra.Metrics
+	attrs    metric.MeasurementOption                   // pool, worker
+	byStatus map[events.Status]metric.MeasurementOption // pool, worker, status
+	drafted  metric.MeasurementOption                   // pool, worker, kind=drafted
+	accepted metric.MeasurementOption                   // pool, worker, kind=accepted
 }
 
 // NewWorker creates a worker; Run runs it.
@@ -68,7 +86,22 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		cfg.Logger = slog.Default()
 	}
 	cfg.Logger = cfg.Logger.With("worker", cfg.Name)
-	return &Worker{v: v, cfg: cfg, nc: nc, js: js, source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name}, nil
+	tel := cfg.Telemetry.Or()
+	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
+	w := &Worker{
+		v: v, cfg: cfg, nc: nc, js: js, source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
+		tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
+		attrs:    metric.WithAttributeSet(attribute.NewSet(pool, name)),
+		byStatus: map[events.Status]metric.MeasurementOption{},
+		drafted:  metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("kind", "drafted"))),
+		accepted: metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("kind", "accepted"))),
+	}
+	for _, st := range []events.Status{events.StatusOK, events.StatusUnknownSession, events.StatusPrefixMismatch,
+		events.StatusInvalid, events.StatusOverloaded, events.StatusExpired} {
+		w.byStatus[st] = metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("status", string(st))))
+	}
+	w.m.Slots.Record(context.Background(), int64(v.Config().Slots), w.attrs)
+	return w, nil
 }
 
 // Verifier is the worker's verifier.
@@ -90,7 +123,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return infra.NewConsumer(ctx, w.js, infra.ConsumerConfig{
 			Stream: infra.StreamBatches, Durable: durable, FilterSubjects: []string{subject},
 			AckWait: w.cfg.AckWait, MaxDeliver: w.cfg.MaxDeliver, PullBatch: 4,
-			Decoder: dec, Source: w.source, Logger: w.cfg.Logger,
+			Decoder: dec, Source: w.source, Logger: w.cfg.Logger, Telemetry: w.cfg.Telemetry,
 		})
 	}
 	own, err := mk("verifier-"+w.cfg.Pool+"-"+w.cfg.Name, events.BatchSubject(w.cfg.Pool, w.cfg.Name))
@@ -148,14 +181,19 @@ func (w *Worker) handle(ctx context.Context, ev *events.Event, msg jetstream.Msg
 			w.mu.Lock()
 			w.skipped++
 			w.mu.Unlock()
+			w.m.VerifierSkipped.Add(ctx, 1, w.attrs)
 			continue // the device has already resent these tokens in a newer round
 		}
 		drafts = append(drafts, d)
 	}
+	tr := w.startTrace(ctx, ev, msg, b, drafts)
 	results, err := w.v.Verify(ctx, drafts)
+	verified := time.Now()
 	if err != nil {
+		tr.end(err)
 		return err
 	}
+	w.m.VerifyTime.Record(ctx, verified.Sub(now).Seconds(), w.attrs)
 	batchMs := float64(now.Sub(b.CreatedAt).Microseconds()) / 1000
 	futures := make([]jetstream.PubAckFuture, 0, len(results))
 	for i := range results {
@@ -163,14 +201,19 @@ func (w *Worker) handle(ctx context.Context, ev *events.Event, msg jetstream.Msg
 		r.BatchID = b.BatchID
 		r.ServerTiming.BatchMs = batchMs
 		r.ServerTiming.TotalMs = float64(time.Since(b.CreatedAt).Microseconds())/1000 + r.ServerTiming.QueueMs
-		m, err := events.Encode(events.New(w.source, r))
+		w.observeResult(ctx, &drafts[i], r)
+		rev := events.New(w.source, r)
+		tr.verdict(i, now, verified, r, rev)
+		m, err := events.Encode(rev)
 		if err != nil {
 			w.cfg.Logger.Error("encode result", "err", err)
 			continue
 		}
 		f, err := w.js.PublishMsgAsync(m, jetstream.WithMsgID(r.MsgID()))
 		if err != nil {
-			return fmt.Errorf("verifier: publish result: %w", err)
+			err = fmt.Errorf("verifier: publish result: %w", err)
+			tr.end(err)
+			return err
 		}
 		futures = append(futures, f)
 	}
@@ -178,13 +221,143 @@ func (w *Worker) handle(ctx context.Context, ev *events.Event, msg jetstream.Msg
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return fmt.Errorf("verifier: result not stored: %w", err)
+			err = fmt.Errorf("verifier: result not stored: %w", err)
+			tr.end(err)
+			return err
 		case <-ctx.Done():
+			tr.end(ctx.Err())
 			return ctx.Err()
 		}
 	}
+	tr.end(nil)
 	w.mu.Lock()
 	w.batches++
 	w.mu.Unlock()
+	w.observeBatch(ctx)
 	return nil
+}
+
+// observeResult records one verdict's metrics.
+func (w *Worker) observeResult(ctx context.Context, d *events.DraftReady, r *events.VerifyResult) {
+	if opt, ok := w.byStatus[r.Status]; ok {
+		w.m.VerifierDrafts.Add(ctx, 1, opt)
+	}
+	if r.Status == events.StatusOK {
+		w.m.VerifierTokens.Add(ctx, int64(len(d.Draft)), w.drafted)
+		w.m.VerifierTokens.Add(ctx, int64(r.Accepted), w.accepted)
+	}
+}
+
+// observeBatch exports the verifier's slot occupancy and the growth of its
+// resync and eviction counters.
+func (w *Worker) observeBatch(ctx context.Context) {
+	st := w.v.Stats()
+	w.m.SlotsUsed.Record(ctx, int64(w.v.Sessions()), w.attrs)
+	w.mu.Lock()
+	dr, de := st.Resyncs-w.seen.Resyncs, st.Evictions-w.seen.Evictions
+	w.seen = st
+	w.mu.Unlock()
+	if dr > 0 {
+		w.m.VerifierResyncs.Add(ctx, int64(dr), w.attrs)
+	}
+	if de > 0 {
+		w.m.SlotEvictions.Add(ctx, int64(de), w.attrs)
+	}
+}
+
+// batchTrace holds the spans of one batch: "verifier.batch", the child of the
+// batcher's batch span (the batch's own trace, linked to every round), and per
+// draft "verifier.verify", the child of the draft's round span, with children
+// "verifier.decode" (the batch's forward passes and acceptance, shared) and
+// "verifier.publish" (the result, until the stream stored it). Without
+// tracing it is empty and every method is a no-op.
+type batchTrace struct {
+	w       *Worker
+	batch   trace.Span
+	verify  []trace.Span
+	publish []trace.Span
+}
+
+func (w *Worker) startTrace(ctx context.Context, ev *events.Event, msg jetstream.Msg, b *events.VerifyBatch, drafts []events.DraftReady) *batchTrace {
+	tr := &batchTrace{w: w}
+	if !w.tel.Tracing() {
+		return tr
+	}
+	links := make([]trace.Link, 0, len(drafts))
+	for i := range drafts {
+		if sc := w.tel.SpanContextOf(drafts[i].TraceParent, drafts[i].TraceState); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	_, tr.batch = w.tracer.Start(w.tel.Extract(ctx, ev), "verifier.batch",
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...))
+	if tr.batch.IsRecording() {
+		tr.batch.SetAttributes(infra.EventAttrs(ev, msg.Subject(), "process")...)
+		tr.batch.SetAttributes(infra.AttrBatchID.String(b.BatchID), infra.AttrBatchPolicy.String(b.Policy),
+			infra.AttrBatchSize.Int(len(drafts)), infra.AttrPool.String(w.cfg.Pool), infra.AttrWorker.String(w.cfg.Name),
+			infra.AttrMsgBatchCount.Int(len(b.Drafts)))
+	}
+	tr.verify = make([]trace.Span, len(drafts))
+	tr.publish = make([]trace.Span, len(drafts))
+	for i := range drafts {
+		d := &drafts[i]
+		_, sp := w.tracer.Start(w.tel.ExtractDraft(ctx, d), "verifier.verify", trace.WithSpanKind(trace.SpanKindConsumer))
+		if sp.IsRecording() {
+			sp.SetAttributes(infra.AttrDevice.String(d.DeviceID), infra.AttrSession.String(d.SessionID),
+				infra.AttrRound.Int64(int64(d.Round)), infra.AttrDrafted.Int(len(d.Draft)),
+				infra.AttrBatchID.String(b.BatchID), infra.AttrBatchSize.Int(len(drafts)), infra.AttrWorker.String(w.cfg.Name))
+		}
+		tr.verify[i] = sp
+	}
+	return tr
+}
+
+// verdict records draft i's decode span (start to end, the batch's shared
+// forward passes), its verdict, and starts its publish span, injecting the
+// draft's verify span context into the result event.
+func (tr *batchTrace) verdict(i int, start, end time.Time, r *events.VerifyResult, rev *events.Event) {
+	if tr.verify == nil {
+		return
+	}
+	sp := tr.verify[i]
+	vctx := trace.ContextWithSpan(context.Background(), sp)
+	_, dec := tr.w.tracer.Start(vctx, "verifier.decode", trace.WithTimestamp(start))
+	if dec.IsRecording() {
+		dec.SetAttributes(infra.AttrBatchSize.Int(len(tr.verify)))
+	}
+	dec.End(trace.WithTimestamp(end))
+	if sp.IsRecording() {
+		sp.SetAttributes(infra.AttrStatus.String(string(r.Status)))
+		if r.Status == events.StatusOK {
+			sp.SetAttributes(infra.AttrAccepted.Int(r.Accepted))
+		} else {
+			sp.SetStatus(codes.Error, r.Reason)
+		}
+	}
+	tr.w.tel.Inject(vctx, rev)
+	_, pub := tr.w.tracer.Start(vctx, "verifier.publish", trace.WithSpanKind(trace.SpanKindProducer))
+	if pub.IsRecording() {
+		pub.SetAttributes(infra.AttrMsgSystem.String("nats"), infra.AttrMsgDest.String(r.NATSSubject()),
+			infra.AttrMsgOpType.String("send"), infra.AttrMsgID.String(r.MsgID()), infra.AttrCEEventType.String(rev.Type()))
+	}
+	tr.publish[i] = pub
+}
+
+// end ends every span, marking them failed with err.
+func (tr *batchTrace) end(err error) {
+	if tr.batch == nil {
+		return
+	}
+	for _, group := range [][]trace.Span{tr.publish, tr.verify, {tr.batch}} {
+		for _, sp := range group {
+			if sp == nil {
+				continue
+			}
+			if err != nil {
+				sp.RecordError(err)
+				sp.SetStatus(codes.Error, "batch failed")
+			}
+			sp.End()
+		}
+	}
 }

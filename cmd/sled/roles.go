@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
 	"github.com/spf13/cobra"
 
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/services"
 )
 
@@ -20,6 +26,7 @@ func init() {
 
 	{
 		var p policyFlags
+		var tf telemetryFlags
 		var models, target, name string
 		cmd := &cobra.Command{
 			Use:   "verifier",
@@ -33,8 +40,13 @@ func init() {
 				if err != nil {
 					return err
 				}
+				tel, err := tf.setup(cmd.Context(), "sled-verifier")
+				if err != nil {
+					return err
+				}
+				defer shutdownTelemetry(tel)
 				return services.RunVerifier(cmd.Context(), services.VerifierRole{
-					Conn: conn, Target: path, Pool: p.pool, Name: name, Verifier: p.verifier(),
+					Conn: conn, Target: path, Pool: p.pool, Name: name, Verifier: p.verifier(), Telemetry: tel,
 				})
 			},
 		}
@@ -43,28 +55,37 @@ func init() {
 		cmd.Flags().StringVar(&target, "target", "stories260k.gguf", "target model file")
 		cmd.Flags().StringVar(&name, "name", "worker-1", "worker name; a restarted worker with the same name resumes its batches")
 		p.register(cmd, false, true)
+		tf.register(cmd, "127.0.0.1:9465")
 		rootCmd.AddCommand(cmd)
 	}
 	{
 		var p policyFlags
+		var tf telemetryFlags
 		var vocab int
 		cmd := &cobra.Command{
 			Use:   "batcher",
 			Short: "Run a batcher: a pool's drafts into verification batches",
 			Args:  cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
+				tel, err := tf.setup(cmd.Context(), "sled-batcher")
+				if err != nil {
+					return err
+				}
+				defer shutdownTelemetry(tel)
 				return services.RunBatcher(cmd.Context(), services.BatcherRole{
-					Conn: conn, Batcher: batcher.Config{Pool: p.pool, Policy: p.batch(), VocabSize: vocab},
+					Conn: conn, Batcher: batcher.Config{Pool: p.pool, Policy: p.batch(), VocabSize: vocab, Telemetry: tel},
 				})
 			},
 		}
 		connFlags(cmd)
 		cmd.Flags().IntVar(&vocab, "vocab-size", 0, "reject drafts with token ids at or above this (0: leave it to the verifier)")
 		p.register(cmd, false, true)
+		tf.register(cmd, "127.0.0.1:9466")
 		rootCmd.AddCommand(cmd)
 	}
 	{
 		var p policyFlags
+		var tf telemetryFlags
 		var models, draft, id, httpAddr string
 		var threads int
 		cmd := &cobra.Command{
@@ -79,9 +100,14 @@ func init() {
 				if err != nil {
 					return err
 				}
+				tel, err := tf.setup(cmd.Context(), "sled-drafter")
+				if err != nil {
+					return err
+				}
+				defer shutdownTelemetry(tel)
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
 					Conn: conn, Draft: path, HTTPAddr: httpAddr,
-					Device: drafter.Config{DeviceID: id, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads},
+					Device: drafter.Config{DeviceID: id, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel},
 				})
 			},
 		}
@@ -92,6 +118,46 @@ func init() {
 		cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 		cmd.Flags().IntVar(&threads, "threads", 0, "llama.cpp threads (default: all cores, at most 8)")
 		p.register(cmd, true, false)
+		tf.register(cmd, "127.0.0.1:9467")
 		rootCmd.AddCommand(cmd)
+	}
+}
+
+// telemetryFlags are the tracing and metrics flags of `sled up` and the roles.
+type telemetryFlags struct {
+	traces      string
+	sample      float64
+	metricsAddr string
+}
+
+func (t *telemetryFlags) register(cmd *cobra.Command, metricsAddr string) {
+	f := cmd.Flags()
+	f.StringVar(&t.traces, "traces", "", "span exporter: none, stdout, otlp (protocol from OTEL_EXPORTER_OTLP_PROTOCOL), otlp-grpc or otlp-http; OTLP reads OTEL_EXPORTER_OTLP_ENDPOINT and friends (default $OTEL_TRACES_EXPORTER, else none)")
+	f.Float64Var(&t.sample, "trace-sample", 0, "fraction of rounds traced, (0,1] (default $OTEL_TRACES_SAMPLER, else all)")
+	f.StringVar(&t.metricsAddr, "metrics-addr", metricsAddr, `Prometheus /metrics listen address ("" turns metrics off)`)
+}
+
+// setup starts telemetry for service; the caller shuts it down.
+func (t *telemetryFlags) setup(ctx context.Context, service string) (*infra.Telemetry, error) {
+	if t.sample < 0 || t.sample > 1 {
+		return nil, fmt.Errorf("--trace-sample %v not in (0,1]", t.sample)
+	}
+	tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{
+		ServiceName: service, Traces: t.traces, SampleRatio: t.sample, MetricsAddr: t.metricsAddr,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if a := tel.MetricsAddr(); a != "" {
+		fmt.Fprintf(os.Stderr, "%s: metrics on http://%s/metrics\n", service, a)
+	}
+	return tel, nil
+}
+
+func shutdownTelemetry(tel *infra.Telemetry) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tel.Shutdown(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "telemetry shutdown:", err)
 	}
 }

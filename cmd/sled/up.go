@@ -111,6 +111,8 @@ Get one of:
 func init() {
 	var (
 		p        policyFlags
+		tf       telemetryFlags
+		summary  time.Duration
 		mode     string
 		models   string
 		target   string
@@ -160,6 +162,14 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 				}
 			}
 			start := time.Now()
+			tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{
+				ServiceName: "sled", Traces: tf.traces, SampleRatio: tf.sample, MetricsAddr: tf.metricsAddr,
+			})
+			if err != nil {
+				return err
+			}
+			defer shutdownTelemetry(tel) // after sys.Close: flushes the last spans
+			cfg.Telemetry = tel
 			sys, err := services.Start(ctx, cfg)
 			if err != nil {
 				return err
@@ -169,7 +179,11 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 			if sys.URL != "" {
 				fmt.Printf(", NATS %s", sys.URL)
 			}
+			if a := tel.MetricsAddr(); a != "" {
+				fmt.Printf(", metrics http://%s/metrics", a)
+			}
 			fmt.Println()
+			go sys.Summarize(ctx, summary, os.Stdout)
 			if demo {
 				if err := runDemo(ctx, sys, demoText); err != nil {
 					return err
@@ -194,6 +208,8 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 	f.BoolVar(&demo, "demo", true, "print one demo completion per device with its acceptance figures")
 	f.StringVar(&demoText, "demo-prompt", "Once upon a time", "prompt of the demo completions")
 	p.register(cmd, true, true)
+	tf.register(cmd, "127.0.0.1:9464")
+	f.DurationVar(&summary, "summary", 5*time.Second, "print each active device's tokens/s and acceptance this often (0: never)")
 	rootCmd.AddCommand(cmd)
 }
 

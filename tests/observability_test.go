@@ -1,0 +1,405 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/textgen"
+)
+
+func attrOf(s tracetest.SpanStub, k attribute.Key) (attribute.Value, bool) {
+	for _, a := range s.Attributes {
+		if a.Key == k {
+			return a.Value, true
+		}
+	}
+	return attribute.Value{}, false
+}
+
+func hasLink(s tracetest.SpanStub, sc trace.SpanContext) bool {
+	for _, l := range s.Links {
+		if l.SpanContext.TraceID() == sc.TraceID() && l.SpanContext.SpanID() == sc.SpanID() {
+			return true
+		}
+	}
+	return false
+}
+
+// TestTraceOneRound generates with tracing into an in-memory exporter, over
+// real NATS and the real models, and checks that every round is one trace:
+// the device's round span is the root, and the device's (draft, publish,
+// wait), the batcher's (queue) and the verifier's (verify, with decode and
+// publish under it) spans of that round are its descendants with its trace
+// id; batches have their own trace, linked to each round they hold.
+func TestTraceOneRound(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	ctx := context.Background()
+	tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{SpanExporter: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(ctx)
+	s := start(t, services.UpConfig{Drafts: []string{testmodels.Path(t, testmodels.Draft4L)}, Devices: 1, Telemetry: tel})
+	g := s.Generator(0)
+	prompt, err := g.Model().Tokenize(prompts[0], true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	res, err := g.Generate(gctx, textgen.Request{Prompt: prompt, MaxTokens: 32}, func(textgen.Chunk) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // ends the verifier's last publish spans
+	if err := tel.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spans := exp.GetSpans()
+	byName := map[string][]tracetest.SpanStub{}
+	children := map[trace.SpanID][]tracetest.SpanStub{}
+	for _, sp := range spans {
+		byName[sp.Name] = append(byName[sp.Name], sp)
+		if sp.Parent.IsValid() {
+			children[sp.Parent.SpanID()] = append(children[sp.Parent.SpanID()], sp)
+		}
+	}
+	rounds := byName["sled.round"]
+	var ok []tracetest.SpanStub
+	for _, r := range rounds {
+		if v, _ := attrOf(r, infra.AttrOutcome); v.AsString() == "ok" {
+			ok = append(ok, r)
+		}
+	}
+	if len(ok) != res.Stats.Rounds || len(ok) == 0 {
+		t.Fatalf("%d ok round spans (%d in all), generation reports %d rounds", len(ok), len(rounds), res.Stats.Rounds)
+	}
+	traces := map[trace.TraceID]bool{}
+	for _, r := range ok {
+		sc := r.SpanContext
+		if r.Parent.IsValid() {
+			t.Fatalf("round span has parent %v: a round must be the root of its trace", r.Parent)
+		}
+		if traces[sc.TraceID()] {
+			t.Fatalf("two rounds share trace %s", sc.TraceID())
+		}
+		traces[sc.TraceID()] = true
+		round, _ := attrOf(r, infra.AttrRound)
+		kids := map[string][]tracetest.SpanStub{}
+		for _, c := range children[sc.SpanID()] {
+			if c.SpanContext.TraceID() != sc.TraceID() {
+				t.Fatalf("child %s of round %d in trace %s, round in %s", c.Name, round.AsInt64(), c.SpanContext.TraceID(), sc.TraceID())
+			}
+			kids[c.Name] = append(kids[c.Name], c)
+		}
+		for _, name := range []string{"drafter.publish", "drafter.wait", "verifier.verify"} {
+			if len(kids[name]) != 1 {
+				t.Fatalf("round %d has %d %s children, want 1 (children: %v)", round.AsInt64(), len(kids[name]), name, names(children[sc.SpanID()]))
+			}
+		}
+		pub := kids["drafter.publish"][0]
+		if v, _ := attrOf(pub, infra.AttrCEEventType); v.AsString() != events.TypeDraftReady {
+			t.Fatalf("publish span event type %q", v.AsString())
+		}
+		if v, _ := attrOf(pub, infra.AttrMsgSystem); v.AsString() != "nats" {
+			t.Fatalf("publish span messaging.system %q", v.AsString())
+		}
+		var queue *tracetest.SpanStub
+		for i, q := range kids["batcher.queue"] {
+			if v, _ := attrOf(q, infra.AttrOutcome); v.AsString() == "batched" {
+				queue = &kids["batcher.queue"][i]
+			}
+		}
+		if queue == nil {
+			t.Fatalf("round %d has no batched batcher.queue child (children: %v)", round.AsInt64(), names(children[sc.SpanID()]))
+		}
+		if r2, _ := attrOf(*queue, infra.AttrRound); r2.AsInt64() != round.AsInt64() {
+			t.Fatalf("queue span of round %d says round %d", round.AsInt64(), r2.AsInt64())
+		}
+		ver := kids["verifier.verify"][0]
+		if v, _ := attrOf(ver, infra.AttrRound); v.AsInt64() != round.AsInt64() {
+			t.Fatalf("verify span of round %d says round %d", round.AsInt64(), v.AsInt64())
+		}
+		if queue.EndTime.After(ver.StartTime) || pub.StartTime.After(queue.StartTime) {
+			t.Fatalf("round %d: publish %v, queue %v-%v, verify from %v: out of order", round.AsInt64(), pub.StartTime, queue.StartTime, queue.EndTime, ver.StartTime)
+		}
+		ra, _ := attrOf(r, infra.AttrAccepted)
+		va, _ := attrOf(ver, infra.AttrAccepted)
+		if ra.AsInt64() != va.AsInt64() {
+			t.Fatalf("round %d: device says %d accepted, verifier %d", round.AsInt64(), ra.AsInt64(), va.AsInt64())
+		}
+		vk := map[string]int{}
+		for _, c := range children[ver.SpanContext.SpanID()] {
+			if c.SpanContext.TraceID() != sc.TraceID() {
+				t.Fatalf("%s under verifier.verify in another trace", c.Name)
+			}
+			vk[c.Name]++
+		}
+		if vk["verifier.decode"] != 1 || vk["verifier.publish"] != 1 {
+			t.Fatalf("verifier.verify of round %d has children %v, want one decode and one publish", round.AsInt64(), vk)
+		}
+		// The batch that carried the round: its batcher span links to the
+		// round, and the verifier's batch span is that span's child.
+		bid, _ := attrOf(*queue, infra.AttrBatchID)
+		if v, _ := attrOf(ver, infra.AttrBatchID); v.AsString() != bid.AsString() {
+			t.Fatalf("round %d queued in batch %s, verified in %s", round.AsInt64(), bid.AsString(), v.AsString())
+		}
+		var bb *tracetest.SpanStub
+		for i, b := range byName["batcher.batch"] {
+			if v, _ := attrOf(b, infra.AttrBatchID); v.AsString() == bid.AsString() {
+				bb = &byName["batcher.batch"][i]
+			}
+		}
+		if bb == nil || !hasLink(*bb, sc) || bb.Parent.IsValid() {
+			t.Fatalf("round %d: batcher.batch span of %s missing, a child, or not linked to the round", round.AsInt64(), bid.AsString())
+		}
+		if p, _ := attrOf(*bb, infra.AttrBatchPolicy); p.AsString() == "" {
+			t.Fatal("batch span without sled.batch.policy")
+		}
+		found := false
+		for _, vb := range children[bb.SpanContext.SpanID()] {
+			if vb.Name == "verifier.batch" && vb.SpanContext.TraceID() == bb.SpanContext.TraceID() && hasLink(vb, sc) {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("round %d: no verifier.batch child of batch %s linked to the round", round.AsInt64(), bid.AsString())
+		}
+	}
+	t.Logf("%d rounds, %d spans: one trace per round", len(ok), len(spans))
+}
+
+func names(ss []tracetest.SpanStub) []string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// scrape is one read of a /metrics endpoint: series (name and labels, as
+// printed) to value.
+type scrape map[string]float64
+
+func getMetrics(t testing.TB, addr string) scrape {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET /metrics: %s: %s", resp.Status, b)
+	}
+	out := scrape{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("bad metrics line %q", line)
+		}
+		out[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// sum adds the series of metric name whose labels include every one of want
+// (each `key="value"`).
+func (s scrape) sum(name string, want ...string) float64 {
+	total := 0.0
+	for k, v := range s {
+		n, labels, _ := strings.Cut(k, "{")
+		if n != name {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			if !strings.Contains(labels, w) {
+				ok = false
+			}
+		}
+		if ok {
+			total += v
+		}
+	}
+	return total
+}
+
+// TestMetricsScrape runs generations on two devices while scraping /metrics
+// over HTTP, and checks that the counters move consistently: monotonic,
+// accepted <= drafted at every scrape, and at the end equal to what the
+// generations report (rounds, drafted, accepted, verified tokens), with the
+// server's batch, queue and verifier metrics and a rejected event counted.
+func TestMetricsScrape(t *testing.T) {
+	ctx := context.Background()
+	tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{MetricsAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(ctx)
+	s := start(t, services.UpConfig{
+		Drafts:  []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)},
+		Devices: 2, Telemetry: tel,
+	})
+	addr := tel.MetricsAddr()
+	devs := []string{s.Devices[0].ID(), s.Devices[1].ID()}
+	counters := []string{"sled_drafted_tokens_total", "sled_accepted_tokens_total", "sled_rounds_total", "sled_tokens_total", "sled_batches_total"}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var scrapes int
+	var scrapeErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		prev := scrape{}
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+			m := getMetrics(t, addr)
+			scrapes++
+			for _, d := range devs {
+				dl := `device="` + d + `"`
+				if a, dr := m.sum("sled_accepted_tokens_total", dl), m.sum("sled_drafted_tokens_total", dl); a > dr {
+					scrapeErr = fmt.Errorf("%s: accepted %v > drafted %v", d, a, dr)
+				}
+			}
+			for _, c := range counters {
+				if m.sum(c) < prev.sum(c) {
+					scrapeErr = fmt.Errorf("%s went down: %v -> %v", c, prev.sum(c), m.sum(c))
+				}
+			}
+			prev = m
+		}
+	}()
+	out := runAll(t, s, prompts[:6], 48)
+	close(stop)
+	wg.Wait()
+	if scrapeErr != nil {
+		t.Fatal(scrapeErr)
+	}
+
+	// A bad draft on a device's subject: the consumer rejects it by reason.
+	m := nats.NewMsg(events.DraftSubject("default", "device-bad"))
+	m.Header.Set(events.HeaderSpecVersion, "1.0")
+	m.Header.Set(events.HeaderType, events.TypeDraftReady)
+	m.Header.Set(events.HeaderID, "bad-1")
+	m.Header.Set(events.HeaderSource, "/test")
+	m.Data = []byte(`{"device_id":"device-bad"}`)
+	if _, err := s.JS.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+
+	type want struct{ rounds, drafted, accepted, tokens int }
+	wants := make([]want, len(devs))
+	for i, o := range out {
+		w := &wants[i%len(devs)] // runAll gives prompt i to device i mod n
+		w.rounds += o.res.Stats.Rounds
+		w.drafted += o.res.Stats.Drafted
+		w.accepted += o.res.Stats.Accepted
+		w.tokens += len(o.tokens) - o.res.Stats.Unverified
+	}
+	var final scrape
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		final = getMetrics(t, addr)
+		if final.sum("sled_events_rejected_total") >= 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d scrapes during the run", scrapes)
+	for i, d := range devs {
+		dl := `device="` + d + `"`
+		w := wants[i]
+		got := want{
+			rounds:   int(final.sum("sled_rounds_total", dl, `outcome="ok"`)),
+			drafted:  int(final.sum("sled_drafted_tokens_total", dl)),
+			accepted: int(final.sum("sled_accepted_tokens_total", dl)),
+			tokens:   int(final.sum("sled_tokens_total", dl, `kind="verified"`)),
+		}
+		if got != w {
+			t.Errorf("%s: metrics %+v, generations %+v", d, got, w)
+		}
+		if c := final.sum("sled_accepted_length_count", dl); int(c) != w.rounds {
+			t.Errorf("%s: accepted length histogram counts %v rounds, want %d", d, c, w.rounds)
+		}
+		if sm := final.sum("sled_accepted_length_sum", dl); int(sm) != w.accepted {
+			t.Errorf("%s: accepted length sum %v, want %d", d, sm, w.accepted)
+		}
+		if c := final.sum("sled_round_latency_seconds_count", dl); int(c) != w.rounds {
+			t.Errorf("%s: round latency counts %v, want %d", d, c, w.rounds)
+		}
+		t.Logf("%s: %d rounds, acceptance %d/%d, %d tokens", d, w.rounds, w.accepted, w.drafted, w.tokens)
+	}
+	// Per position: accepted <= drafted, and position 0 drafted once per round
+	// with a draft.
+	for p := range 8 {
+		pl := fmt.Sprintf(`position="%d"`, p)
+		if a, dr := final.sum("sled_position_accepted_tokens_total", pl), final.sum("sled_position_drafted_tokens_total", pl); a > dr {
+			t.Errorf("position %d: accepted %v > drafted %v", p, a, dr)
+		}
+	}
+	if a, dr := final.sum("sled_position_accepted_tokens_total"), final.sum("sled_drafted_tokens_total"); a != final.sum("sled_accepted_tokens_total") || dr < a {
+		t.Errorf("per-position accepted sum %v != accepted %v", a, final.sum("sled_accepted_tokens_total"))
+	}
+	// Server side.
+	batches := final.sum("sled_batches_total")
+	if batches < 1 || final.sum("sled_batch_size_count") != batches {
+		t.Errorf("%v batches, batch size histogram counts %v", batches, final.sum("sled_batch_size_count"))
+	}
+	if q, b := final.sum("sled_queue_wait_seconds_count"), final.sum("sled_batcher_drafts_total", `outcome="batched"`); q != b || b < float64(wants[0].rounds+wants[1].rounds) {
+		t.Errorf("queue wait counts %v drafts, batcher batched %v, devices had %d rounds", q, b, wants[0].rounds+wants[1].rounds)
+	}
+	if a, da := final.sum("sled_verifier_tokens_total", `kind="accepted"`), final.sum("sled_accepted_tokens_total"); a < da {
+		t.Errorf("verifier accepted %v < devices' %v", a, da)
+	}
+	if final.sum("sled_verify_duration_seconds_count") != batches {
+		t.Errorf("verify time counts %v batches, batcher published %v", final.sum("sled_verify_duration_seconds_count"), batches)
+	}
+	if u, c := final.sum("sled_slots_used"), final.sum("sled_slots_capacity"); u < 1 || u > c {
+		t.Errorf("slots used %v of %v", u, c)
+	}
+	if r := final.sum("sled_events_rejected_total", `reason=`); r < 1 {
+		var keys []string
+		for k := range final {
+			if strings.HasPrefix(k, "sled_events") {
+				keys = append(keys, k)
+			}
+		}
+		slices.Sort(keys)
+		t.Errorf("rejected event not counted: %v", keys)
+	}
+}
