@@ -65,24 +65,14 @@ func TestDerivedDraftAgreement(t *testing.T) {
 	}
 }
 
-// TestVocabMismatch loads a copy of the target whose tokenizer spells one token
-// differently: it loads, but may not draft for the target.
-func TestVocabMismatch(t *testing.T) {
-	target := load(t, testmodels.Target)
+// copyWithKV writes a copy of the target with edit applied to its metadata.
+func copyWithKV(t *testing.T, name string, edit func([]gguf.KV) []gguf.KV) string {
+	t.Helper()
 	src, err := gguf.Open(testmodels.Path(t, testmodels.Target))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	var kv []gguf.KV
-	for _, e := range src.KV {
-		if e.Key == "tokenizer.ggml.tokens" {
-			toks := append([]string(nil), e.Value.Data.([]string)...)
-			toks[300] = "▁changed"
-			e.Value.Data = toks
-		}
-		kv = append(kv, e)
-	}
 	var tensors []gguf.WriteTensor
 	for _, ti := range src.Tensors {
 		name := ti.Name
@@ -95,15 +85,54 @@ func TestVocabMismatch(t *testing.T) {
 			return err
 		}})
 	}
-	dst := filepath.Join(t.TempDir(), "other-vocab.gguf")
+	dst := filepath.Join(t.TempDir(), name)
 	f, err := os.Create(dst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := gguf.Write(f, kv, tensors); err != nil {
+	defer f.Close()
+	if err := gguf.Write(f, edit(append([]gguf.KV(nil), src.KV...)), tensors); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+	return dst
+}
+
+// TestChatTemplate gives the target a ChatML template: FormatChat must use it.
+func TestChatTemplate(t *testing.T) {
+	const chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+	p := copyWithKV(t, "chatml.gguf", func(kv []gguf.KV) []gguf.KV {
+		return append(kv, gguf.KV{Key: "tokenizer.chat_template", Value: gguf.Value{Type: gguf.ValueString, Data: chatml}})
+	})
+	m, err := LoadModel(p, ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	got, templated := m.FormatChat([]ChatMessage{{Role: "system", Content: "Be brief."}, {Role: "user", Content: "Hi"}}, true)
+	want := "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+	if !templated || got != want {
+		t.Fatalf("FormatChat = %q (templated %v), want %q", got, templated, want)
+	}
+	plain, templated := load(t, testmodels.Target).FormatChat([]ChatMessage{{Role: "user", Content: "Hi"}}, true)
+	if templated || plain != "user: Hi\nassistant:" {
+		t.Fatalf("plain fallback %q (templated %v)", plain, templated)
+	}
+}
+
+// TestVocabMismatch loads a copy of the target whose tokenizer spells one token
+// differently: it loads, but may not draft for the target.
+func TestVocabMismatch(t *testing.T) {
+	target := load(t, testmodels.Target)
+	dst := copyWithKV(t, "other-vocab.gguf", func(kv []gguf.KV) []gguf.KV {
+		for i, e := range kv {
+			if e.Key == "tokenizer.ggml.tokens" {
+				toks := append([]string(nil), e.Value.Data.([]string)...)
+				toks[300] = "▁changed"
+				kv[i].Value.Data = toks
+			}
+		}
+		return kv
+	})
 	other, err := LoadModel(dst, ModelOptions{})
 	if err != nil {
 		t.Fatal(err)

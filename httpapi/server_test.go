@@ -201,8 +201,8 @@ func TestStreamWireFormat(t *testing.T) {
 func TestChatPlainFallback(t *testing.T) {
 	f := newFixture(t, nil)
 	m := targetModel(t)
-	if _, templated := m.FormatChat(nil, true); templated {
-		t.Skip("the test model has a chat template")
+	if m.Info().ChatTemplate != "" {
+		t.Fatal("the test model has a chat template: this test covers the plain fallback")
 	}
 	msgs := []httpapi.ChatMessage{{Role: "system", Content: "Tell a story."}, {Role: "user", Content: onceUpon}}
 	req := httpapi.ChatCompletionRequest{Messages: msgs, MaxCompletionTokens: ptr(30)}
