@@ -1,0 +1,146 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sled-project/sled/internal/testmodels"
+)
+
+// freePort returns a loopback port nobody listens on right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestRolesAsProcesses runs SLED as four processes of the real binary, as a
+// deployment across hosts would: `sled nats`, `sled verifier`, `sled batcher` and
+// `sled drafter`, talking only through NATS; then asks the device's HTTP API for a
+// completion and stops every process with SIGTERM.
+func TestRolesAsProcesses(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "sled")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/sled")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	natsPort, httpPort := freePort(t), freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", natsPort)
+	models := testmodels.Dir()
+	type proc struct {
+		name string
+		cmd  *exec.Cmd
+		out  *bytes.Buffer
+	}
+	var procs []*proc
+	startProc := func(name string, args ...string) {
+		var out bytes.Buffer
+		cmd := exec.Command(bin, args...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Env = append(os.Environ(), "SLED_MODEL_DIR="+models)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, &proc{name, cmd, &out})
+	}
+	t.Cleanup(func() {
+		for _, p := range procs {
+			if p.cmd.ProcessState == nil {
+				p.cmd.Process.Kill()
+				p.cmd.Wait()
+			}
+		}
+	})
+	startProc("nats", "nats", "--port", fmt.Sprint(natsPort), "--store-dir", t.TempDir())
+	waitFor(t, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", natsPort))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	startProc("verifier", "verifier", "--nats", url, "--target", testmodels.Target, "--verifier-threads", "1")
+	startProc("batcher", "batcher", "--nats", url)
+	startProc("drafter", "drafter", "--nats", url, "--draft", testmodels.Draft4L, "--id", "edge-1", "--http", fmt.Sprintf("127.0.0.1:%d", httpPort), "--threads", "1")
+	api := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	waitFor(t, func() bool {
+		r, err := http.Get(api + "/healthz")
+		if err == nil {
+			r.Body.Close()
+		}
+		return err == nil && r.StatusCode == 200
+	})
+
+	body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": 30})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", api+"/v1/completions", bytes.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Choices []struct {
+			Text string `json:"text"`
+		} `json:"choices"`
+		SLED struct {
+			Device   string `json:"device"`
+			Rounds   int    `json:"rounds"`
+			Accepted int    `json:"accepted"`
+		} `json:"sled"`
+	}
+	json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	want := ", there was a little girl named Lily. She loved to play outside in the park."
+	if resp.StatusCode != 200 || len(got.Choices) != 1 || !strings.HasPrefix(got.Choices[0].Text, want) {
+		for _, p := range procs {
+			t.Logf("%s:\n%s", p.name, p.out)
+		}
+		t.Fatalf("status %d, completion %+v", resp.StatusCode, got)
+	}
+	t.Logf("four processes: %q from %s in %d rounds (%d draft tokens accepted)", got.Choices[0].Text, got.SLED.Device, got.SLED.Rounds, got.SLED.Accepted)
+	if got.SLED.Device != "edge-1" || got.SLED.Rounds == 0 || got.SLED.Rounds >= 30 {
+		t.Fatalf("sled figures %+v", got.SLED)
+	}
+	// Graceful shutdown: every role exits cleanly on SIGTERM, the server last.
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- p.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s exited with %v:\n%s", p.name, err, p.out)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s did not stop within 10s of SIGTERM", p.name)
+		}
+	}
+}
+
+func waitFor(t *testing.T, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for a process to come up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
