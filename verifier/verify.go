@@ -135,12 +135,12 @@ func (v *Verifier) Verify(ctx context.Context, drafts []events.DraftReady) ([]ev
 		d := &drafts[i]
 		r := &results[i]
 		*r = events.VerifyResult{DeviceID: d.DeviceID, SessionID: d.SessionID, Round: d.Round, BatchSize: len(drafts)}
-		if pinned[d.SessionID] {
+		if pinned[sessionKey(d)] {
 			fail(r, events.StatusInvalid, "invalid", "a batch may hold one round per session")
 			continue
 		}
 		if j := v.plan(d, r, pinned); j != nil {
-			pinned[d.SessionID] = true
+			pinned[sessionKey(d)] = true
 			jobs = append(jobs, j)
 		}
 	}
@@ -154,6 +154,10 @@ func (v *Verifier) Verify(ctx context.Context, drafts []events.DraftReady) ([]ev
 	}
 	return results, nil
 }
+
+// sessionKey names a session by its device too: a device, whose id its NATS
+// subject vouches for, can only ever reach its own sessions.
+func sessionKey(d *events.DraftReady) string { return d.DeviceID + "/" + d.SessionID }
 
 func fail(r *events.VerifyResult, st events.Status, reason, msg string) {
 	r.Status, r.Reason, r.Error = st, reason, msg
@@ -180,7 +184,7 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 		return nil
 	}
 	j := &job{d: d, res: r}
-	if s := v.slots.get(d.SessionID); s != nil {
+	if s := v.slots.get(sessionKey(d)); s != nil {
 		base := d.PrefixLen - len(d.Committed)
 		if base >= 0 && base <= len(s.kv) && (base > 0 || len(d.Committed) > 0) {
 			h := events.NewPrefixHasher()
@@ -212,7 +216,7 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 		fail(r, events.StatusInvalid, "invalid", "empty prefix")
 		return nil
 	}
-	s, evicted := v.slots.assign(d.SessionID, pinned)
+	s, evicted := v.slots.assign(sessionKey(d), pinned)
 	if s == nil {
 		fail(r, events.StatusOverloaded, ReasonNoSlot, fmt.Sprintf("all %d slots hold sessions of this batch", v.cfg.Slots))
 		return nil
@@ -351,11 +355,11 @@ func (v *Verifier) dropSession(s *session) {
 	v.slots.drop(s.id)
 }
 
-// Forget drops a session's state (a device ended it).
-func (v *Verifier) Forget(sessionID string) {
+// Forget drops a device session's state (the device ended it).
+func (v *Verifier) Forget(deviceID, sessionID string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if s := v.slots.get(sessionID); s != nil {
+	if s := v.slots.get(deviceID + "/" + sessionID); s != nil {
 		v.dropSession(s)
 	}
 }

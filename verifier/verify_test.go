@@ -314,3 +314,41 @@ func TestVerifyLongPrefixSplitsPasses(t *testing.T) {
 		t.Fatalf("a %d-token batch fit one 128-token pass?", len(p))
 	}
 }
+
+// TestSessionsAreIsolatedByDevice: a device that names another device's session
+// id reaches a session of its own, never the other's.
+func TestSessionsAreIsolatedByDevice(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 4, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	p, _ := m.Tokenize("Once upon a time", true)
+	victim := newDevice(m, "victim", p, reference(t, m, p, 20))
+	ev := victim.draft(2, true)
+	if err := victim.apply(ev, mustVerify(t, v, ev)); err != nil {
+		t.Fatal(err)
+	}
+	// The intruder reuses the victim's session id and its exact next round.
+	next := victim.draft(2, true)
+	forged := next
+	forged.DeviceID = "intruder"
+	forged.Prefix = nil
+	if r := mustVerify(t, v, forged); r.Status != events.StatusUnknownSession {
+		t.Fatalf("forged round reached the victim's session: %+v", r)
+	}
+	// The victim's session is untouched.
+	if err := victim.apply(next, mustVerify(t, v, next)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustVerify(t *testing.T, v *Verifier, ev events.DraftReady) events.VerifyResult {
+	t.Helper()
+	res, err := v.Verify(context.Background(), []events.DraftReady{ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res[0]
+}
