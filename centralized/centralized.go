@@ -215,7 +215,7 @@ func (s *Server) Run(ctx context.Context) error {
 			var next engine.Token
 			if r.rng != nil {
 				r.probs = engine.Softmax(r.probs, rows[i], r.req.Temperature)
-				next = sampleFrom(r.rng, r.probs)
+				next = engine.Sample(r.rng, r.probs)
 			} else {
 				next = engine.Argmax(rows[i])
 			}
@@ -243,14 +243,4 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		active = kept
 	}
-}
-
-func sampleFrom(r *rand.Rand, p []float32) engine.Token {
-	u := r.Float32()
-	for t, pt := range p {
-		if u -= pt; u <= 0 {
-			return engine.Token(t)
-		}
-	}
-	return engine.Token(len(p) - 1)
 }

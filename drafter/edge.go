@@ -67,14 +67,7 @@ func (e *Edge) Generate(ctx context.Context, req textgen.Request, emit func(text
 		var t engine.Token
 		if rng != nil {
 			probs = engine.Softmax(probs, e.ds.logits, req.Temperature)
-			u := rng.Float32()
-			t = engine.Token(len(probs) - 1)
-			for i, p := range probs {
-				if u -= p; u <= 0 {
-					t = engine.Token(i)
-					break
-				}
-			}
+			t = engine.Sample(rng, probs)
 		} else {
 			t, _ = e.ds.peek()
 		}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"math"
+	"math/rand/v2"
 	"slices"
 )
 
@@ -98,4 +99,17 @@ func TopK(logits []float32, k int, temp float32) []TokenProb {
 		out[i].Prob = float32(float64(out[i].Prob) / sum)
 	}
 	return out
+}
+
+// Sample draws a token from the distribution p (probabilities summing to 1, as
+// Softmax returns) with r. Rounding slack at the end of the scan goes to the last
+// token.
+func Sample(r *rand.Rand, p []float32) Token {
+	u := r.Float32()
+	for t, pt := range p {
+		if u -= pt; u <= 0 {
+			return Token(t)
+		}
+	}
+	return Token(len(p) - 1)
 }

@@ -82,7 +82,7 @@ func acceptSampling(in AcceptInput) Verdict {
 			}
 		}
 		if mass <= 0 { // p == q where it matters: fall back to p itself
-			return Verdict{Accepted: i, Next: sample(in.Rand, p)}
+			return Verdict{Accepted: i, Next: engine.Sample(in.Rand, p)}
 		}
 		u := in.Rand.Float64() * mass
 		last := engine.Token(0)
@@ -99,7 +99,7 @@ func acceptSampling(in AcceptInput) Verdict {
 		return Verdict{Accepted: i, Next: last}
 	}
 	p = engine.Softmax(p, in.Target[len(in.Draft)], in.Temperature)
-	return Verdict{Accepted: len(in.Draft), Next: sample(in.Rand, p)}
+	return Verdict{Accepted: len(in.Draft), Next: engine.Sample(in.Rand, p)}
 }
 
 // draftDist is the draft distribution at position i as a sparse map.
@@ -116,14 +116,4 @@ func draftDist(in AcceptInput, i int) map[engine.Token]float32 {
 		prob = in.DraftProbs[i]
 	}
 	return map[engine.Token]float32{in.Draft[i]: prob}
-}
-
-func sample(r *rand.Rand, p []float32) engine.Token {
-	u := r.Float32()
-	for t, pt := range p {
-		if u -= pt; u <= 0 {
-			return engine.Token(t)
-		}
-	}
-	return engine.Token(len(p) - 1)
 }
