@@ -86,6 +86,13 @@ func newObserver(tel *infra.Telemetry, device, model string) *observer {
 	for i := range o.posDrafted {
 		o.posDrafted[i] = metric.WithAttributeSet(attribute.NewSet(dm, attribute.String("position", strconv.Itoa(i))))
 	}
+	// Failure counters exist from the start, at zero, so that alerts on their
+	// rate see the series before the first failure.
+	ctx := context.Background()
+	for _, c := range []metric.Int64Counter{o.m.Timeouts, o.m.Retries, o.m.Fallbacks, o.m.Resyncs} {
+		c.Add(ctx, 0, o.dev)
+	}
+	o.m.Tokens.Add(ctx, 0, o.unverified)
 	return o
 }
 

@@ -100,7 +100,11 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		events.StatusInvalid, events.StatusOverloaded, events.StatusExpired} {
 		w.byStatus[st] = metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("status", string(st))))
 	}
-	w.m.Slots.Record(context.Background(), int64(v.Config().Slots), w.attrs)
+	ctx := context.Background()
+	w.m.Slots.Record(ctx, int64(v.Config().Slots), w.attrs)
+	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.SlotEvictions, w.m.VerifierSkipped} {
+		c.Add(ctx, 0, w.attrs) // the series exist before the first event
+	}
 	return w, nil
 }
 
