@@ -1,0 +1,327 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/drafter"
+)
+
+// Options configure every experiment. Zero fields take the documented defaults;
+// Quick shrinks every sweep to CI size.
+type Options struct {
+	// Quick runs CI-sized sweeps with short trials.
+	Quick bool
+	// ModelDir holds the shared models (stories260k*.gguf). Default $SLED_MODEL_DIR.
+	ModelDir string
+	// Shape and Type select the synthetic target (gguf.Synth). Defaults
+	// "smollm-135m" and "F16".
+	Shape, Type string
+	// Draft is the draft model file (in ModelDir) whose agreement with
+	// stories260k.gguf drives the drafts. Default "stories260k-draft-4L.gguf".
+	Draft string
+	// Profiles are the device profiles (names of Profiles()). Default "rpi4b";
+	// capacity runs every built-in profile unless Quick.
+	Profiles []string
+	// ProfileRate, when > 0, overrides every profile's draft tokens/s.
+	ProfileRate float64
+	// Required is the tokens/s every device must get for the fleet to be within
+	// capacity. Default 5 (about human reading speed).
+	Required float64
+	// Policy is the devices' drafting policy (drafter's defaults: θ 0.4, at most 8).
+	Policy drafter.DraftPolicy
+	// Batch is the batcher's policy. Default size 32 and a 20ms deadline: with the
+	// batcher's own 1ms default, batches under load stay near one draft (the
+	// batcher does not see the verifier is busy) and the server saturates.
+	Batch batcher.Policy
+	// Warmup and Duration of every trial. Defaults 1s and 4s (quick: 0.5s, 1.5s).
+	Warmup, Duration time.Duration
+	// MaxDevices bounds the capacity search. Default 256 (quick 64).
+	MaxDevices int
+	// Threads is the server's llama.cpp thread count (default: all cores).
+	Threads int
+	// Seed seeds the devices.
+	Seed uint64
+	// PlotDir, when set, receives PNG plots.
+	PlotDir string
+	// Progress draws a progress bar on stderr (only on a terminal).
+	Progress bool
+	// Logger defaults to a logger that discards.
+	Logger *slog.Logger
+}
+
+// DefaultBatch is the batch policy the experiments use unless told otherwise.
+var DefaultBatch = batcher.Policy{Size: 32, MaxWait: 20 * time.Millisecond}
+
+func (o Options) withDefaults() Options {
+	if o.ModelDir == "" {
+		o.ModelDir = os.Getenv("SLED_MODEL_DIR")
+	}
+	if o.Shape == "" {
+		o.Shape = "smollm-135m"
+	}
+	if o.Type == "" {
+		o.Type = "F16"
+	}
+	if o.Draft == "" {
+		o.Draft = "stories260k-draft-4L.gguf"
+	}
+	if len(o.Profiles) == 0 {
+		o.Profiles = []string{"rpi4b"}
+	}
+	if o.Required <= 0 {
+		o.Required = 5
+	}
+	if o.Batch == (batcher.Policy{}) {
+		o.Batch = DefaultBatch
+	}
+	if o.Warmup <= 0 {
+		o.Warmup = map[bool]time.Duration{false: time.Second, true: 500 * time.Millisecond}[o.Quick]
+	}
+	if o.Duration <= 0 {
+		o.Duration = map[bool]time.Duration{false: 4 * time.Second, true: 1500 * time.Millisecond}[o.Quick]
+	}
+	if o.MaxDevices <= 0 {
+		o.MaxDevices = map[bool]int{false: 256, true: 64}[o.Quick]
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+func (o Options) profiles() ([]Profile, error) {
+	var out []Profile
+	for _, n := range o.Profiles {
+		p, err := LookupProfile(n)
+		if err != nil {
+			return nil, err
+		}
+		if o.ProfileRate > 0 {
+			p.TokensPerSec = o.ProfileRate
+			p.Source = fmt.Sprintf("rate overridden to %.1f tok/s (--profile-rate)", o.ProfileRate)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (o Options) trial(devices int, p Profile) Trial {
+	return Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+}
+
+// Experiments lists the experiment names Run knows.
+var Experiments = []string{"capacity", "wstgr", "speclen", "cost", "transport", "device"}
+
+// Run runs the named experiment and returns its report; plots go to o.PlotDir.
+func Run(ctx context.Context, name string, o Options) (*Report, error) {
+	o = o.withDefaults()
+	switch name {
+	case "capacity":
+		return runCapacity(ctx, o)
+	case "wstgr":
+		return runWSTGR(ctx, o)
+	case "speclen":
+		return runSpecLen(ctx, o)
+	case "cost":
+		return runCost(ctx, o)
+	case "transport":
+		return runTransport(ctx, o)
+	case "device":
+		return runDevice(ctx, o)
+	}
+	return nil, fmt.Errorf("bench: unknown experiment %q (known: %v)", name, Experiments)
+}
+
+// env builds the environment for target type typ.
+func (o Options) env(ctx context.Context, typ string) (*Env, error) {
+	if o.ModelDir == "" {
+		return nil, errors.New("bench: no model directory: set SLED_MODEL_DIR or --models")
+	}
+	tok := filepath.Join(o.ModelDir, "stories260k.gguf")
+	target, err := SynthTarget(CacheDir(), o.Shape, typ, tok)
+	if err != nil {
+		return nil, err
+	}
+	cfg := EnvConfig{Target: target, AcceptTarget: tok, AcceptDraft: filepath.Join(o.ModelDir, o.Draft), Threads: o.Threads, Logger: o.Logger}
+	if o.Quick {
+		cfg.Prompts, cfg.ContinuationLen = DefaultPrompts[:4], 96
+	}
+	return NewEnv(ctx, cfg)
+}
+
+func (o Options) report(name string, e *Env) *Report {
+	r := &Report{Experiment: name, Time: time.Now().UTC(), Machine: machine(), Quick: o.Quick}
+	if e != nil {
+		r.Target = filepath.Base(e.Cfg.Target)
+		r.Pair = e.Acceptance.Draft + " → " + e.Acceptance.Target
+		s := e.Acceptance.Summary(o.Policy)
+		r.Acceptance = &s
+		r.Measured = []string{
+			"server: real batcher + verifier over embedded NATS JetStream (file storage), llama.cpp forward passes of the synthetic-shape target on this CPU",
+			"centralized baseline: real centralized.Server (continuous batching) on the same engine and target",
+			"acceptance: draft/target agreement of the real pair " + r.Pair + " along the target's greedy continuations",
+		}
+		r.Modelled = []string{
+			"devices: Poisson sources of draft tokens at the profile's rate (no draft model runs); drafts are built from the synthetic target's own greedy continuation so the verifier accepts what the measured acceptance distribution says (verdicts checked: see mismatches)",
+		}
+	}
+	return r
+}
+
+func (o Options) plot(r *Report, f func(dir string) ([]string, error)) error {
+	if o.PlotDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(o.PlotDir, 0o755); err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	ps, err := f(o.PlotDir)
+	r.Plots = append(r.Plots, ps...)
+	return err
+}
+
+// CapacityResult is the outcome of the capacity experiment. The first three
+// fields are for the first profile (the one --quick runs).
+type CapacityResult struct {
+	SLED        int     `json:"sled_capacity"`
+	Centralized int     `json:"centralized_capacity"`
+	Ratio       float64 `json:"ratio"`
+	// Required is the tokens/s every device had to get.
+	Required float64 `json:"required_tokens_per_sec"`
+	// Bound is the search's upper bound: a capacity equal to it means "at least".
+	Bound      int               `json:"bound"`
+	Profiles   []ProfileCapacity `json:"profiles"`
+	Trials     []*Measurement    `json:"trials"`
+	Mismatches int               `json:"mismatches"`
+}
+
+// ProfileCapacity is SLED's capacity with devices of one profile.
+type ProfileCapacity struct {
+	Profile     Profile `json:"profile"`
+	SLED        int     `json:"sled_capacity"`
+	Centralized int     `json:"centralized_capacity"`
+	Ratio       float64 `json:"ratio"`
+	// Edge is the edge-only baseline: every device alone at its draft rate, so
+	// unbounded in count, and within the requirement only if its rate meets it.
+	EdgeMeets bool `json:"edge_meets_required"`
+}
+
+// withinCapacity reports whether a trial met the requirement: the 5th percentile
+// of per-device rates (the minimum below 20 devices) at or above required, and
+// no failed rounds.
+func withinCapacity(m *Measurement, required float64) bool {
+	return m.P5PerDevice >= required && m.Failures == 0
+}
+
+func capTol(quick bool) func(int) int {
+	if quick {
+		return func(n int) int { return max(1, n/4) }
+	}
+	return func(n int) int { return max(1, n/16) }
+}
+
+func runCapacity(ctx context.Context, o Options) (*Report, error) {
+	ps, err := o.profiles()
+	if err != nil {
+		return nil, err
+	}
+	if !o.Quick && len(o.Profiles) == 1 && o.Profiles[0] == "rpi4b" && o.ProfileRate == 0 {
+		ps = Profiles()
+	}
+	e, err := o.env(ctx, o.Type)
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	res := &CapacityResult{Required: o.Required, Bound: o.MaxDevices}
+	bar := o.progress(6 + 6*len(ps))
+	defer bar.Done()
+	probe := func(system string, p Profile) func(int) (bool, error) {
+		return func(n int) (bool, error) {
+			bar.Step(fmt.Sprintf("%s %s n=%d", system, p.Name, n))
+			var m *Measurement
+			var err error
+			if system == "centralized" {
+				m, err = e.RunCentralized(ctx, o.trial(n, p))
+			} else {
+				m, err = e.RunSLED(ctx, o.trial(n, p))
+				if m != nil {
+					res.Mismatches += m.Mismatches
+				}
+			}
+			if err != nil {
+				return false, err
+			}
+			res.Trials = append(res.Trials, m)
+			o.Logger.Info("capacity trial", "system", system, "profile", p.Name, "devices", n, "p5", m.P5PerDevice, "wstgr", m.TokensPerSec)
+			return withinCapacity(m, o.Required), nil
+		}
+	}
+	central, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("centralized", Profile{Name: "thin-client"}))
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		n, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("sled", p))
+		if err != nil {
+			return nil, err
+		}
+		pc := ProfileCapacity{Profile: p, SLED: n, Centralized: central, EdgeMeets: p.TokensPerSec >= o.Required}
+		if central > 0 {
+			pc.Ratio = float64(n) / float64(central)
+		}
+		res.Profiles = append(res.Profiles, pc)
+	}
+	res.SLED, res.Centralized, res.Ratio = res.Profiles[0].SLED, central, res.Profiles[0].Ratio
+	r := o.report("capacity", e)
+	r.Result = res
+	r.Modelled = append(r.Modelled, fmt.Sprintf("capacity criterion: the 5th-percentile device gets >= %.1f tokens/s over a %s window and no round fails; search: doubling then bisection to within %s", o.Required, o.Duration, map[bool]string{true: "25%", false: "6%"}[o.Quick]))
+	t := Table{Title: fmt.Sprintf("System capacity (devices each getting >= %.1f tokens/s), target %s", o.Required, r.Target),
+		Header: []string{"device profile", "draft tok/s", "SLED", "centralized", "SLED / centralized", "edge-only meets rate"}}
+	for _, pc := range res.Profiles {
+		t.Rows = append(t.Rows, []string{pc.Profile.Name, f1(pc.Profile.TokensPerSec), capStr(pc.SLED, o.MaxDevices), capStr(pc.Centralized, o.MaxDevices), f2(pc.Ratio), fmt.Sprint(pc.EdgeMeets)})
+	}
+	r.Tables = append(r.Tables, t, trialsTable(res.Trials))
+	err = o.plot(r, func(dir string) ([]string, error) {
+		var cats []string
+		var s, c Series
+		s.Name, c.Name = "SLED", "centralized"
+		for _, pc := range res.Profiles {
+			cats = append(cats, pc.Profile.Name)
+			s.Y = append(s.Y, float64(pc.SLED))
+			c.Y = append(c.Y, float64(pc.Centralized))
+		}
+		p, err := barPlot(dir, "capacity", "System capacity, "+r.Target, "devices", cats, s, c)
+		return []string{p}, err
+	})
+	return r, err
+}
+
+func capStr(n, bound int) string {
+	if n >= bound {
+		return fmt.Sprintf(">= %d", n)
+	}
+	return itoa(n)
+}
+
+func trialsTable(ms []*Measurement) Table {
+	t := Table{Title: "Trials", Header: []string{"system", "devices", "WSTGR tok/s", "min/device", "p5/device", "mean/device", "mean batch", "round p50 ms", "mismatches", "failures"}}
+	for _, m := range ms {
+		t.Rows = append(t.Rows, []string{m.System, itoa(m.Devices), f1(m.TokensPerSec), f1(m.MinPerDevice), f1(m.P5PerDevice), f1(m.MeanPerDevice), f1(m.MeanBatch), f1(m.RoundMs.P50), itoa(m.Mismatches), itoa(m.Failures)})
+	}
+	return t
+}
+
+func (o Options) progress(total int) *Progress {
+	if !o.Progress {
+		return nil
+	}
+	return NewProgress(os.Stderr, total)
+}

@@ -1,0 +1,171 @@
+package bench
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/sled-project/sled/drafter"
+)
+
+func TestPoissonStatistics(t *testing.T) {
+	const rate, n = 20.0, 200000
+	p := NewPoisson(rate, 7)
+	var sum, sq float64
+	for range n {
+		g := p.Gap().Seconds()
+		sum += g
+		sq += g * g
+	}
+	mean := sum / n
+	variance := sq/n - mean*mean
+	// Exponential of rate λ: mean 1/λ, variance 1/λ². Standard error of the mean
+	// is (1/λ)/sqrt(n) ≈ 0.0001 s; allow 5 of them.
+	if math.Abs(mean-1/rate) > 5*(1/rate)/math.Sqrt(n) {
+		t.Errorf("mean gap %.5f s, want %.5f", mean, 1/rate)
+	}
+	if math.Abs(variance-1/(rate*rate))/(1/(rate*rate)) > 0.03 {
+		t.Errorf("variance %.6f, want %.6f", variance, 1/(rate*rate))
+	}
+	// Counts in unit windows of a Poisson process have mean = variance = rate.
+	q := NewPoisson(rate, 8)
+	var at time.Duration
+	counts := make([]float64, 2000)
+	for {
+		at += q.Gap()
+		w := int(at / time.Second)
+		if w >= len(counts) {
+			break
+		}
+		counts[w]++
+	}
+	var cs, cq float64
+	for _, c := range counts {
+		cs += c
+		cq += c * c
+	}
+	cm := cs / float64(len(counts))
+	cv := cq/float64(len(counts)) - cm*cm
+	if math.Abs(cm-rate) > 0.5 || math.Abs(cv-rate) > 2.5 {
+		t.Errorf("window counts mean %.2f variance %.2f, want both %.0f", cm, cv, rate)
+	}
+	// Gaps(k) is Erlang-k: mean k/λ.
+	r := NewPoisson(rate, 9)
+	sum = 0
+	for range 20000 {
+		sum += r.Gaps(4).Seconds()
+	}
+	if m := sum / 20000; math.Abs(m-4/rate) > 0.005 {
+		t.Errorf("Gaps(4) mean %.4f, want %.4f", m, 4/rate)
+	}
+}
+
+func TestRoundAt(t *testing.T) {
+	tr := Trace{
+		Agree: []bool{true, true, false, true, true, true},
+		Conf:  []float32{0.9, 0.8, 0.3, 0.9, 0.9, 0.1},
+	}
+	for _, c := range []struct {
+		p    int
+		pol  drafter.DraftPolicy
+		want Round
+	}{
+		{0, drafter.DraftPolicy{Threshold: 0.5, MaxLen: 8}, Round{2, 2}},  // stops at conf 0.3
+		{0, drafter.DraftPolicy{Threshold: -1, MaxLen: 4}, Round{4, 2}},   // fixed 4; rejected at 2
+		{2, drafter.DraftPolicy{Threshold: 0.5, MaxLen: 8}, Round{3, 0}},  // MinLen 1 drafts despite 0.3, then 0.9, 0.9
+		{3, drafter.DraftPolicy{Threshold: 0.5, MaxLen: 8}, Round{2, 2}},  // stops at 0.1
+		{3, drafter.DraftPolicy{Threshold: -1, MaxLen: 8}, Round{3, 3}},   // trace end
+		{4, drafter.DraftPolicy{Threshold: 0.05, MaxLen: 1}, Round{1, 1}}, // max length
+	} {
+		if got := tr.RoundAt(c.p, c.pol.WithDefaults()); got != c.want {
+			t.Errorf("RoundAt(%d, %+v) = %+v, want %+v", c.p, c.pol, got, c.want)
+		}
+	}
+}
+
+func TestSamplerMatchesSummary(t *testing.T) {
+	a := &Acceptance{Traces: []Trace{
+		{Agree: []bool{true, false, true, true}, Conf: []float32{0.9, 0.5, 0.9, 0.2}},
+		{Agree: []bool{false, true}, Conf: []float32{0.6, 0.7}},
+	}}
+	pol := drafter.DraftPolicy{Threshold: 0.4, MaxLen: 3}
+	sum := a.Summary(pol)
+	s := NewSampler(a, pol, 3)
+	const n = 60000
+	hist := make([]float64, 4)
+	var lenSum float64
+	for range n {
+		r := s.Sample()
+		if r.Len < 1 || r.Accepted > r.Len {
+			t.Fatalf("bad round %+v", r)
+		}
+		hist[r.Accepted]++
+		lenSum += float64(r.Len)
+	}
+	for m := range hist {
+		if got := hist[m] / n; math.Abs(got-sum.AcceptedHist[m]) > 0.01 {
+			t.Errorf("P(accepted=%d) sampled %.3f, exact %.3f", m, got, sum.AcceptedHist[m])
+		}
+	}
+	if math.Abs(lenSum/n-sum.MeanLen) > 0.02 {
+		t.Errorf("mean length sampled %.3f, exact %.3f", lenSum/n, sum.MeanLen)
+	}
+}
+
+func TestCostModel(t *testing.T) {
+	c := CostModel{}.WithDefaults()
+	p := Profile{PriceUSD: 55, PowerW: 6.4}
+	// 55 / (3*8760*0.7) = 0.0029897 $/h; 6.4 W * 0.083 $/kWh = 0.0005312 $/h.
+	want := 55/(3*8760*0.7) + 0.0064*0.083
+	if got := c.DeviceUSDPerHour(p); math.Abs(got-want) > 1e-12 {
+		t.Errorf("device $/h = %v, want %v", got, want)
+	}
+	// 16 devices + a $0.10/h server at 137 tokens/s.
+	perHour := 16*want + 0.10
+	if got, w := c.USDPer1K(p, 16, 137), perHour/(137*3600)*1000; math.Abs(got-w) > 1e-12 {
+		t.Errorf("$/1K = %v, want %v", got, w)
+	}
+	if c.USDPer1K(p, 16, 0) != 0 {
+		t.Error("zero throughput must price at 0 (undefined), not Inf")
+	}
+}
+
+func TestMarkPareto(t *testing.T) {
+	ps := []Point{
+		{Label: "a", TokensPerSec: 100, USDPer1K: 1},
+		{Label: "b", TokensPerSec: 200, USDPer1K: 2},
+		{Label: "c", TokensPerSec: 150, USDPer1K: 3}, // beaten by b
+		{Label: "d", TokensPerSec: 50, USDPer1K: 1},  // beaten by a
+		{Label: "e", TokensPerSec: 300, USDPer1K: 5},
+	}
+	MarkPareto(ps)
+	want := map[string]bool{"a": true, "b": true, "c": false, "d": false, "e": true}
+	for _, p := range ps {
+		if p.Pareto != want[p.Label] {
+			t.Errorf("%s: pareto %v, want %v", p.Label, p.Pareto, want[p.Label])
+		}
+	}
+}
+
+func TestSearchMax(t *testing.T) {
+	for _, c := range []struct{ lo, hi, truth, tol, want int }{
+		{1, 256, 37, 0, 37},
+		{1, 256, 1, 0, 1},
+		{1, 256, 0, 0, 0},
+		{1, 256, 256, 0, 256},
+		{1, 100, 500, 0, 100},
+		{1, 256, 100, 16, 96}, // bracket (64,128) bisected to within 16: 96 ok, 112 fails
+	} {
+		calls := 0
+		got, err := SearchMax(c.lo, c.hi, func(int) int { return c.tol }, func(n int) (bool, error) {
+			calls++
+			return n <= c.truth, nil
+		})
+		if err != nil || got != c.want {
+			t.Errorf("SearchMax(%d..%d, truth %d, tol %d) = %d, %v; want %d", c.lo, c.hi, c.truth, c.tol, got, err, c.want)
+		}
+		if calls > 20 {
+			t.Errorf("truth %d: %d probes", c.truth, calls)
+		}
+	}
+}

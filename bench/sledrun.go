@@ -1,0 +1,342 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/verifier"
+)
+
+// Trial configures one measured run of a fleet. Zero fields take the documented
+// defaults.
+type Trial struct {
+	// Devices is the number of simulated devices (> 0).
+	Devices int
+	// Profile sets each device's drafting rate (SLED). Required for SLED.
+	Profile Profile
+	// Policy is the devices' drafting policy (defaults as drafter's).
+	Policy drafter.DraftPolicy
+	// Batch is the batcher's policy (defaults as batcher's).
+	Batch batcher.Policy
+	// Warmup is excluded from the measurement. Default 1s.
+	Warmup time.Duration
+	// Duration is the measuring window. Default 4s.
+	Duration time.Duration
+	// Timeout is a device's wait for one result before it gives up the session.
+	// Default 10s.
+	Timeout time.Duration
+	// Seed makes the devices' draws reproducible.
+	Seed uint64
+}
+
+func (t Trial) withDefaults() Trial {
+	if t.Warmup <= 0 {
+		t.Warmup = time.Second
+	}
+	if t.Duration <= 0 {
+		t.Duration = 4 * time.Second
+	}
+	if t.Timeout <= 0 {
+		t.Timeout = 10 * time.Second
+	}
+	t.Policy = t.Policy.WithDefaults()
+	t.Batch = t.Batch.WithDefaults()
+	return t
+}
+
+// devConns is how many NATS connections the simulated devices share.
+const devConns = 4
+
+// RunSLED runs t.Devices simulated devices against the real batcher and verifier
+// over a fresh embedded NATS server and measures them. Each device is a Poisson
+// source of draft tokens at t.Profile.TokensPerSec: it draws a round (draft length
+// and accepted tokens) from the environment's measured acceptance under t.Policy,
+// waits for that many draft tokens, publishes the round as events.DraftReady with
+// infra.Publisher, waits for its verify.result, checks the verdict against the
+// plan, commits the accepted tokens and the target's token, and drafts the next
+// round (no drafting ahead).
+func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
+	t = t.withDefaults()
+	if t.Devices <= 0 || t.Profile.TokensPerSec <= 0 {
+		return nil, errors.New("bench: a SLED trial needs devices and a profile rate")
+	}
+	dir, err := os.MkdirTemp("", "sled-bench-nats-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	emb, err := infra.StartEmbedded(ctx, infra.EmbeddedConfig{Port: -1, StoreDir: dir})
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer emb.Shutdown()
+	url := emb.ClientURL()
+	srvConn, js, err := infra.Connect(ctx, url, "bench-server")
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer srvConn.Close()
+	if err := infra.ProvisionTopology(ctx, js, infra.Topology{}); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	log := e.Cfg.Logger
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	b, err := batcher.New(srvConn, js, batcher.Config{Policy: t.Batch, VocabSize: e.Target.VocabSize(), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = b.Run(runCtx) }()
+	v, err := verifier.New(e.Target, verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: e.Cfg.Threads})
+	if err != nil {
+		return nil, err
+	}
+	wConn, wjs, err := infra.Connect(ctx, url, "bench-verifier")
+	if err != nil {
+		v.Close()
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer wConn.Close()
+	w, err := verifier.NewWorker(v, wConn, wjs, verifier.WorkerConfig{Name: "bench-1", Logger: log})
+	if err != nil {
+		v.Close()
+		return nil, err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = w.Run(runCtx); v.Close() }()
+
+	fleet := &fleet{env: e, t: t}
+	for i := range devConns {
+		nc, djs, err := infra.Connect(ctx, url, fmt.Sprintf("bench-devices-%d", i))
+		if err != nil {
+			return nil, fmt.Errorf("bench: %w", err)
+		}
+		defer nc.Close()
+		fleet.conns = append(fleet.conns, nc)
+		fleet.pubs = append(fleet.pubs, infra.NewPublisher(djs, infra.PublisherConfig{}))
+	}
+	// Wait for the worker's first heartbeat to reach the batcher, so the first
+	// batches are routed to it rather than to the shared subject.
+	for deadline := time.Now().Add(5 * time.Second); len(b.Workers()) == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	fleet.win = newWindow(t.Devices, start, t.Warmup, t.Duration)
+	devs := make([]*simDevice, t.Devices)
+	for i := range devs {
+		d, err := fleet.newDevice(i)
+		if err != nil {
+			return nil, err
+		}
+		defer d.sub.Unsubscribe()
+		devs[i] = d
+	}
+	var dwg sync.WaitGroup
+	for _, d := range devs {
+		dwg.Add(1)
+		go func() { defer dwg.Done(); d.run(runCtx) }()
+	}
+	dwg.Wait()
+	m := &Measurement{System: "sled"}
+	fleet.win.fill(m)
+	var rounds []float64
+	var drafted, accepted, batch int
+	var queue, bms, verify, server, draft float64
+	for _, d := range devs {
+		rounds = append(rounds, d.roundMs...)
+		m.Mismatches += d.mismatches
+		m.Failures += d.failures
+		drafted += d.drafted
+		accepted += d.accepted
+		batch += d.batch
+		queue += d.queueMs
+		bms += d.batchMs
+		verify += d.verifyMs
+		server += d.serverMs
+		draft += d.draftMs
+	}
+	m.Rounds = len(rounds)
+	if n := float64(len(rounds)); n > 0 {
+		m.MeanDraftLen, m.MeanAccepted, m.MeanBatch = float64(drafted)/n, float64(accepted)/n, float64(batch)/n
+		m.QueueMs, m.BatchMs, m.VerifyMs, m.ServerMs, m.DraftMs = queue/n, bms/n, verify/n, server/n, draft/n
+	}
+	m.RoundMs = quantiles(rounds)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+type fleet struct {
+	env   *Env
+	t     Trial
+	conns []*nats.Conn
+	pubs  []*infra.Publisher
+	win   *window
+}
+
+type simDevice struct {
+	f       *fleet
+	i       int
+	id      string
+	pub     *infra.Publisher
+	sub     *nats.Subscription
+	results chan *events.VerifyResult
+	pois    *Poisson
+	rounds  *Sampler
+
+	// counters of rounds that ended within the window
+	roundMs                                       []float64
+	drafted, accepted, batch                      int
+	queueMs, batchMs, verifyMs, serverMs, draftMs float64
+	mismatches, failures                          int
+}
+
+func (f *fleet) newDevice(i int) (*simDevice, error) {
+	seed := f.t.Seed*1_000_003 + uint64(i)
+	d := &simDevice{
+		f: f, i: i, id: fmt.Sprintf("bench-dev-%d", i), pub: f.pubs[i%len(f.pubs)],
+		results: make(chan *events.VerifyResult, 8),
+		pois:    NewPoisson(f.t.Profile.TokensPerSec, seed),
+		rounds:  NewSampler(f.env.Acceptance, f.t.Policy, seed),
+	}
+	dec := &events.Decoder{VocabSize: f.env.Target.VocabSize()}
+	var err error
+	d.sub, err = f.conns[i%len(f.conns)].Subscribe(events.ResultSubject(d.id), func(m *nats.Msg) {
+		ev, err := dec.DecodeMsg(m)
+		if err != nil {
+			return
+		}
+		if r, ok := ev.Data.(*events.VerifyResult); ok {
+			select {
+			case d.results <- r:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: subscribe: %w", err)
+	}
+	return d, d.f.conns[i%len(f.conns)].Flush()
+}
+
+// run generates sessions until the window ends or ctx does.
+func (d *simDevice) run(ctx context.Context) {
+	e := d.f.env
+	for k := 0; ; k++ {
+		p := (d.i + k*d.f.t.Devices) % len(e.Prompts)
+		if !d.session(ctx, fmt.Sprintf("%s-s%d", d.id, k), e.Prompts[p], e.Conts[p]) {
+			return
+		}
+	}
+}
+
+// session runs one generation along cont; it reports whether to go on.
+func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engine.Token) bool {
+	e := d.f.env
+	fp := e.Target.Fingerprint()
+	vocab := int32(e.Target.VocabSize())
+	committed := append([]engine.Token(nil), prompt...)
+	sent := 0 // committed[sent:] is not yet in the verifier's cache
+	var round uint64
+	for pos := 0; pos < len(cont)-1; {
+		r := d.rounds.Sample()
+		n := max(1, min(r.Len, len(cont)-1-pos))
+		m := min(r.Accepted, n)
+		draft := make([]int32, n)
+		probs := make([]float32, n)
+		for j := range draft {
+			draft[j], probs[j] = cont[pos+j], 0.9
+		}
+		if m < n {
+			draft[m] = (cont[pos+m] + 1) % vocab // the first wrong token
+		}
+		gap := d.pois.Gaps(n)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(gap):
+		}
+		round++
+		ev := &events.DraftReady{
+			DeviceID: d.id, SessionID: id, Round: round, Pool: "default",
+			PrefixLen: len(committed), PrefixHash: events.PrefixHash(committed),
+			Committed: append([]int32(nil), committed[sent:]...), Draft: draft, DraftProbs: probs,
+			VocabFingerprint: fp, Deadline: time.Now().Add(d.f.t.Timeout),
+		}
+		if round == 1 {
+			ev.Prefix = append([]int32(nil), committed...)
+		}
+		t0 := time.Now()
+		if _, err := d.pub.Publish(ctx, events.New("/sled/bench/"+d.id, ev)); err != nil {
+			return ctx.Err() == nil && d.fail(t0)
+		}
+		var res *events.VerifyResult
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(time.Until(t0.Add(d.f.t.Timeout))):
+				return d.fail(t0)
+			case res = <-d.results:
+				if res.SessionID == id && res.Round == round {
+					break wait
+				}
+			}
+		}
+		now := time.Now()
+		if res.Status != events.StatusOK {
+			return d.fail(t0)
+		}
+		if res.Accepted != m || res.Token != cont[pos+m] {
+			if d.f.win.in(now) {
+				d.mismatches++
+			}
+			return d.f.win.add(d.i, 0, now)
+		}
+		committed = append(committed, cont[pos:pos+m+1]...)
+		sent = len(committed) - 1
+		pos += m + 1
+		if d.f.win.in(now) {
+			st := res.ServerTiming
+			d.roundMs = append(d.roundMs, float64(now.Sub(t0).Microseconds())/1000)
+			d.drafted += n
+			d.accepted += m
+			d.batch += res.BatchSize
+			d.queueMs += st.QueueMs
+			d.batchMs += st.BatchMs
+			d.verifyMs += st.VerifyMs
+			d.serverMs += st.TotalMs
+			d.draftMs += float64(gap.Microseconds()) / 1000
+		}
+		if !d.f.win.add(d.i, m+1, now) {
+			return false
+		}
+	}
+	return true
+}
+
+// fail counts a failed round and reports whether the window is still open.
+func (d *simDevice) fail(t0 time.Time) bool {
+	now := time.Now()
+	if d.f.win.in(now) {
+		d.failures++
+	}
+	return d.f.win.add(d.i, 0, now)
+}
