@@ -1,0 +1,74 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/bench"
+)
+
+func init() { rootCmd.AddCommand(simCmd()) }
+
+// simCmd is `sled sim`: the discrete-event model of SLED, calibrated and validated
+// on this machine, then run at fleet and server sizes this machine cannot reach.
+func simCmd() *cobra.Command {
+	var (
+		o          bench.Options
+		jsonPath   string
+		profiles   string
+		batchSize  int
+		batchWait  time.Duration
+		noProgress bool
+	)
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Simulate SLED and the centralized baseline at fleet sizes and on servers beyond this machine",
+		Long: "sim fits a forward-pass cost model to passes of the target timed here, calibrates messaging latency\n" +
+			"from a measured one-device round, checks the simulator against measured runs at the sizes both can do\n" +
+			"(the error is reported), and then searches the capacity of SLED and the centralized baseline for this\n" +
+			"CPU and for assumed A100/H100 servers (the GPU cost models are assumptions: see the report).\n" +
+			"The batch and drafting decisions are the real batcher.Policy and drafter.DraftPolicy code.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if profiles != "" {
+				o.Profiles = strings.Split(profiles, ",")
+			}
+			o.Batch = batcher.Policy{Size: batchSize, MaxWait: batchWait}
+			o.Progress = !noProgress
+			o.Logger = slog.Default()
+			r, err := bench.RunSim(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			r.Command = "sled " + strings.Join(os.Args[1:], " ")
+			r.Print(cmd.OutOrStdout())
+			if jsonPath != "" {
+				return r.WriteJSON(jsonPath)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.Quick, "quick", false, "small calibration and validation")
+	f.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
+	f.StringVar(&o.PlotDir, "plot", "", "write PNG plots into this directory")
+	f.StringVar(&o.ModelDir, "models", "", "directory of the shared models (default $SLED_MODEL_DIR)")
+	f.StringVar(&o.Shape, "shape", "smollm-135m", "synthetic target shape measured here")
+	f.StringVar(&o.Type, "type", "F16", "synthetic target weight type")
+	f.StringVar(&profiles, "profile", "", "device profiles, comma-separated (default: all)")
+	f.Float64Var(&o.ProfileRate, "profile-rate", 0, "override the profiles' draft tokens/s")
+	f.Float64Var(&o.Required, "rate", 5, "tokens/s every device must get (capacity)")
+	f.IntVar(&batchSize, "batch-size", bench.DefaultBatch.Size, "batcher: static batch size")
+	f.DurationVar(&batchWait, "max-wait", bench.DefaultBatch.MaxWait, "batcher: close a batch when its oldest draft waited this long")
+	f.DurationVar(&o.Warmup, "warmup", 0, "measured trial warm-up")
+	f.DurationVar(&o.Duration, "duration", 0, "measured trial window")
+	f.IntVar(&o.Threads, "threads", 0, "server llama.cpp threads (default all cores)")
+	f.Uint64Var(&o.Seed, "seed", 1, "seed")
+	f.BoolVar(&noProgress, "no-progress", false, "no progress bar")
+	return cmd
+}
