@@ -44,7 +44,9 @@ type Options struct {
 	Warmup, Duration time.Duration
 	// MaxDevices bounds the capacity search. Default 256 (quick 64).
 	MaxDevices int
-	// Threads is the server's llama.cpp thread count (default: all cores).
+	// Threads is the server's llama.cpp thread count. Default: all cores; 1 with
+	// Quick, because llama.cpp's spinning worker threads slow down by orders of
+	// magnitude on a CI machine whose cores other tests also use.
 	Threads int
 	// Seed seeds the devices.
 	Seed uint64
@@ -100,6 +102,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Threads <= 0 && o.Quick {
+		o.Threads = 1
 	}
 	return o
 }

@@ -85,6 +85,9 @@ type SpecLenPoint struct {
 	MaxLen    int               `json:"max_len"`
 	Summary   AcceptanceSummary `json:"acceptance"`
 	SLED      *Measurement      `json:"sled"`
+	// SimCapacity is the simulated capacity with this policy (the simulator
+	// calibrated on this machine, see RunSim); SimCapacityAt is its bound.
+	SimCapacity int `json:"sim_capacity"`
 }
 
 // runSpecLen measures per-device and whole-system throughput against the
@@ -96,7 +99,7 @@ func runSpecLen(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	p := ps[0]
-	devices := 16
+	devices := 4
 	lens := []int{1, 2, 3, 4, 6, 8}
 	thetas := []float32{0.1, 0.2, 0.4, 0.6, 0.8}
 	if o.Quick {
@@ -118,26 +121,36 @@ func runSpecLen(ctx context.Context, o Options) (*Report, error) {
 	defer bar.Done()
 	var pts []SpecLenPoint
 	for _, pol := range pols {
-		pol = pol.WithDefaults()
-		bar.Step(fmt.Sprintf("θ=%.1f max %d", pol.Threshold, pol.MaxLen))
+		eff := pol.WithDefaults()
+		bar.Step(fmt.Sprintf("θ=%.1f max %d", eff.Threshold, eff.MaxLen))
 		t := o.trial(devices, p)
 		t.Policy = pol
 		m, err := e.RunSLED(ctx, t)
 		if err != nil {
 			return nil, err
 		}
-		pts = append(pts, SpecLenPoint{Threshold: pol.Threshold, MaxLen: pol.MaxLen, Summary: e.Acceptance.Summary(pol), SLED: m})
+		pts = append(pts, SpecLenPoint{Threshold: eff.Threshold, MaxLen: eff.MaxLen, Summary: e.Acceptance.Summary(pol), SLED: m})
+	}
+	// Capacity per policy from the simulator, calibrated here.
+	bar.Label("calibrating the simulator")
+	cal, err := e.calibrate(ctx, o, p)
+	if err != nil {
+		return nil, err
+	}
+	for i := range pts {
+		pts[i].SimCapacity = cal.capacity(e, o, p, pols[i], o.Required, 1024)
 	}
 	r := o.report("speclen", e)
 	r.Result = pts
+	r.Modelled = append(r.Modelled, "sim capacity: bench/sim calibrated on this machine ("+cal.cost.Source+fmt.Sprintf("; messaging %.1f ms per round)", cal.up+cal.down))
 	t := Table{Title: fmt.Sprintf("Speculative length and confidence threshold (%d %s devices, %s)", devices, p.Name, r.Target),
-		Header: []string{"θ", "max len", "mean draft", "mean accepted", "acceptance rate", "per device tok/s", "WSTGR tok/s", "mean batch", "round p50 ms"}}
+		Header: []string{"θ", "max len", "mean draft", "mean accepted", "acceptance rate", "per device tok/s", "WSTGR tok/s", "mean batch", "round p50 ms", "capacity (sim)"}}
 	var fixed, dyn Series
 	fixed.Name, dyn.Name = "fixed length k (θ = 0)", "dynamic, max 8"
 	var fixedX, dynX Series
 	for _, q := range pts {
 		t.Rows = append(t.Rows, []string{f2(float64(q.Threshold)), itoa(q.MaxLen), f2(q.SLED.MeanDraftLen), f2(q.SLED.MeanAccepted), f2(q.Summary.Rate),
-			f1(q.SLED.MeanPerDevice), f1(q.SLED.TokensPerSec), f1(q.SLED.MeanBatch), f1(q.SLED.RoundMs.P50)})
+			f1(q.SLED.MeanPerDevice), f1(q.SLED.TokensPerSec), f1(q.SLED.MeanBatch), f1(q.SLED.RoundMs.P50), itoa(q.SimCapacity)})
 		if q.Threshold == 0 {
 			fixed.X, fixed.Y = append(fixed.X, float64(q.MaxLen)), append(fixed.Y, q.SLED.MeanPerDevice)
 		} else {
@@ -222,7 +235,7 @@ func runCost(ctx context.Context, o Options) (*Report, error) {
 		if q.Pareto {
 			mark = "*"
 		}
-		t.Rows = append(t.Rows, []string{q.Label, f1(q.TokensPerSec), fmt.Sprintf("%.4f", q.USDPer1K), mark})
+		t.Rows = append(t.Rows, []string{q.Label, f1(q.TokensPerSec), fmt.Sprintf("%.6f", q.USDPer1K), mark})
 	}
 	r.Tables = append(r.Tables, t, trialsTable(res.Trials))
 	err = o.plot(r, func(dir string) ([]string, error) {

@@ -98,7 +98,13 @@ func (r *Report) WriteJSON(path string) error {
 
 func machine() string {
 	host, _ := os.Hostname()
-	return fmt.Sprintf("%s, %d CPUs %s/%s", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	load := "?"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			load = f[0]
+		}
+	}
+	return fmt.Sprintf("%s, %d CPUs %s/%s, load average %s at start", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, load)
 }
 
 func f1(x float64) string { return fmt.Sprintf("%.1f", x) }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"path/filepath"
 
 	"github.com/sled-project/sled/bench/sim"
+	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine/gguf"
 )
 
@@ -95,26 +97,20 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer e.Close()
-	seqs, per := []int{1, 2, 4, 8, 16, 32}, []int{1, 2, 4, 8}
 	sizes := []int{1, 2, 4, 8, 16, 32}
 	if o.Quick {
-		seqs, per, sizes = []int{1, 4, 8}, []int{1, 4}, []int{1, 4}
+		sizes = []int{1, 4}
 	}
 	bar := o.progress(1 + 2*len(sizes))
 	defer bar.Done()
 	bar.Step("calibrating pass cost")
-	cost, samples, err := sim.Calibrate(ctx, e.Target, e.Cfg.Threads, seqs, per, 64, 3)
-	if err != nil {
-		return nil, err
-	}
-	res := &SimResult{Cost: cost, Samples: samples}
 	p := ps[0]
-	one, err := e.RunSLED(ctx, o.trial(1, p))
+	cal, err := e.calibrate(ctx, o, p)
 	if err != nil {
 		return nil, err
 	}
-	transport := max(0, one.RoundMs.Mean-one.VerifyMs)
-	res.UpMs, res.DownMs = transport/2, transport/2
+	cost, samples := cal.cost, cal.samples
+	res := &SimResult{Cost: cost, Samples: samples, UpMs: cal.up, DownMs: cal.down}
 	for _, n := range sizes {
 		bar.Step(fmt.Sprintf("validate sled %d", n))
 		t := o.trial(n, p)
@@ -142,7 +138,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		name, target string
 		cost         sim.PassCost
 	}
-	servers := []server{{"this CPU (fitted)", e.Cfg.Target, cost}}
+	servers := []server{{"this CPU (fitted)", filepath.Base(e.Cfg.Target), cost}}
 	for _, g := range []struct {
 		gpu        string
 		bw, flops  float64
@@ -165,7 +161,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 			sc := SimCapacity{Server: sv.name, Target: sv.target, Profile: pr.Name, Cost: sv.cost}
 			cfgFor := func(n int) sim.Config {
 				c := e.SimConfig(o.trial(n, pr), sv.cost, res.UpMs, res.DownMs)
-				c.Duration = 10
+				c.Warmup, c.Duration = 1, 5
 				return c
 			}
 			sc.SLED, _ = SearchMax(1, bound, func(n int) int { return max(1, n/32) }, func(n int) (bool, error) {
@@ -222,6 +218,44 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		return []string{p}, err
 	})
 	return r, err
+}
+
+// calibration is the simulator fitted to this machine.
+type calibration struct {
+	cost     sim.PassCost
+	samples  []sim.Sample
+	up, down float64
+}
+
+// calibrate fits the pass cost of e's target and the messaging latency of a
+// measured one-device round with profile p.
+func (e *Env) calibrate(ctx context.Context, o Options, p Profile) (*calibration, error) {
+	seqs, per := []int{1, 2, 4, 8, 16, 32}, []int{1, 2, 4, 8}
+	if o.Quick {
+		seqs, per = []int{1, 4, 8}, []int{1, 4}
+	}
+	cost, samples, err := sim.Calibrate(ctx, e.Target, e.Cfg.Threads, seqs, per, 64, 3)
+	if err != nil {
+		return nil, err
+	}
+	one, err := e.RunSLED(ctx, o.trial(1, p))
+	if err != nil {
+		return nil, err
+	}
+	transport := max(0, one.RoundMs.Mean-one.VerifyMs)
+	return &calibration{cost: cost, samples: samples, up: transport / 2, down: transport / 2}, nil
+}
+
+// capacity is the simulated SLED capacity with drafting policy pol.
+func (c *calibration) capacity(e *Env, o Options, p Profile, pol drafter.DraftPolicy, required float64, bound int) int {
+	n, _ := SearchMax(1, bound, func(n int) int { return max(1, n/32) }, func(n int) (bool, error) {
+		t := o.trial(n, p)
+		t.Policy = pol
+		cfg := e.SimConfig(t, c.cost, c.up, c.down)
+		cfg.Warmup, cfg.Duration = 1, 5
+		return sim.SLED(cfg).P5PerDevice >= required, nil
+	})
+	return n
 }
 
 func pct(x float64) string { return fmt.Sprintf("%+.0f%%", 100*x) }

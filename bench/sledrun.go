@@ -25,7 +25,10 @@ type Trial struct {
 	Devices int
 	// Profile sets each device's drafting rate (SLED). Required for SLED.
 	Profile Profile
-	// Policy is the devices' drafting policy (defaults as drafter's).
+	// Policy is the devices' drafting policy, as given to drafter (its zero fields
+	// take drafter's defaults when the rounds are drawn; Threshold < 0 means a
+	// fixed length). It is not defaulted here: DraftPolicy.WithDefaults turns a
+	// fixed length (Threshold 0) into the default threshold if applied twice.
 	Policy drafter.DraftPolicy
 	// Batch is the batcher's policy (defaults as batcher's).
 	Batch batcher.Policy
@@ -50,7 +53,6 @@ func (t Trial) withDefaults() Trial {
 	if t.Timeout <= 0 {
 		t.Timeout = 10 * time.Second
 	}
-	t.Policy = t.Policy.WithDefaults()
 	t.Batch = t.Batch.WithDefaults()
 	return t
 }
