@@ -65,8 +65,9 @@ type Metrics struct {
 
 	// Verifier side, labels pool and worker.
 
-	// VerifyTime is a batch's verification time (forward passes and
-	// acceptance) in seconds.
+	// VerifyTime is one verification's time in seconds: the forward passes
+	// and acceptance of every batch that was queued when it started (see
+	// verifier.Worker.Run).
 	VerifyTime metric.Float64Histogram
 	// VerifierDrafts counts drafts verified (label status: the result's).
 	VerifierDrafts metric.Int64Counter
@@ -154,7 +155,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mm.QueueWait = fh("sled.queue.wait", "s", "Time a draft waited in the batcher until its batch closed.", LatencyBuckets)
 	mm.BatcherDrafts = c("sled.batcher.drafts", "{draft}", "Drafts handled by the batcher, by outcome.")
 
-	mm.VerifyTime = fh("sled.verify.duration", "s", "Verification time of a batch (forward passes and acceptance).", LatencyBuckets)
+	mm.VerifyTime = fh("sled.verify.duration", "s", "Verification time of one Verify call: the forward passes and acceptance of every batch queued when it started.", LatencyBuckets)
 	mm.VerifierDrafts = c("sled.verifier.drafts", "{draft}", "Drafts verified, by result status.")
 	mm.VerifierTokens = c("sled.verifier.tokens", "{token}", "Draft tokens verified, by kind (drafted, accepted).")
 	mm.VerifierResyncs = c("sled.verifier.resyncs", "{session}", "Sessions rebuilt from a full prefix.")

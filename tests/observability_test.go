@@ -386,8 +386,10 @@ func TestMetricsScrape(t *testing.T) {
 	if a, da := final.sum("sled_verifier_tokens_total", `kind="accepted"`), final.sum("sled_accepted_tokens_total"); a < da {
 		t.Errorf("verifier accepted %v < devices' %v", a, da)
 	}
-	if final.sum("sled_verify_duration_seconds_count") != batches {
-		t.Errorf("verify time counts %v batches, batcher published %v", final.sum("sled_verify_duration_seconds_count"), batches)
+	// A busy worker verifies every queued batch in one go: one observation per
+	// verification, covering one or more batches.
+	if v := final.sum("sled_verify_duration_seconds_count"); v < 1 || v > batches {
+		t.Errorf("verify time counts %v verifications for %v batches", v, batches)
 	}
 	if u, c := final.sum("sled_slots_used"), final.sum("sled_slots_capacity"); u < 1 || u > c {
 		t.Errorf("slots used %v of %v", u, c)

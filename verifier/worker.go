@@ -56,8 +56,13 @@ type Worker struct {
 
 	mu      sync.Mutex
 	batches uint64
-	skipped uint64 // drafts past their deadline, left unanswered
+	skipped uint64 // drafts past their deadline or superseded, left unanswered
 	seen    Stats  // verifier counters already exported as metrics
+
+	// Batches wait here between delivery and verification (see Run).
+	qmu   sync.Mutex
+	queue []delivery
+	ready chan struct{} // signalled when queue grows
 
 	tel      *infra.Telemetry
 	tracer   trace.Tracer
@@ -90,7 +95,8 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
 	w := &Worker{
 		v: v, cfg: cfg, nc: nc, js: js, source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
-		tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
+		ready: make(chan struct{}, 1),
+		tel:   tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
 		attrs:    metric.WithAttributeSet(attribute.NewSet(pool, name)),
 		byStatus: map[events.Status]metric.MeasurementOption{},
 		drafted:  metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("kind", "drafted"))),
@@ -121,12 +127,17 @@ func (w *Worker) Batches() uint64 {
 // Run verifies batches until ctx ends. It consumes two durable consumers: the
 // worker's own subject (sticky sessions) and the pool's shared subject (batches
 // routed while no worker was known alive).
+//
+// Verification is work-conserving: batches delivered while the verifier is busy
+// queue up, and the next forward pass takes every queued batch at once (up to the
+// verifier's slots), so a busy verifier runs fewer, fuller passes instead of a
+// backlog of small ones. A batch is acknowledged after its results are stored.
 func (w *Worker) Run(ctx context.Context) error {
 	dec := &events.Decoder{VocabSize: w.v.model.VocabSize()}
 	mk := func(durable, subject string) (*infra.Consumer, error) {
 		return infra.NewConsumer(ctx, w.js, infra.ConsumerConfig{
 			Stream: infra.StreamBatches, Durable: durable, FilterSubjects: []string{subject},
-			AckWait: w.cfg.AckWait, MaxDeliver: w.cfg.MaxDeliver, PullBatch: 4,
+			AckWait: w.cfg.AckWait, MaxDeliver: w.cfg.MaxDeliver, PullBatch: 64,
 			Decoder: dec, Source: w.source, Logger: w.cfg.Logger, Telemetry: w.cfg.Telemetry,
 		})
 	}
@@ -143,8 +154,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	errs := make(chan error, 3)
 	for _, c := range []*infra.Consumer{own, shared} {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs <- c.Run(ctx, w.handle) }()
+		go func() { defer wg.Done(); errs <- c.Run(ctx, w.enqueue) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); w.verifyLoop(ctx) }()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -172,70 +185,153 @@ func (w *Worker) heartbeat() {
 	}
 }
 
-// handle verifies one batch and publishes its results.
-func (w *Worker) handle(ctx context.Context, ev *events.Event, msg jetstream.Msg) error {
+// delivery is one batch message waiting for verification.
+type delivery struct {
+	ev  *events.Event
+	msg jetstream.Msg
+	b   *events.VerifyBatch
+}
+
+// enqueue is the consumers' handler: it queues the batch for verifyLoop, which
+// owns its acknowledgement.
+func (w *Worker) enqueue(ctx context.Context, ev *events.Event, msg jetstream.Msg) error {
 	b, ok := ev.Data.(*events.VerifyBatch)
 	if !ok {
 		return infra.Permanent(fmt.Errorf("%w: %s on a batch subject", events.ErrInvalid, ev.Type()))
 	}
-	now := time.Now()
-	drafts := b.Drafts[:0:0]
-	for _, d := range b.Drafts {
-		if !d.Deadline.IsZero() && now.After(d.Deadline) {
-			w.mu.Lock()
-			w.skipped++
-			w.mu.Unlock()
-			w.m.VerifierSkipped.Add(ctx, 1, w.attrs)
-			continue // the device has already resent these tokens in a newer round
-		}
-		drafts = append(drafts, d)
+	w.qmu.Lock()
+	w.queue = append(w.queue, delivery{ev: ev, msg: msg, b: b})
+	w.qmu.Unlock()
+	select {
+	case w.ready <- struct{}{}:
+	default:
 	}
-	tr := w.startTrace(ctx, ev, msg, b, drafts)
-	results, err := w.v.Verify(ctx, drafts)
-	verified := time.Now()
-	if err != nil {
-		tr.end(err)
+	return infra.ErrDetached
+}
+
+// verifyLoop verifies queued batches, as many at a time as the verifier's slots
+// hold, until ctx ends. Batches still queued then are left unacknowledged and are
+// redelivered after AckWait.
+func (w *Worker) verifyLoop(ctx context.Context) {
+	limit := w.v.Config().Slots
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.ready:
+		}
+		for {
+			w.qmu.Lock()
+			n, drafts := 0, 0
+			for n < len(w.queue) && (n == 0 || drafts+len(w.queue[n].b.Drafts) <= limit) {
+				drafts += len(w.queue[n].b.Drafts)
+				n++
+			}
+			group := append([]delivery(nil), w.queue[:n]...)
+			w.queue = append(w.queue[:0], w.queue[n:]...)
+			w.qmu.Unlock()
+			if len(group) == 0 {
+				break
+			}
+			err := w.process(ctx, group)
+			for _, d := range group {
+				switch {
+				case err == nil:
+					_ = d.msg.Ack()
+				case ctx.Err() != nil:
+					// shutting down: redelivered after AckWait
+				default:
+					w.cfg.Logger.Warn("verify batch", "batch", d.b.BatchID, "err", err)
+					_ = d.msg.NakWithDelay(250 * time.Millisecond)
+				}
+			}
+		}
+	}
+}
+
+// process verifies the drafts of a group of batches in one Verify call and
+// publishes every result. Drafts past their deadline, and older rounds of a
+// session that also has a newer one in the group, get no result: their device has
+// already moved on to the newer round.
+func (w *Worker) process(ctx context.Context, group []delivery) error {
+	now := time.Now()
+	latest := map[string]uint64{}
+	for _, g := range group {
+		for i := range g.b.Drafts {
+			d := &g.b.Drafts[i]
+			if k := sessionKey(d); d.Round > latest[k] {
+				latest[k] = d.Round
+			}
+		}
+	}
+	type span struct{ from, to int } // a batch's drafts within all
+	var all []events.DraftReady
+	spans := make([]span, len(group))
+	traces := make([]*batchTrace, len(group))
+	for gi, g := range group {
+		from := len(all)
+		for _, d := range g.b.Drafts {
+			stale := !d.Deadline.IsZero() && now.After(d.Deadline)
+			if stale || d.Round < latest[sessionKey(&d)] {
+				w.mu.Lock()
+				w.skipped++
+				w.mu.Unlock()
+				w.m.VerifierSkipped.Add(ctx, 1, w.attrs)
+				continue
+			}
+			latest[sessionKey(&d)] = d.Round + 1 // one draft per session and round
+			all = append(all, d)
+		}
+		spans[gi] = span{from, len(all)}
+		traces[gi] = w.startTrace(ctx, g.ev, g.msg, g.b, all[from:len(all):len(all)])
+	}
+	endAll := func(err error) error {
+		for _, tr := range traces {
+			tr.end(err)
+		}
 		return err
 	}
+	results, err := w.v.Verify(ctx, all)
+	verified := time.Now()
+	if err != nil {
+		return endAll(err)
+	}
 	w.m.VerifyTime.Record(ctx, verified.Sub(now).Seconds(), w.attrs)
-	batchMs := float64(now.Sub(b.CreatedAt).Microseconds()) / 1000
 	futures := make([]jetstream.PubAckFuture, 0, len(results))
-	for i := range results {
-		r := &results[i]
-		r.BatchID = b.BatchID
-		r.ServerTiming.BatchMs = batchMs
-		r.ServerTiming.TotalMs = float64(time.Since(b.CreatedAt).Microseconds())/1000 + r.ServerTiming.QueueMs
-		w.observeResult(ctx, &drafts[i], r)
-		rev := events.New(w.source, r)
-		tr.verdict(i, now, verified, r, rev)
-		m, err := events.Encode(rev)
-		if err != nil {
-			w.cfg.Logger.Error("encode result", "err", err)
-			continue
+	for gi, g := range group {
+		batchMs := float64(now.Sub(g.b.CreatedAt).Microseconds()) / 1000
+		for i := spans[gi].from; i < spans[gi].to; i++ {
+			r := &results[i]
+			r.BatchID = g.b.BatchID
+			r.ServerTiming.BatchMs = batchMs
+			r.ServerTiming.TotalMs = float64(time.Since(g.b.CreatedAt).Microseconds())/1000 + r.ServerTiming.QueueMs
+			w.observeResult(ctx, &all[i], r)
+			rev := events.New(w.source, r)
+			traces[gi].verdict(i-spans[gi].from, now, verified, r, rev)
+			m, err := events.Encode(rev)
+			if err != nil {
+				w.cfg.Logger.Error("encode result", "err", err)
+				continue
+			}
+			f, err := w.js.PublishMsgAsync(m, jetstream.WithMsgID(r.MsgID()))
+			if err != nil {
+				return endAll(fmt.Errorf("verifier: publish result: %w", err))
+			}
+			futures = append(futures, f)
 		}
-		f, err := w.js.PublishMsgAsync(m, jetstream.WithMsgID(r.MsgID()))
-		if err != nil {
-			err = fmt.Errorf("verifier: publish result: %w", err)
-			tr.end(err)
-			return err
-		}
-		futures = append(futures, f)
 	}
 	for _, f := range futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			err = fmt.Errorf("verifier: result not stored: %w", err)
-			tr.end(err)
-			return err
+			return endAll(fmt.Errorf("verifier: result not stored: %w", err))
 		case <-ctx.Done():
-			tr.end(ctx.Err())
-			return ctx.Err()
+			return endAll(ctx.Err())
 		}
 	}
-	tr.end(nil)
+	endAll(nil)
 	w.mu.Lock()
-	w.batches++
+	w.batches += uint64(len(group))
 	w.mu.Unlock()
 	w.observeBatch(ctx)
 	return nil
