@@ -25,7 +25,8 @@ import (
 // OTLP exporter would; metrics on a Prometheus endpoint), alternating
 // off/on, on/off pairs to cancel drift. It reports tokens/s of each and the
 // overhead of "on" in percent; next to each "on" run, a run with metrics only
-// (sled up's default: Prometheus endpoint, no span exporter).
+// (sled up's default: Prometheus endpoint, no span exporter) and a run with metrics
+// and one round in ten traced (--trace-sample 0.1).
 //
 //	go test -run '^$' -bench TelemetryOverhead -benchtime 1x ./tests/
 func BenchmarkTelemetryOverhead(b *testing.B) {
@@ -34,7 +35,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 	// run returns tokens/s and CPU seconds of this process per 1000 tokens
 	// (less sensitive than wall time to other load on the machine, though
 	// llama.cpp's spinning threads tie it to wall time too).
-	run := func(on, traces bool) (float64, float64) {
+	run := func(on, traces bool, ratio float64) (float64, float64) {
 		ctx := context.Background()
 		var tel *infra.Telemetry
 		if on && !traces {
@@ -49,7 +50,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			tel, err = infra.SetupTelemetry(ctx, infra.TelemetryConfig{SpanExporter: exp, MetricsAddr: "127.0.0.1:0"})
+			tel, err = infra.SetupTelemetry(ctx, infra.TelemetryConfig{SpanExporter: exp, SampleRatio: ratio, MetricsAddr: "127.0.0.1:0"})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -71,7 +72,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 		}
 		return float64(n) / el.Seconds(), 1000 * cpu.Seconds() / float64(n)
 	}
-	var offs, ons, cpuOff, cpuOn, mets, cpuMet []float64
+	var offs, ons, cpuOff, cpuOn, mets, cpuMet, samp, cpuSamp []float64
 	for range b.N {
 		for p := range pairs {
 			order := []bool{false, true}
@@ -80,11 +81,14 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 			}
 			for _, on := range order {
 				if on {
-					// metrics only (sled up's default) next to full telemetry
-					tps, cpu := run(true, false)
+					// metrics only (sled up's default), and metrics with one
+					// round in ten traced, next to full telemetry
+					tps, cpu := run(true, false, 0)
 					mets, cpuMet = append(mets, tps), append(cpuMet, cpu)
+					tps, cpu = run(true, true, 0.1)
+					samp, cpuSamp = append(samp, tps), append(cpuSamp, cpu)
 				}
-				tps, cpu := run(on, true)
+				tps, cpu := run(on, true, 1)
 				if on {
 					ons, cpuOn = append(ons, tps), append(cpuOn, cpu)
 				} else {
@@ -120,6 +124,9 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 	b.ReportMetric(100*(median(cpuOn)-median(cpuOff))/median(cpuOff), "cpu_overhead_%")
 	b.Logf("metrics only: mean %.0f tok/s (%+.1f%% vs off), runs %v; CPU s per 1000 tokens median %.3f (%+.1f%%)",
 		mean(mets), 100*(mean(offs)-mean(mets))/mean(offs), fmtAll(mets), median(cpuMet), 100*(median(cpuMet)-median(cpuOff))/median(cpuOff))
+	b.Logf("metrics + 10%% of rounds traced: mean %.0f tok/s (%+.1f%% vs off), runs %v; CPU s per 1000 tokens median %.3f (%+.1f%%)",
+		mean(samp), 100*(mean(offs)-mean(samp))/mean(offs), fmtAll(samp), median(cpuSamp), 100*(median(cpuSamp)-median(cpuOff))/median(cpuOff))
+	b.ReportMetric(100*(median(cpuSamp)-median(cpuOff))/median(cpuOff), "cpu_overhead_sampled_%")
 }
 
 // cpuTime is this process's user plus system CPU time.
