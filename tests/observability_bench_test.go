@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/internal/testmodels"
@@ -20,9 +23,9 @@ import (
 // BenchmarkTelemetryOverhead measures what tracing and metrics cost: the same
 // workload (two devices, 4-block and 3-block drafts, every prompt, 64 tokens
 // each) runs on a fresh `sled up` system with telemetry off (the default: no
-// exporter, no metrics) and on (every round traced, spans serialized to JSON
-// by the stdout exporter into io.Discard through the batch processor, as an
-// OTLP exporter would; metrics on a Prometheus endpoint), alternating
+// exporter, no metrics) and on (every round traced and exported through the
+// batch processor with the OTLP/HTTP exporter to a local collector that
+// discards the data; metrics on a Prometheus endpoint), alternating
 // off/on, on/off pairs to cancel drift. It reports tokens/s of each and the
 // overhead of "on" in percent; next to each "on" run, a run with metrics only
 // (sled up's default: Prometheus endpoint, no span exporter) and a run with metrics
@@ -35,6 +38,12 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 	// run returns tokens/s and CPU seconds of this process per 1000 tokens
 	// (less sensitive than wall time to other load on the machine, though
 	// llama.cpp's spinning threads tie it to wall time too).
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/x-protobuf")
+	}))
+	defer sink.Close()
+	collector := strings.TrimPrefix(sink.URL, "http://")
 	run := func(on, traces bool, ratio float64) (float64, float64) {
 		ctx := context.Background()
 		var tel *infra.Telemetry
@@ -46,7 +55,9 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 			}
 			defer tel.Shutdown(ctx)
 		} else if on {
-			exp, err := stdouttrace.New(stdouttrace.WithWriter(io.Discard))
+			// The production exporter, OTLP over HTTP (protobuf), to a local
+			// collector that discards what it receives.
+			exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpoint(collector), otlptracehttp.WithInsecure())
 			if err != nil {
 				b.Fatal(err)
 			}
