@@ -258,7 +258,8 @@ func (s *System) startNATS(ctx context.Context) error {
 	return nil
 }
 
-func (s *System) go_(f func()) {
+// spawn runs f in a goroutine that Close waits for.
+func (s *System) spawn(f func()) {
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); f() }()
 }
@@ -284,7 +285,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		return err
 	}
 	s.Batcher = b
-	s.go_(func() { _ = b.Run(runCtx) })
+	s.spawn(func() { _ = b.Run(runCtx) })
 	if err := s.StartVerifier(); err != nil {
 		return err
 	}
@@ -362,7 +363,7 @@ func (s *System) startCentralized(runCtx context.Context) error {
 		return err
 	}
 	s.Central = c
-	s.go_(func() { _ = c.Run(runCtx) })
+	s.spawn(func() { _ = c.Run(runCtx) })
 	// Every "device" forwards its requests to the one server.
 	for i := range s.cfg.Devices {
 		s.Generators = append(s.Generators, httpapi.Device{Name: fmt.Sprintf("device-%d-central", i+1), Generator: c})
@@ -395,7 +396,7 @@ func (s *System) serveHTTP(runCtx context.Context) error {
 	}
 	s.HTTPAddr = ln.Addr().String()
 	s.httpSrv = &http.Server{Handler: s.API, ReadHeaderTimeout: 10 * time.Second}
-	s.go_(func() {
+	s.spawn(func() {
 		if err := s.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.cfg.Logger.Error("http", "err", err)
 		}
