@@ -97,7 +97,11 @@ type System struct {
 	Edges       []*drafter.Edge
 	Generators  []httpapi.Device // what the API serves, in device order
 	API         *httpapi.Server
-	HTTPAddr    string // the API's address when serving
+	HTTPAddr    string               // the API's address when serving
+	natsCfg     infra.EmbeddedConfig // the embedded server's settings, port resolved
+	batcherMu   sync.Mutex
+	stopBatcher context.CancelFunc
+	batcherDone chan struct{}
 	verifierMu  sync.Mutex
 	worker      *verifier.Worker
 	stopWorker  context.CancelFunc
@@ -242,6 +246,10 @@ func (s *System) startNATS(ctx context.Context) error {
 			return fmt.Errorf("services: %w", err)
 		}
 		s.NATS, s.URL = emb, emb.ClientURL()
+		if a, ok := emb.Addr().(*net.TCPAddr); ok {
+			nc.Port = a.Port
+		}
+		s.natsCfg = nc
 	}
 	var err error
 	s.Conn, s.JS, err = infra.Connect(ctx, s.URL, "sled-up")
@@ -280,12 +288,9 @@ func deviceName(i int, path string) string {
 }
 
 func (s *System) startSLED(ctx, runCtx context.Context) error {
-	b, err := batcher.New(s.Conn, s.JS, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
-	if err != nil {
+	if err := s.StartBatcher(); err != nil {
 		return err
 	}
-	s.Batcher = b
-	s.spawn(func() { _ = b.Run(runCtx) })
 	if err := s.StartVerifier(); err != nil {
 		return err
 	}
@@ -303,6 +308,55 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		s.Devices = append(s.Devices, d)
 		s.Generators = append(s.Generators, httpapi.Device{Name: d.ID(), Generator: d})
 	}
+	return nil
+}
+
+// StartBatcher starts the batcher (again, after StopBatcher): a fresh one on the
+// same durable consumer, as a crashed batcher's replacement would be.
+func (s *System) StartBatcher() error {
+	s.batcherMu.Lock()
+	defer s.batcherMu.Unlock()
+	if s.stopBatcher != nil {
+		return errors.New("services: batcher already running")
+	}
+	b, err := batcher.New(s.Conn, s.JS, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	if err != nil {
+		return err
+	}
+	bctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s.Batcher, s.stopBatcher, s.batcherDone = b, stop, done
+	go func() { defer close(done); _ = b.Run(bctx) }()
+	return nil
+}
+
+// StopBatcher stops the batcher as a crash would: drafts it held unacknowledged
+// are redelivered to the next one.
+func (s *System) StopBatcher() {
+	s.batcherMu.Lock()
+	defer s.batcherMu.Unlock()
+	if s.stopBatcher == nil {
+		return
+	}
+	s.stopBatcher()
+	<-s.batcherDone
+	s.stopBatcher = nil
+}
+
+// RestartNATS shuts the embedded NATS server down and starts it again on the same
+// port and store, after down has passed: every client sees its server vanish and
+// reconnects. It fails with an external server.
+func (s *System) RestartNATS(ctx context.Context, down time.Duration) error {
+	if s.NATS == nil {
+		return errors.New("services: no embedded NATS server to restart")
+	}
+	s.NATS.Shutdown()
+	time.Sleep(down)
+	emb, err := infra.StartEmbedded(ctx, s.natsCfg)
+	if err != nil {
+		return fmt.Errorf("services: restart NATS: %w", err)
+	}
+	s.NATS = emb
 	return nil
 }
 
@@ -472,6 +526,7 @@ func (s *System) Close() error {
 			e.Close()
 		}
 		s.StopVerifier()
+		s.StopBatcher()
 		s.cancel()
 		s.wg.Wait()
 		if s.Central != nil {

@@ -2,15 +2,12 @@ package tests
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/services"
-	"github.com/sled-project/sled/textgen"
 	"github.com/sled-project/sled/verifier"
 )
 
@@ -20,9 +17,7 @@ import (
 // still the target's.
 func TestWorkerFailover(t *testing.T) {
 	ps := prompts[:4]
-	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Devices: 1})
-	want := runAll(t, central, ps, genTokens)
-	central.Close()
+	want := reference(t, ps)
 
 	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
 	s := start(t, services.UpConfig{Drafts: drafts, Devices: 4, NoAsync: true,
@@ -48,42 +43,12 @@ func TestWorkerFailover(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	var wg sync.WaitGroup
-	results := make([]textgen.Result, len(ps))
-	errs := make([]error, len(ps))
-	progress := make(chan struct{}, len(ps))
-	for i, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := s.Generator(i)
-			prompt, _ := g.Model().Tokenize(p, true)
-			n := 0
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			results[i], errs[i] = g.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: genTokens}, func(c textgen.Chunk) error {
-				if n += len(c.Tokens); n >= 8 && n-len(c.Tokens) < 8 {
-					progress <- struct{}{}
-				}
-				time.Sleep(10 * time.Millisecond) // keep generations running past the failure
-				return nil
-			})
-		}()
-	}
-	for range ps {
-		<-progress
-	}
-	before := v2.Stats().Drafts
-	s.StopVerifier() // worker-1 is gone for good
-	wg.Wait()
-	for i := range ps {
-		if errs[i] != nil {
-			t.Fatalf("prompt %q: %v", ps[i], errs[i])
-		}
-		if fmt.Sprint(results[i].Tokens) != fmt.Sprint(want[i].tokens) {
-			t.Errorf("prompt %q: output differs from centralized after failover", ps[i])
-		}
-	}
+	var before uint64 // drafts worker-2 had verified when worker-1 died
+	got := underFault(t, s, ps, func() {
+		before = v2.Stats().Drafts
+		s.StopVerifier() // worker-1 is gone for good
+	})
+	sameAsCentralized(t, ps, got, want, "failover")
 	st := s.Batcher.Stats()
 	t.Logf("failover: batcher moved %d sessions; worker-2 verified %d drafts before, %d after; resyncs %d", st.Moved, before, v2.Stats().Drafts-before, v2.Stats().Resyncs)
 	if st.Moved == 0 || v2.Stats().Drafts == before {

@@ -5,9 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,76 +22,18 @@ import (
 // identical to the centralized baseline.
 func TestVerifierStoppedMidRun(t *testing.T) {
 	ps := prompts[:3]
-	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Devices: 1})
-	want := runAll(t, central, ps, genTokens)
-	central.Close()
-
+	want := reference(t, ps)
 	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L), requantized(t)}
 	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, NoAsync: true,
 		Retry: drafter.RetryPolicy{Timeout: 250 * time.Millisecond}})
-
-	var mu sync.Mutex
-	progressed := 0
-	firstChunk := make(chan struct{}, len(ps))
-	type out struct {
-		res textgen.Result
-		err error
-	}
-	results := make([]out, len(ps))
-	var wg sync.WaitGroup
-	for i, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := s.Generator(i)
-			prompt, _ := g.Model().Tokenize(p, true)
-			n := 0
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			res, err := g.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: genTokens}, func(c textgen.Chunk) error {
-				n += len(c.Tokens)
-				if n >= 8 && n-len(c.Tokens) < 8 {
-					firstChunk <- struct{}{}
-				}
-				if c.Unverified {
-					return errors.New("unverified tokens in strict mode")
-				}
-				// Slow the devices a little so the outage lands mid-generation.
-				time.Sleep(5 * time.Millisecond)
-				return nil
-			})
-			mu.Lock()
-			progressed++
-			mu.Unlock()
-			results[i] = out{res, err}
-		}()
-	}
-	for range ps {
-		<-firstChunk
-	}
-	s.StopVerifier()
-	mu.Lock()
-	if progressed == len(ps) {
-		mu.Unlock()
-		t.Fatal("every generation finished before the outage; slow them down")
-	}
-	mu.Unlock()
-	time.Sleep(1500 * time.Millisecond) // six device timeouts
-	if err := s.StartVerifier(); err != nil {
-		t.Fatal(err)
-	}
-	wg.Wait()
-	retries, resyncs := 0, 0
-	for i, r := range results {
-		if r.err != nil {
-			t.Fatalf("prompt %q: %v", ps[i], r.err)
+	got := underFault(t, s, ps, func() {
+		s.StopVerifier()
+		time.Sleep(1500 * time.Millisecond) // six device timeouts
+		if err := s.StartVerifier(); err != nil {
+			t.Error(err)
 		}
-		if fmt.Sprint(r.res.Tokens) != fmt.Sprint(want[i].tokens) {
-			t.Errorf("prompt %q: output after the outage differs from centralized:\n got %v\nwant %v", ps[i], r.res.Tokens, want[i].tokens)
-		}
-		retries += r.res.Stats.Retries
-		resyncs += r.res.Stats.Resyncs
-	}
+	})
+	retries, resyncs := sameAsCentralized(t, ps, got, want, "the outage")
 	t.Logf("after a 1.5s verifier outage: %d retries, %d resyncs, outputs identical", retries, resyncs)
 	if retries == 0 || resyncs == 0 {
 		t.Fatalf("expected retries and resyncs, got %d and %d", retries, resyncs)

@@ -1,0 +1,136 @@
+package tests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/textgen"
+)
+
+// underFault generates prompt i on device i of s, all at once, calls fault once
+// every generation has produced a few tokens (and none has finished), and returns
+// the results when all have finished. Devices are slowed a little so that the fault
+// lands mid-generation; strict mode must never release unverified tokens.
+func underFault(t *testing.T, s *services.System, ps []string, fault func()) []textgen.Result {
+	t.Helper()
+	var mu sync.Mutex
+	finished := 0
+	progress := make(chan struct{}, len(ps))
+	results := make([]textgen.Result, len(ps))
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g := s.Generator(i)
+			prompt, _ := g.Model().Tokenize(p, true)
+			n := 0
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			results[i], errs[i] = g.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: genTokens}, func(c textgen.Chunk) error {
+				if n += len(c.Tokens); n >= 8 && n-len(c.Tokens) < 8 {
+					progress <- struct{}{}
+				}
+				if c.Unverified {
+					return errors.New("unverified tokens in strict mode")
+				}
+				time.Sleep(5 * time.Millisecond)
+				return nil
+			})
+			mu.Lock()
+			finished++
+			mu.Unlock()
+		}()
+	}
+	for range ps {
+		<-progress
+	}
+	mu.Lock()
+	early := finished
+	mu.Unlock()
+	if early == len(ps) {
+		t.Fatal("every generation finished before the fault; slow them down")
+	}
+	fault()
+	wg.Wait()
+	for i := range ps {
+		if errs[i] != nil {
+			t.Fatalf("prompt %q: %v", ps[i], errs[i])
+		}
+	}
+	return results
+}
+
+// sameAsCentralized fails t for every result that is not the target's own output.
+func sameAsCentralized(t *testing.T, ps []string, got []textgen.Result, want []outcome, what string) (retries, resyncs int) {
+	t.Helper()
+	for i := range ps {
+		if fmt.Sprint(got[i].Tokens) != fmt.Sprint(want[i].tokens) {
+			t.Errorf("prompt %q: output after %s differs from centralized:\n got %v\nwant %v", ps[i], what, got[i].Tokens, want[i].tokens)
+		}
+		retries += got[i].Stats.Retries
+		resyncs += got[i].Stats.Resyncs
+	}
+	return retries, resyncs
+}
+
+// reference is the centralized baseline's output for ps.
+func reference(t *testing.T, ps []string) []outcome {
+	t.Helper()
+	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Devices: 1})
+	defer central.Close()
+	return runAll(t, central, ps, genTokens)
+}
+
+// TestBatcherCrashMidRun replaces the batcher mid-run, as a crashed batcher's
+// successor would take over its durable consumer: nothing is lost and every output
+// is still the target's.
+func TestBatcherCrashMidRun(t *testing.T) {
+	ps := prompts[3:6]
+	want := reference(t, ps)
+	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
+	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, NoAsync: true,
+		Retry: drafter.RetryPolicy{Timeout: 250 * time.Millisecond}})
+	got := underFault(t, s, ps, func() {
+		s.StopBatcher()
+		time.Sleep(time.Second)
+		if err := s.StartBatcher(); err != nil {
+			t.Error(err)
+		}
+	})
+	retries, _ := sameAsCentralized(t, ps, got, want, "a batcher crash")
+	t.Logf("batcher down for 1s: %d retries, outputs identical", retries)
+	if retries == 0 {
+		t.Fatal("no device noticed the batcher outage")
+	}
+}
+
+// TestNATSRestartMidRun shuts the embedded NATS server down mid-run and starts it
+// again on the same port and store a second later: every client reconnects,
+// JetStream keeps its streams and consumers, and every output is still the
+// target's.
+func TestNATSRestartMidRun(t *testing.T) {
+	ps := prompts[6:9]
+	want := reference(t, ps)
+	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
+	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, NoAsync: true,
+		Retry: drafter.RetryPolicy{Timeout: 250 * time.Millisecond}})
+	got := underFault(t, s, ps, func() {
+		if err := s.RestartNATS(context.Background(), time.Second); err != nil {
+			t.Error(err)
+		}
+	})
+	retries, resyncs := sameAsCentralized(t, ps, got, want, "a NATS restart")
+	t.Logf("NATS down for 1s: %d retries, %d resyncs, outputs identical", retries, resyncs)
+	if retries == 0 {
+		t.Fatal("no device noticed the NATS outage")
+	}
+}
