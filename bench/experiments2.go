@@ -142,7 +142,7 @@ func runSpecLen(ctx context.Context, o Options) (*Report, error) {
 	}
 	r := o.report("speclen", e)
 	r.Result = pts
-	r.Modelled = append(r.Modelled, "sim capacity: bench/sim calibrated on this machine ("+cal.cost.Source+fmt.Sprintf("; messaging %.1f ms per round)", cal.up+cal.down))
+	r.Modelled = append(r.Modelled, "sim capacity: bench/sim calibrated on this machine ("+cal.cost.Source+fmt.Sprintf("; messaging %.1f ms per round)", cal.msg.UpMs+cal.msg.HopMs+cal.msg.DownMs))
 	t := Table{Title: fmt.Sprintf("Speculative length and confidence threshold (%d %s devices, %s)", devices, p.Name, r.Target),
 		Header: []string{"θ", "max len", "mean draft", "mean accepted", "acceptance rate", "per device tok/s", "WSTGR tok/s", "mean batch", "round p50 ms", "capacity (sim)"}}
 	var fixed, dyn Series

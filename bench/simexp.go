@@ -16,18 +16,46 @@ type SimResult struct {
 	// Cost is the pass-cost model fitted on this machine, from Samples.
 	Cost    sim.PassCost `json:"cost"`
 	Samples []sim.Sample `json:"samples"`
-	// UpMs and DownMs are the messaging latencies calibrated from a measured
-	// one-device round.
-	UpMs   float64 `json:"up_ms"`
-	DownMs float64 `json:"down_ms"`
+	// Messaging is calibrated from measured one-device runs (see Messaging).
+	Messaging Messaging `json:"messaging"`
 	// Validation compares simulated and measured runs at the same sizes.
 	Validation []SimCheck `json:"validation"`
 	// MeanAbsErrSLED and MeanAbsErrCentral are the mean |sim-measured|/measured
-	// whole-system tokens/s over Validation.
+	// whole-system tokens/s over Validation; Min and Max bound the signed errors.
 	MeanAbsErrSLED    float64 `json:"mean_abs_err_sled"`
 	MeanAbsErrCentral float64 `json:"mean_abs_err_centralized"`
+	MinErrSLED        float64 `json:"min_err_sled"`
+	MaxErrSLED        float64 `json:"max_err_sled"`
+	MinErrCentral     float64 `json:"min_err_centralized"`
+	MaxErrCentral     float64 `json:"max_err_centralized"`
 	// Capacity is the simulated capacity per server model.
 	Capacity []SimCapacity `json:"capacity"`
+}
+
+// Messaging is the simulator's messaging and host-side costs, from the server's
+// own timing (events.ServerTiming) of a measured one-device SLED run and the
+// step rate of a measured one-client centralized run.
+type Messaging struct {
+	// UpMs: device publish → batch closed (QueueMs; one device closes at once).
+	UpMs float64 `json:"up_ms"`
+	// HopMs: batch published → verifier started (BatchMs).
+	HopMs float64 `json:"hop_ms"`
+	// DownMs: the rest of a round after verification: publishing and storing
+	// the result, the device receiving it (round − queue − batch − verify).
+	DownMs float64 `json:"down_ms"`
+	// StepMs: a centralized step's time besides the modelled pass (1 s / the
+	// one-client token rate − the model's one-token pass).
+	StepMs float64 `json:"step_ms"`
+	// ResultMs and StepSeqMs are fitted so that the simulator reproduces a
+	// measured run of CalibDevices devices (another seed than the validation's):
+	// the verifier's time per draft, and the centralized server's per request and
+	// step, beyond the modelled pass. They stand for the host work the pass-cost
+	// calibration does not see, which grows with the fleet: messaging, decoding,
+	// acceptance, and the fleet's goroutines and the NATS server competing with
+	// llama.cpp's threads for the same cores.
+	ResultMs     float64 `json:"result_ms"`
+	StepSeqMs    float64 `json:"step_seq_ms"`
+	CalibDevices int     `json:"calib_devices"`
 }
 
 // SimCheck is one validated size.
@@ -43,6 +71,10 @@ type SimCheck struct {
 	SimBatch        float64 `json:"sim_batch"`
 	MeasuredRoundMs float64 `json:"measured_round_ms"`
 	SimRoundMs      float64 `json:"sim_round_ms"`
+	// MeasuredVerifyMs is the verifier's own mean Verify time per round
+	// (events.ServerTiming), SimPassMs the simulator's mean modelled pass.
+	MeasuredVerifyMs float64 `json:"measured_verify_ms"`
+	SimPassMs        float64 `json:"sim_pass_ms"`
 }
 
 // SimCapacity is the simulated capacity of one server model and device profile.
@@ -67,15 +99,29 @@ func (a samplerSource) Next() sim.Round {
 	return sim.Round{Len: r.Len, Accepted: r.Accepted}
 }
 
-// SimConfig is the simulator configuration for a trial of the real system.
-func (e *Env) SimConfig(t Trial, cost sim.PassCost, up, down float64) sim.Config {
+// SimConfig is the simulator configuration for a trial of the real system: the
+// same fleet, profile, drafting and batch policies, seeds, prompts and
+// continuation lengths, and measuring window.
+func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 	t = t.withDefaults()
+	prompt := 0
+	for _, p := range e.Prompts {
+		prompt += len(p)
+	}
+	cont := 0
+	for _, c := range e.Conts {
+		cont += len(c)
+	}
 	return sim.Config{
 		Devices: t.Devices, DraftRate: t.Profile.TokensPerSec,
 		Rounds: func(i int) sim.RoundSource {
 			return samplerSource{NewSampler(e.Acceptance, t.Policy, t.Seed*1_000_003+uint64(i))}
 		},
-		Batch: t.Batch, Cost: cost, UpMs: up, DownMs: down, Seed: t.Seed,
+		Batch: t.Batch, Slots: t.Devices + 4, Cost: cost,
+		UpMs: msg.UpMs, HopMs: msg.HopMs, DownMs: msg.DownMs, ResultMs: msg.ResultMs,
+		StepMs: msg.StepMs, StepSeqMs: msg.StepSeqMs,
+		PromptLen: prompt / max(1, len(e.Prompts)), ContLen: cont / max(1, len(e.Conts)),
+		Warmup: t.Warmup.Seconds(), Duration: t.Duration.Seconds(), Seed: t.Seed,
 	}
 }
 
@@ -110,7 +156,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	cost, samples := cal.cost, cal.samples
-	res := &SimResult{Cost: cost, Samples: samples, UpMs: cal.up, DownMs: cal.down}
+	res := &SimResult{Cost: cost, Samples: samples, Messaging: cal.msg}
 	for _, n := range sizes {
 		bar.Step(fmt.Sprintf("validate sled %d", n))
 		t := o.trial(n, p)
@@ -118,21 +164,20 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := sim.SLED(e.SimConfig(t, cost, res.UpMs, res.DownMs))
+		s := sim.SLED(e.SimConfig(t, cost, cal.msg))
 		bar.Step(fmt.Sprintf("validate centralized %d", n))
 		c, err := e.RunCentralized(ctx, t)
 		if err != nil {
 			return nil, err
 		}
-		sc := sim.Centralized(e.SimConfig(t, cost, 0, 0))
+		sc := sim.Centralized(e.SimConfig(t, cost, cal.msg))
 		chk := SimCheck{Devices: n, MeasuredSLED: m.TokensPerSec, SimSLED: s.TokensPerSec, MeasuredCentral: c.TokensPerSec, SimCentral: sc.TokensPerSec,
-			MeasuredBatch: m.MeanBatch, SimBatch: s.MeanBatch, MeasuredRoundMs: m.RoundMs.Mean, SimRoundMs: s.RoundMs}
-		chk.ErrSLED = (s.TokensPerSec - m.TokensPerSec) / m.TokensPerSec
-		chk.ErrCentral = (sc.TokensPerSec - c.TokensPerSec) / c.TokensPerSec
-		res.MeanAbsErrSLED += math.Abs(chk.ErrSLED) / float64(len(sizes))
-		res.MeanAbsErrCentral += math.Abs(chk.ErrCentral) / float64(len(sizes))
+			MeasuredBatch: m.MeanBatch, SimBatch: s.MeanBatch, MeasuredRoundMs: m.RoundMs.Mean, SimRoundMs: s.RoundMs,
+			MeasuredVerifyMs: m.VerifyMs, SimPassMs: s.PassMs}
+		chk.ErrSLED, chk.ErrCentral = relErr(s.TokensPerSec, m.TokensPerSec), relErr(sc.TokensPerSec, c.TokensPerSec)
 		res.Validation = append(res.Validation, chk)
 	}
+	res.errorStats()
 	// Capacity: this CPU (fitted) and assumed GPU servers for real model sizes.
 	type server struct {
 		name, target string
@@ -160,9 +205,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		for _, pr := range ps {
 			sc := SimCapacity{Server: sv.name, Target: sv.target, Profile: pr.Name, Cost: sv.cost}
 			cfgFor := func(n int) sim.Config {
-				c := e.SimConfig(o.trial(n, pr), sv.cost, res.UpMs, res.DownMs)
-				c.Warmup, c.Duration = 1, 5
-				return c
+				return e.SimConfig(o.trial(n, pr), sv.cost, cal.msg)
 			}
 			sc.SLED, _ = SearchMax(1, bound, func(n int) int { return max(1, n/32) }, func(n int) (bool, error) {
 				r := sim.SLED(cfgFor(n))
@@ -183,21 +226,24 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	r.Result = res
 	r.Measured = append(r.Measured, "pass-cost samples of the target on this machine; the validation runs")
 	r.Modelled = []string{
-		"everything in the simulated columns: drafting (Poisson at the profile rate), messaging (fixed up/down latency from a measured 1-device round), verification (fitted or assumed pass cost); batching and drafting decisions are the real batcher.Policy.Decide and drafter.DraftPolicy over the measured acceptance",
+		"everything in the simulated columns: drafting (Poisson at the profile rate), messaging (fixed up/hop/down latencies from the server timing of a measured 1-device round), verification (fitted or assumed pass cost, with attention over the KV cells all sessions hold; the worker verifies every queued batch in one pass, up to its slots); batching and drafting decisions are the real batcher.Policy.Decide (devices active within 1 s) and drafter.DraftPolicy over the measured acceptance",
 		"GPU servers: " + servers[1].cost.Source + "; " + servers[2].cost.Source + "; " + servers[3].cost.Source,
-		"centralized in the simulator: every client always decoding, prefill left out",
+		"centralized in the simulator: centralized.Server's continuous batching step by step (a request's prompt prefilled in one pass, then one token per step; the next request admitted a step later), plus a per-step host cost calibrated from a measured 1-client run",
 	}
-	t := Table{Title: "Pass cost on this machine (" + cost.Source + ")", Header: []string{"sequences", "tokens", "measured ms", "model ms"}}
+	t := Table{Title: "Pass cost on this machine (" + cost.Source + ")", Header: []string{"sequences", "tokens", "KV cells", "measured ms", "model ms"}}
 	for _, s := range samples {
-		t.Rows = append(t.Rows, []string{itoa(s.Seqs), itoa(s.Tokens), f1(s.Ms), f1(cost.Ms(s.Tokens, s.Seqs))})
+		t.Rows = append(t.Rows, []string{itoa(s.Seqs), itoa(s.Tokens), itoa(s.Cells), f1(s.Ms), f1(cost.Ms(s.Tokens, s.Seqs, s.Cells))})
 	}
-	v := Table{Title: fmt.Sprintf("Simulator vs measured (%s devices; up %.1f ms, down %.1f ms)", p.Name, res.UpMs, res.DownMs),
-		Header: []string{"devices", "SLED measured tok/s", "SLED sim", "error", "centralized measured", "centralized sim", "error", "batch measured/sim", "round ms measured/sim"}}
+	mg := cal.msg
+	v := Table{Title: fmt.Sprintf("Simulator vs measured (%s devices; up %.1f ms, hop %.1f ms, down %.1f ms, %.2f ms per draft; centralized +%.1f ms per step, +%.2f ms per request; the last two fitted at %d devices)",
+		p.Name, mg.UpMs, mg.HopMs, mg.DownMs, mg.ResultMs, mg.StepMs, mg.StepSeqMs, mg.CalibDevices),
+		Header: []string{"devices", "SLED measured tok/s", "SLED sim", "error", "centralized measured", "centralized sim", "error", "drafts per pass measured/sim", "round ms measured/sim", "verify ms measured / pass ms sim"}}
 	for _, c := range res.Validation {
 		v.Rows = append(v.Rows, []string{itoa(c.Devices), f1(c.MeasuredSLED), f1(c.SimSLED), pct(c.ErrSLED), f1(c.MeasuredCentral), f1(c.SimCentral), pct(c.ErrCentral),
-			f1(c.MeasuredBatch) + " / " + f1(c.SimBatch), f1(c.MeasuredRoundMs) + " / " + f1(c.SimRoundMs)})
+			f1(c.MeasuredBatch) + " / " + f1(c.SimBatch), f1(c.MeasuredRoundMs) + " / " + f1(c.SimRoundMs), f1(c.MeasuredVerifyMs) + " / " + f1(c.SimPassMs)})
 	}
-	v.Rows = append(v.Rows, []string{"mean abs", "", "", fmt.Sprintf("%.0f%%", 100*res.MeanAbsErrSLED), "", "", fmt.Sprintf("%.0f%%", 100*res.MeanAbsErrCentral), "", ""})
+	v.Rows = append(v.Rows, []string{"mean abs (range)", "", "", fmt.Sprintf("%.0f%% (%s to %s)", 100*res.MeanAbsErrSLED, pct(res.MinErrSLED), pct(res.MaxErrSLED)),
+		"", "", fmt.Sprintf("%.0f%% (%s to %s)", 100*res.MeanAbsErrCentral, pct(res.MinErrCentral), pct(res.MaxErrCentral)), "", "", ""})
 	k := Table{Title: fmt.Sprintf("Simulated capacity (every device >= %.1f tokens/s; search bound %d)", o.Required, bound),
 		Header: []string{"server", "target", "profile", "SLED", "centralized", "SLED / centralized", "SLED tok/s at capacity", "centralized tok/s at capacity"}}
 	for _, c := range res.Capacity {
@@ -222,28 +268,86 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 
 // calibration is the simulator fitted to this machine.
 type calibration struct {
-	cost     sim.PassCost
-	samples  []sim.Sample
-	up, down float64
+	cost    sim.PassCost
+	samples []sim.Sample
+	msg     Messaging
 }
 
-// calibrate fits the pass cost of e's target and the messaging latency of a
-// measured one-device round with profile p.
+// calibrate fits the pass cost of e's target (passes timed over a cache holding
+// short and long histories) and the messaging costs of measured one-device runs
+// with profile p (see Messaging).
 func (e *Env) calibrate(ctx context.Context, o Options, p Profile) (*calibration, error) {
-	seqs, per := []int{1, 2, 4, 8, 16, 32}, []int{1, 2, 4, 8}
+	seqs, per, hists := []int{1, 2, 4, 8, 16, 32}, []int{1, 2, 4, 8}, []int{16, 128}
 	if o.Quick {
-		seqs, per = []int{1, 4, 8}, []int{1, 4}
+		seqs, per, hists = []int{1, 4, 8}, []int{1, 4}, []int{16, 64}
 	}
-	cost, samples, err := sim.Calibrate(ctx, e.Target, e.Cfg.Threads, seqs, per, 64, 3)
+	cost, samples, err := sim.Calibrate(ctx, e.Target, e.Cfg.Threads, seqs, per, hists, 3)
 	if err != nil {
 		return nil, err
 	}
-	one, err := e.RunSLED(ctx, o.trial(1, p))
+	t := o.trial(1, p)
+	t.Seed += 7919 // not the validation's own run
+	one, err := e.RunSLED(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	transport := max(0, one.RoundMs.Mean-one.VerifyMs)
-	return &calibration{cost: cost, samples: samples, up: transport / 2, down: transport / 2}, nil
+	msg := Messaging{UpMs: one.QueueMs, HopMs: one.BatchMs, DownMs: max(0, one.RoundMs.Mean-one.QueueMs-one.BatchMs-one.VerifyMs)}
+	c, err := e.RunCentralized(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	if c.TokensPerSec > 0 {
+		cfg := e.SimConfig(t, cost, Messaging{})
+		msg.StepMs = max(0, 1000/c.TokensPerSec-cost.Ms(1, 1, cfg.PromptLen+cfg.ContLen/2))
+	}
+	// The per-draft and per-request host costs, from a larger measured fleet:
+	// near the capacity, and a size the validation does not use.
+	msg.CalibDevices = 24
+	if o.Quick {
+		msg.CalibDevices = 3
+	}
+	t = o.trial(msg.CalibDevices, p)
+	t.Seed += 7919
+	ms, err := e.RunSLED(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	msg.ResultMs = match(0, 20, ms.TokensPerSec, func(x float64) float64 {
+		m := msg
+		m.ResultMs = x
+		return sim.SLED(e.SimConfig(t, cost, m)).TokensPerSec
+	})
+	mc, err := e.RunCentralized(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	msg.StepSeqMs = match(0, 20, mc.TokensPerSec, func(x float64) float64 {
+		m := msg
+		m.StepSeqMs = x
+		return sim.Centralized(e.SimConfig(t, cost, m)).TokensPerSec
+	})
+	return &calibration{cost: cost, samples: samples, msg: msg}, nil
+}
+
+// match returns the x in [lo, hi] at which the decreasing function f reaches
+// target, by bisection: lo if f(lo) is already at or below it, hi if f(hi) is
+// still above.
+func match(lo, hi, target float64, f func(float64) float64) float64 {
+	if target <= 0 || f(lo) <= target {
+		return lo
+	}
+	if f(hi) > target {
+		return hi
+	}
+	for range 30 {
+		mid := (lo + hi) / 2
+		if f(mid) > target {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return (lo + hi) / 2
 }
 
 // capacity is the simulated SLED capacity with drafting policy pol.
@@ -251,14 +355,51 @@ func (c *calibration) capacity(e *Env, o Options, p Profile, pol drafter.DraftPo
 	n, _ := SearchMax(1, bound, func(n int) int { return max(1, n/32) }, func(n int) (bool, error) {
 		t := o.trial(n, p)
 		t.Policy = pol
-		cfg := e.SimConfig(t, c.cost, c.up, c.down)
-		cfg.Warmup, cfg.Duration = 1, 5
-		return sim.SLED(cfg).P5PerDevice >= required, nil
+		return sim.SLED(e.SimConfig(t, c.cost, c.msg)).P5PerDevice >= required, nil
 	})
 	return n
 }
 
 func pct(x float64) string { return fmt.Sprintf("%+.0f%%", 100*x) }
+
+// relErr is (sim-measured)/measured, 0 when nothing was measured (a stalled
+// run, which errorStats leaves out).
+func relErr(sim, measured float64) float64 {
+	if measured <= 0 {
+		return 0
+	}
+	return (sim - measured) / measured
+}
+
+// errorStats fills the mean absolute and extreme errors over the validated
+// sizes whose measured runs got tokens.
+func (r *SimResult) errorStats() {
+	stats := func(errs, measured []float64) (mean, lo, hi float64) {
+		n := 0
+		for i, e := range errs {
+			if measured[i] <= 0 {
+				continue
+			}
+			if n == 0 {
+				lo, hi = e, e
+			}
+			mean += math.Abs(e)
+			lo, hi = min(lo, e), max(hi, e)
+			n++
+		}
+		if n > 0 {
+			mean /= float64(n)
+		}
+		return mean, lo, hi
+	}
+	var es, ms, ec, mc []float64
+	for _, c := range r.Validation {
+		es, ms = append(es, c.ErrSLED), append(ms, c.MeasuredSLED)
+		ec, mc = append(ec, c.ErrCentral), append(mc, c.MeasuredCentral)
+	}
+	r.MeanAbsErrSLED, r.MinErrSLED, r.MaxErrSLED = stats(es, ms)
+	r.MeanAbsErrCentral, r.MinErrCentral, r.MaxErrCentral = stats(ec, mc)
+}
 
 // shapeParams is the parameter count of a known shape with its real vocabulary.
 func shapeParams(name string) float64 {

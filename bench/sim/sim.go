@@ -1,11 +1,14 @@
 // Package sim is a discrete-event model of a SLED deployment and of the
 // centralized baseline, for fleets and servers too large to measure here. It runs
-// the real decision code: batcher.Policy.Decide closes batches, and rounds come
-// from a RoundSource (bench.Sampler: drafter.DraftPolicy applied to measured
-// acceptance traces). What it models is time: device drafting (Poisson, at a
-// profile's rate), messaging (a fixed latency per hop, calibrated from measured
-// rounds), and the server's forward pass (PassCost, fitted from engine
-// measurements, or an assumed GPU model).
+// the real decision code: batcher.Policy.Decide closes batches (with the
+// batcher's own count of recently active devices), and rounds come from a
+// RoundSource (bench.Sampler: drafter.DraftPolicy applied to measured acceptance
+// traces). What it models is time: device drafting (Poisson, at a profile's
+// rate), messaging (fixed latencies per hop, calibrated from measured rounds),
+// the verifier worker (work-conserving: when it frees up it verifies every queued
+// batch in one pass, up to its slots, as verifier.Worker does), and the server's
+// forward pass (PassCost, fitted from engine measurements, or an assumed GPU
+// model).
 package sim
 
 import (
@@ -18,19 +21,57 @@ import (
 )
 
 // PassCost is the time of one forward pass over seqs sequences holding tokens
-// tokens in all: FixedMs + PerTokenMs*tokens + PerSeqMs*seqs.
+// tokens in all, with cells positions in use in the (unified) KV cache:
+// base(tokens) + PerSeqMs*seqs + (CellMs + AttnMs*tokens)*cells/1000, where base is
+// FixedMs + PerTokenMs*tokens, or, when Knots are given, their piecewise-linear
+// interpolation (a pass over a few tokens costs less than the line through large
+// passes says: small products run less efficiently per token, not more). The
+// attention term is there because with llama.cpp's unified cache every token of
+// a pass attends over every used cell (masked), so a pass costs more the more
+// history all sequences together hold, not only its own.
 type PassCost struct {
 	FixedMs    float64 `json:"fixed_ms"`
 	PerTokenMs float64 `json:"per_token_ms"`
 	PerSeqMs   float64 `json:"per_seq_ms"`
+	// AttnMs is the cost per token per 1000 KV cells in use, CellMs the cost
+	// per pass per 1000 KV cells in use (the mask and cache views).
+	AttnMs float64 `json:"attn_ms_per_token_kcell"`
+	CellMs float64 `json:"cell_ms_per_kcell"`
+	// Knots, ascending in Tokens, replace the line within their range; beyond
+	// the last the line's slope continues from it, below the first it holds.
+	Knots []Knot `json:"knots,omitempty"`
 	// Source says where the coefficients come from (a fit, with its error, or an
 	// assumption).
 	Source string `json:"source"`
 }
 
+// Knot is a point of PassCost's base curve: a pass over Tokens tokens (with no
+// KV cells in use and no per-sequence cost) takes Ms.
+type Knot struct {
+	Tokens int     `json:"tokens"`
+	Ms     float64 `json:"ms"`
+}
+
 // Ms is the pass time in milliseconds.
-func (c PassCost) Ms(tokens, seqs int) float64 {
-	return c.FixedMs + c.PerTokenMs*float64(tokens) + c.PerSeqMs*float64(seqs)
+func (c PassCost) Ms(tokens, seqs, cells int) float64 {
+	t := float64(tokens)
+	return c.base(tokens) + c.PerSeqMs*float64(seqs) + (c.CellMs+c.AttnMs*t)*float64(cells)/1000
+}
+
+func (c PassCost) base(tokens int) float64 {
+	k := c.Knots
+	switch {
+	case len(k) == 0:
+		return c.FixedMs + c.PerTokenMs*float64(tokens)
+	case tokens <= k[0].Tokens:
+		return k[0].Ms
+	case tokens >= k[len(k)-1].Tokens:
+		last := k[len(k)-1]
+		return last.Ms + c.PerTokenMs*float64(tokens-last.Tokens)
+	}
+	i, _ := slices.BinarySearchFunc(k, tokens, func(k Knot, t int) int { return k.Tokens - t })
+	a, b := k[i-1], k[i]
+	return a.Ms + (b.Ms-a.Ms)*float64(tokens-a.Tokens)/float64(b.Tokens-a.Tokens)
 }
 
 // Round is one verification round: Len draft tokens, the first Accepted accepted.
@@ -49,13 +90,34 @@ type Config struct {
 	Rounds func(i int) RoundSource
 	// Batch is the batcher's policy (defaults as batcher's).
 	Batch batcher.Policy
+	// ActiveWindow: a device counts as active for Batch's early close when it
+	// sent a draft within it, as in batcher.Config. Default 1s.
+	ActiveWindow time.Duration
+	// Slots bounds the drafts the worker verifies in one pass (its verifier's
+	// slots; it takes queued batches while they fit, and always at least one).
+	// Default Devices+4, as the benchmark's verifier.
+	Slots int
 	// Cost is the server's forward-pass cost.
 	Cost PassCost
 	// UpMs is the latency from a device's publish to the batcher having the
-	// draft; DownMs from the end of verification to the device having the result
-	// (it includes publishing the batch to the verifier). Measured on this
-	// machine: see Calibration.
-	UpMs, DownMs float64
+	// draft; HopMs from a batch closing to the worker having it; DownMs from the
+	// end of a pass to the device having its result. Measured on this machine:
+	// see Calibration in package bench.
+	UpMs, HopMs, DownMs float64
+	// WorkerMs and ResultMs are the worker's own time per pass and per result
+	// (decoding, publishing results and waiting for them to be stored), during
+	// which it cannot start the next pass.
+	WorkerMs, ResultMs float64
+	// StepMs and StepSeqMs are the centralized server's time per step and per
+	// request in the step besides the forward pass (sampling, handing tokens to
+	// clients, the clients' goroutines competing for the same cores).
+	StepMs, StepSeqMs float64
+	// PromptLen is the prompt of every session (the prefix a SLED session's first
+	// round carries, the prefill of a centralized request), ContLen the tokens a
+	// session or request generates before the next one starts. Both shape the
+	// passes: the first round carries the prompt, and every used KV cell costs
+	// attention (PassCost.AttnMs). ContLen 0: sessions never end.
+	PromptLen, ContLen int
 	// Warmup and Duration of the simulated window, seconds. Defaults 2 and 20.
 	Warmup, Duration float64
 	// Seed seeds the devices' drafting times.
@@ -71,13 +133,25 @@ type Result struct {
 	MinPerDevice  float64   `json:"min_per_device"`
 	P5PerDevice   float64   `json:"p5_per_device"`
 	MeanPerDevice float64   `json:"mean_per_device"`
-	MeanBatch     float64   `json:"mean_batch"`
-	RoundMs       float64   `json:"round_ms"`
-	Passes        int       `json:"passes"`
+	// MeanBatch is drafts per pass (SLED; sequences per pass, centralized).
+	MeanBatch float64 `json:"mean_batch"`
+	// MeanClosed is drafts per batch the batcher closed (SLED).
+	MeanClosed float64 `json:"mean_closed,omitempty"`
+	RoundMs    float64 `json:"round_ms"`
+	Passes     int     `json:"passes"`
+	// PassMs is the mean modelled forward pass (without WorkerMs, ResultMs or
+	// StepMs).
+	PassMs float64 `json:"pass_ms"`
 }
 
 func (c Config) withDefaults() Config {
 	c.Batch = c.Batch.WithDefaults()
+	if c.ActiveWindow <= 0 {
+		c.ActiveWindow = time.Second
+	}
+	if c.Slots <= 0 {
+		c.Slots = c.Devices + 4
+	}
 	if c.Warmup <= 0 {
 		c.Warmup = 2
 	}
@@ -92,7 +166,8 @@ const (
 	evDrafted  = iota // a device finished drafting: the draft is published
 	evArrive          // a draft reaches the batcher
 	evBatchTry        // the batcher looks at its queue again (deadline)
-	evPassDone        // the verifier finished a pass
+	evDeliver         // a closed batch reaches the worker
+	evPassDone        // the worker finished a pass and its results
 	evResult          // a result reaches its device
 )
 
@@ -151,13 +226,23 @@ type device struct {
 	cur    Round
 	sent   float64
 	tokens int
+	// session state: pos tokens generated in the current session; fresh when
+	// the next round opens a session (it carries the prompt).
+	pos       int
+	fresh     bool
+	lastDraft float64 // when the batcher last saw a draft from it (-inf: never)
 }
 
-// SLED simulates a SLED fleet: each device drafts a round's tokens (an Erlang
+// SLED simulates a SLED fleet. Each device drafts a round's tokens (an Erlang
 // draw at DraftRate), publishes, waits for its result, and drafts the next round;
-// the batcher closes batches by cfg.Batch.Decide (every device counts as active);
-// one verifier runs batches in order, each pass costing Cost.Ms(draft tokens +
-// one committed token per draft, drafts).
+// a session generates ContLen tokens, then the device opens the next one, whose
+// first round carries the prompt. The batcher closes batches by cfg.Batch.Decide
+// with the devices active within ActiveWindow, as batcher.Batcher does. The
+// worker verifies every queued batch in one pass when it frees up (up to Slots
+// drafts), each pass costing Cost.Ms(tokens, drafts, cells) + WorkerMs +
+// ResultMs*drafts, where a draft's tokens are its draft plus one committed token
+// (plus the prompt in a session's first round) and cells are the KV positions all
+// devices' sessions hold.
 func SLED(cfg Config) Result {
 	cfg = cfg.withDefaults()
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x51))
@@ -174,55 +259,96 @@ func SLED(cfg Config) Result {
 		d := &devs[i]
 		d.cur = d.rounds.Next()
 		d.cur.Len = max(d.cur.Len, 1)
+		if cfg.ContLen > 0 {
+			// the session's last round drafts at most what is left of it
+			d.cur.Len = max(1, min(d.cur.Len, cfg.ContLen-1-d.pos))
+			d.cur.Accepted = min(d.cur.Accepted, d.cur.Len)
+		}
 		l.At(l.Now+draftTime(d.cur.Len), evDrafted, i)
 	}
 	for i := range devs {
 		devs[i].rounds = cfg.Rounds(i)
+		devs[i].fresh = true
+		devs[i].lastDraft = -1e18
 		start(i)
+	}
+	window := cfg.ActiveWindow.Seconds()
+	active := func() int {
+		n := 0
+		for i := range devs {
+			if l.Now-devs[i].lastDraft <= window {
+				n++
+			}
+		}
+		return n
 	}
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
 	var pending []int // drafts at the batcher
 	var oldest float64
-	var batches [][]int
+	var delivered [][]int // batches at the worker, waiting
+	var inFlight [][]int  // batches between batcher and worker
 	busy := false
 	var inPass []int
 	tryAt := -1.0
 	var res Result
-	var batchSum, rounds int
-	var roundSum float64
+	var batchSum, closedSum, closed, rounds int
+	var roundSum, passSum float64
 	startPass := func() {
-		if busy || len(batches) == 0 {
+		if busy || len(delivered) == 0 {
 			return
 		}
-		inPass, batches = batches[0], batches[1:]
-		tokens := 0
+		// verifier.Worker: every queued batch while the drafts fit, at least one
+		n, drafts := 0, 0
+		for n < len(delivered) && (n == 0 || drafts+len(delivered[n]) <= cfg.Slots) {
+			drafts += len(delivered[n])
+			n++
+		}
+		inPass = inPass[:0]
+		for _, b := range delivered[:n] {
+			inPass = append(inPass, b...)
+		}
+		delivered = slices.Delete(delivered, 0, n)
+		tokens, cells := 0, 0
 		for _, i := range inPass {
 			tokens += devs[i].cur.Len + 1
+			if devs[i].fresh {
+				tokens += cfg.PromptLen
+			}
+		}
+		for i := range devs {
+			cells += devs[i].pos
+			if !devs[i].fresh || cfg.ContLen == 0 {
+				cells += cfg.PromptLen
+			}
 		}
 		busy = true
 		res.Passes++
 		batchSum += len(inPass)
-		l.At(l.Now+cfg.Cost.Ms(tokens, len(inPass))/1000, evPassDone, -1)
+		pass := cfg.Cost.Ms(tokens, len(inPass), cells+tokens)
+		passSum += pass
+		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(inPass))
+		l.At(l.Now+ms/1000, evPassDone, -1)
 	}
 	decide := func() {
-		for {
-			age := time.Duration((l.Now - oldest) * float64(time.Second))
-			ok, _, wait := cfg.Batch.Decide(len(pending), cfg.Devices, age)
-			if !ok {
-				if len(pending) > 0 {
-					at := l.Now + wait.Seconds()
-					if tryAt < l.Now || at < tryAt {
-						tryAt = at
-						l.At(at, evBatchTry, -1)
-					}
-				}
-				return
-			}
+		age := time.Duration((l.Now - oldest) * float64(time.Second))
+		ok, _, wait := cfg.Batch.Decide(len(pending), active(), age)
+		for ok {
 			n := min(len(pending), cfg.Batch.Size)
-			batches = append(batches, slices.Clone(pending[:n]))
+			inFlight = append(inFlight, slices.Clone(pending[:n]))
+			l.At(l.Now+cfg.HopMs/1000, evDeliver, -1)
 			pending = pending[n:]
 			oldest = l.Now
-			startPass()
+			closed++
+			closedSum += n
+			// as batcher.Batcher: what is left closes now only if it is full
+			ok, _, wait = cfg.Batch.Decide(len(pending), 0, 0)
+		}
+		if len(pending) > 0 {
+			at := l.Now + wait.Seconds()
+			if tryAt < l.Now || at < tryAt {
+				tryAt = at
+				l.At(at, evBatchTry, -1)
+			}
 		}
 	}
 	for {
@@ -238,10 +364,15 @@ func SLED(cfg Config) Result {
 			if len(pending) == 0 {
 				oldest = l.Now
 			}
+			devs[i].lastDraft = l.Now
 			pending = append(pending, i)
 			decide()
 		case evBatchTry:
 			decide()
+		case evDeliver:
+			delivered = append(delivered, inFlight[0])
+			inFlight = inFlight[1:]
+			startPass()
 		case evPassDone:
 			for _, j := range inPass {
 				l.At(l.Now+cfg.DownMs/1000, evResult, j)
@@ -250,10 +381,16 @@ func SLED(cfg Config) Result {
 			startPass()
 		case evResult:
 			d := &devs[i]
+			got := d.cur.Accepted + 1
 			if l.Now >= from {
-				d.tokens += d.cur.Accepted + 1
+				d.tokens += got
 				roundSum += l.Now - d.sent
 				rounds++
+			}
+			d.fresh = false
+			d.pos += got
+			if cfg.ContLen > 0 && d.pos >= cfg.ContLen-1 {
+				d.pos, d.fresh = 0, true
 			}
 			start(i)
 		}
@@ -261,6 +398,10 @@ func SLED(cfg Config) Result {
 	res.fill(devs, cfg.Duration)
 	if res.Passes > 0 {
 		res.MeanBatch = float64(batchSum) / float64(res.Passes)
+		res.PassMs = passSum / float64(res.Passes)
+	}
+	if closed > 0 {
+		res.MeanClosed = float64(closedSum) / float64(closed)
 	}
 	if rounds > 0 {
 		res.RoundMs = roundSum / float64(rounds) * 1000
@@ -268,20 +409,77 @@ func SLED(cfg Config) Result {
 	return res
 }
 
-// Centralized simulates the centralized baseline: cfg.Devices clients each with
-// one request always in progress, continuous batching (every pass advances every
-// sequence by one token), each pass costing Cost.Ms(devices, devices). Prompt
-// prefill is left out.
+// Centralized simulates the centralized baseline as centralized.Server runs it:
+// cfg.Devices clients, each with one request in progress (PromptLen prompt
+// tokens, ContLen output tokens, then the next request), continuous batching:
+// every step is one pass holding one token of every decoding request and the
+// whole prompt of every request admitted since the last step, which gets its
+// first token from that pass. A finished request's client is admitted again at
+// the step after next (its next request reaches the server while a step runs).
+// Each step costs Cost.Ms(tokens, requests, cells) + StepMs + StepSeqMs*requests,
+// cells being the KV positions all requests hold.
 func Centralized(cfg Config) Result {
 	cfg = cfg.withDefaults()
 	devs := make([]device, cfg.Devices)
-	step := cfg.Cost.Ms(cfg.Devices, cfg.Devices) / 1000
-	steps := int(cfg.Duration / step)
-	for i := range devs {
-		devs[i].tokens = steps
+	type client struct {
+		gen   int // tokens generated in the current request; -1 waiting to be admitted
+		admit int // steps to wait before admission
 	}
-	res := Result{Passes: steps, MeanBatch: float64(cfg.Devices), RoundMs: step * 1000}
+	cs := make([]client, cfg.Devices)
+	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
+	now := 0.0
+	var res Result
+	seqSum, passSum := 0, 0.0
+	for cfg.Devices > 0 && now < to {
+		tokens, seqs, cells := 0, 0, 0
+		for i := range cs {
+			c := &cs[i]
+			switch {
+			case c.gen < 0 && c.admit > 0:
+				c.admit--
+				continue
+			case c.gen < 0:
+				c.gen = 0
+			}
+			seqs++
+			if c.gen == 0 {
+				tokens += cfg.PromptLen
+			} else {
+				tokens++
+			}
+			cells += cfg.PromptLen + c.gen
+		}
+		if seqs == 0 {
+			continue // the server blocks until a request arrives: no time passes
+		}
+		pass := cfg.Cost.Ms(max(tokens, 1), seqs, cells+tokens)
+		now += (pass + cfg.StepMs + cfg.StepSeqMs*float64(seqs)) / 1000
+		if now >= to {
+			break
+		}
+		passSum += pass
+		res.Passes++
+		seqSum += seqs
+		for i := range cs {
+			c := &cs[i]
+			if c.gen < 0 {
+				continue
+			}
+			c.gen++
+			if now >= from {
+				devs[i].tokens++
+			}
+			if cfg.ContLen > 0 && c.gen >= cfg.ContLen {
+				c.gen, c.admit = -1, 1
+			}
+		}
+	}
 	res.fill(devs, cfg.Duration)
+	if res.Passes > 0 {
+		res.MeanBatch = float64(seqSum) / float64(res.Passes)
+		res.RoundMs = now / float64(res.Passes) * 1000 // mean step
+		res.PassMs = passSum / float64(res.Passes)
+	}
 	return res
 }
 

@@ -66,8 +66,8 @@ func TestSLEDSaturates(t *testing.T) {
 	// Instant drafting: the server is the bottleneck and batches fill to Size.
 	cfg := Config{
 		Devices: 64, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 3, Accepted: 1} },
-		Batch: batcher.Policy{Size: 16, MaxWait: time.Millisecond, NoEarlyClose: true},
-		Cost:  PassCost{FixedMs: 20, PerTokenMs: 0.5}, Duration: 100,
+		Batch: batcher.Policy{Size: 16, MaxWait: time.Millisecond, NoEarlyClose: true}, Slots: 16,
+		Cost: PassCost{FixedMs: 20, PerTokenMs: 0.5}, Duration: 100,
 	}
 	r := SLED(cfg)
 	// Full batches of 16 x 4 tokens: 52 ms per pass, 32 output tokens.
@@ -89,11 +89,118 @@ func TestFit(t *testing.T) {
 	var s []Sample
 	for _, n := range []int{1, 2, 4, 8} {
 		for _, k := range []int{1, 3, 5} {
-			s = append(s, Sample{Seqs: n, Tokens: n * k, Ms: truth.Ms(n*k, n)})
+			s = append(s, Sample{Seqs: n, Tokens: n * k, Ms: truth.Ms(n*k, n, 0)})
 		}
 	}
-	got, e := Fit(s)
+	got, e, _ := Fit(s)
 	if math.Abs(got.FixedMs-7) > 1e-6 || math.Abs(got.PerTokenMs-1.9) > 1e-6 || math.Abs(got.PerSeqMs-0.3) > 1e-6 || e > 1e-9 {
 		t.Errorf("fit %+v err %v, want %+v", got, e, truth)
+	}
+}
+
+func TestSLEDCoalesces(t *testing.T) {
+	// Instant drafting, batches of 4 closed at once, a slow pass: batches queue
+	// while the worker is busy, and it takes them all (up to 16 drafts) into its
+	// next pass, as verifier.Worker does.
+	cfg := Config{
+		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 1, Accepted: 1} },
+		Batch: batcher.Policy{Size: 4, MaxWait: time.Millisecond, NoEarlyClose: true}, Slots: 16,
+		Cost: PassCost{FixedMs: 50}, Duration: 50,
+	}
+	r := SLED(cfg)
+	if r.MeanClosed != 4 {
+		t.Errorf("closed batches of %.2f drafts, want 4", r.MeanClosed)
+	}
+	if r.MeanBatch < 15.9 || r.MeanBatch > 16 {
+		t.Errorf("%.2f drafts per pass, want 16 (the slots)", r.MeanBatch)
+	}
+	// 16 drafts x 2 tokens per 50 ms pass.
+	if want := 32 / 0.05; math.Abs(r.TokensPerSec-want)/want > 0.02 {
+		t.Errorf("tokens/s %.1f, want %.1f", r.TokensPerSec, want)
+	}
+}
+
+func TestSLEDActiveWindow(t *testing.T) {
+	// Two devices, one of which drafts only every 10 s: outside the 1 s active
+	// window, so the fast one's drafts close batches alone at once ("all")
+	// instead of waiting out the 100 ms deadline.
+	rounds := func(int) RoundSource { return fixedRounds{Len: 1, Accepted: 0} }
+	cfg := Config{
+		Devices: 1, DraftRate: 1e6, Rounds: rounds,
+		Batch: batcher.Policy{Size: 8, MaxWait: 100 * time.Millisecond},
+		Cost:  PassCost{FixedMs: 1}, Duration: 20,
+	}
+	one := SLED(cfg)
+	cfg.Devices = 2
+	two := SLED(cfg)
+	if math.Abs(one.RoundMs-1) > 0.01 {
+		t.Errorf("one device: round %.2f ms, want 1 (closed at once)", one.RoundMs)
+	}
+	if two.RoundMs < 1 || two.RoundMs > 2.5 {
+		t.Errorf("two busy devices: round %.2f ms, want about 1-2 (both active, closed when both are in)", two.RoundMs)
+	}
+}
+
+func TestCentralizedPrefill(t *testing.T) {
+	// Requests of 10 tokens after a 20-token prompt, cost 1 ms + 1 ms per token:
+	// one client repeats prefill (21 ms, first token), 9 decode steps (2 ms each),
+	// then one idle step while its next request arrives... which, with a single
+	// client, costs nothing: 39 ms per 10 tokens.
+	r := Centralized(Config{Devices: 1, Cost: PassCost{FixedMs: 1, PerTokenMs: 1}, PromptLen: 20, ContLen: 10, Warmup: 1, Duration: 100})
+	if want := 10 / 0.039; math.Abs(r.TokensPerSec-want)/want > 0.02 {
+		t.Errorf("tokens/s %.1f, want %.1f", r.TokensPerSec, want)
+	}
+}
+
+func TestFitAttention(t *testing.T) {
+	truth := PassCost{FixedMs: 7, PerTokenMs: 1.9, PerSeqMs: 0.3, AttnMs: 0.05}
+	var s []Sample
+	for _, hist := range []int{100, 2000} {
+		for _, n := range []int{1, 2, 4, 8} {
+			for _, k := range []int{1, 3, 5} {
+				c := hist + n*k
+				s = append(s, Sample{Seqs: n, Tokens: n * k, Cells: c, Ms: truth.Ms(n*k, n, c)})
+			}
+		}
+	}
+	got, e, _ := Fit(s)
+	if math.Abs(got.AttnMs-0.05) > 1e-6 || math.Abs(got.FixedMs-7) > 1e-6 || e > 1e-9 {
+		t.Errorf("fit %+v err %v, want %+v", got, e, truth)
+	}
+}
+
+func TestFitDropsOutliers(t *testing.T) {
+	truth := PassCost{FixedMs: 7, PerTokenMs: 1.9, PerSeqMs: 0.3, AttnMs: 0.05}
+	var s []Sample
+	for _, hist := range []int{100, 2000} {
+		for _, n := range []int{1, 2, 4, 8} {
+			for _, k := range []int{1, 3, 5} {
+				c := hist + n*k
+				s = append(s, Sample{Seqs: n, Tokens: n * k, Cells: c, Ms: truth.Ms(n*k, n, c)})
+			}
+		}
+	}
+	s[3].Ms, s[17].Ms = 9000, 5000 // stalls
+	got, e, dropped := Fit(s)
+	if dropped != 2 || math.Abs(got.PerTokenMs-1.9) > 1e-6 || e > 1e-9 {
+		t.Errorf("fit %+v err %v dropped %d, want %+v, 2 dropped", got, e, dropped, truth)
+	}
+}
+
+func TestPassCostKnots(t *testing.T) {
+	c := PassCost{PerTokenMs: 2, PerSeqMs: 0.5, AttnMs: 1, Knots: []Knot{{1, 9}, {2, 13}, {8, 25}}}
+	for _, tc := range []struct {
+		tokens, seqs, cells int
+		want                float64
+	}{
+		{1, 1, 0, 9.5},
+		{2, 2, 0, 14},
+		{5, 1, 0, 19.5},            // halfway between 2 and 8 tokens
+		{10, 1, 0, 29.5},           // beyond the last knot: its slope, PerTokenMs
+		{8, 1, 1000, 25 + 0.5 + 8}, // attention: 1 ms per token per 1000 cells
+	} {
+		if got := c.Ms(tc.tokens, tc.seqs, tc.cells); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("Ms(%d, %d, %d) = %v, want %v", tc.tokens, tc.seqs, tc.cells, got, tc.want)
+		}
 	}
 }

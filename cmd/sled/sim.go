@@ -28,11 +28,13 @@ func simCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sim",
 		Short: "Simulate SLED and the centralized baseline at fleet sizes and on servers beyond this machine",
-		Long: "sim fits a forward-pass cost model to passes of the target timed here, calibrates messaging latency\n" +
-			"from a measured one-device round, checks the simulator against measured runs at the sizes both can do\n" +
-			"(the error is reported), and then searches the capacity of SLED and the centralized baseline for this\n" +
-			"CPU and for assumed A100/H100 servers (the GPU cost models are assumptions: see the report).\n" +
-			"The batch and drafting decisions are the real batcher.Policy and drafter.DraftPolicy code.",
+		Long: "sim fits a forward-pass cost model (tokens, sequences and KV cells in use) to passes of the target\n" +
+			"timed here, calibrates messaging from the server timing of a measured one-device round and the\n" +
+			"centralized step from a measured one-client run, checks the simulator against measured runs at the\n" +
+			"sizes both can do (the error is reported), and then searches the capacity of SLED and the centralized\n" +
+			"baseline for this CPU and for assumed A100/H100 servers (the GPU cost models are assumptions: see the\n" +
+			"report). The batch and drafting decisions are the real batcher.Policy and drafter.DraftPolicy code;\n" +
+			"the simulated worker verifies queued batches together, as verifier.Worker does.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if profiles != "" {
