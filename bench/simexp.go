@@ -182,8 +182,9 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	type server struct {
 		name, target string
 		cost         sim.PassCost
+		gpu          bool
 	}
-	servers := []server{{"this CPU (fitted)", filepath.Base(e.Cfg.Target), cost}}
+	servers := []server{{"this CPU (fitted)", filepath.Base(e.Cfg.Target), cost, false}}
 	for _, g := range []struct {
 		gpu        string
 		bw, flops  float64
@@ -195,7 +196,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		{"H100-80GB", 3.35e12, 989e12 * 0.5, "llama-3.1-8b", "Q4_0", 0.5625},
 	} {
 		params := shapeParams(g.shape)
-		servers = append(servers, server{g.gpu, g.shape + " " + g.typ, sim.GPUCost(g.gpu, params, params*g.bytesPerW, g.bw, g.flops)})
+		servers = append(servers, server{g.gpu, g.shape + " " + g.typ, sim.GPUCost(g.gpu, params, params*g.bytesPerW, g.bw, g.flops), true})
 	}
 	bound := 4096
 	if o.Quick {
@@ -205,7 +206,14 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		for _, pr := range ps {
 			sc := SimCapacity{Server: sv.name, Target: sv.target, Profile: pr.Name, Cost: sv.cost}
 			cfgFor := func(n int) sim.Config {
-				return e.SimConfig(o.trial(n, pr), sv.cost, cal.msg)
+				c := e.SimConfig(o.trial(n, pr), sv.cost, cal.msg)
+				if sv.gpu {
+					// steady state: the measured trials' cold start (every
+					// session's prompt at once) is not what a server of
+					// thousands of clients sees
+					c.Warmup, c.Duration = 10, 10
+				}
+				return c
 			}
 			sc.SLED, _ = SearchMax(1, bound, func(n int) int { return max(1, n/32) }, func(n int) (bool, error) {
 				r := sim.SLED(cfgFor(n))

@@ -108,6 +108,10 @@ type Config struct {
 	// (decoding, publishing results and waiting for them to be stored), during
 	// which it cannot start the next pass.
 	WorkerMs, ResultMs float64
+	// BatchTokens bounds the tokens of one centralized step: prompts are
+	// prefilled in chunks that fit after the decoding requests' tokens, as in
+	// centralized.Config. Default 512.
+	BatchTokens int
 	// StepMs and StepSeqMs are the centralized server's time per step and per
 	// request in the step besides the forward pass (sampling, handing tokens to
 	// clients, the clients' goroutines competing for the same cores).
@@ -151,6 +155,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Slots <= 0 {
 		c.Slots = c.Devices + 4
+	}
+	if c.BatchTokens <= 0 {
+		c.BatchTokens = 512
 	}
 	if c.Warmup <= 0 {
 		c.Warmup = 2
@@ -412,18 +419,21 @@ func SLED(cfg Config) Result {
 // Centralized simulates the centralized baseline as centralized.Server runs it:
 // cfg.Devices clients, each with one request in progress (PromptLen prompt
 // tokens, ContLen output tokens, then the next request), continuous batching:
-// every step is one pass holding one token of every decoding request and the
-// whole prompt of every request admitted since the last step, which gets its
-// first token from that pass. A finished request's client is admitted again at
-// the step after next (its next request reaches the server while a step runs).
-// Each step costs Cost.Ms(tokens, requests, cells) + StepMs + StepSeqMs*requests,
-// cells being the KV positions all requests hold.
+// every step is one pass holding one token of every decoding request, then
+// prompt chunks of the requests still prefilling, up to BatchTokens in all; a
+// request whose prompt is complete gets its first token from that pass. A
+// finished request's client is admitted again at the step after next (its next
+// request reaches the server while a step runs). Each step costs
+// Cost.Ms(tokens, requests, cells) + StepMs + StepSeqMs*requests, cells being the
+// KV positions all requests hold.
 func Centralized(cfg Config) Result {
 	cfg = cfg.withDefaults()
 	devs := make([]device, cfg.Devices)
 	type client struct {
 		gen   int // tokens generated in the current request; -1 waiting to be admitted
+		fed   int // prompt tokens prefilled
 		admit int // steps to wait before admission
+		got   bool
 	}
 	cs := make([]client, cfg.Devices)
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
@@ -432,22 +442,36 @@ func Centralized(cfg Config) Result {
 	seqSum, passSum := 0, 0.0
 	for cfg.Devices > 0 && now < to {
 		tokens, seqs, cells := 0, 0, 0
+		budget := cfg.BatchTokens
 		for i := range cs {
 			c := &cs[i]
+			c.got = false
 			switch {
 			case c.gen < 0 && c.admit > 0:
 				c.admit--
 				continue
 			case c.gen < 0:
-				c.gen = 0
+				c.gen, c.fed = 0, 0
 			}
-			seqs++
-			if c.gen == 0 {
-				tokens += cfg.PromptLen
-			} else {
+			cells += c.fed + c.gen
+			if c.gen > 0 || c.fed == cfg.PromptLen && cfg.PromptLen == 0 {
 				tokens++
+				budget--
+				seqs++
+				c.got = true
 			}
-			cells += cfg.PromptLen + c.gen
+		}
+		for i := range cs {
+			c := &cs[i]
+			if c.gen != 0 || c.got || budget <= 0 {
+				continue
+			}
+			n := min(budget, cfg.PromptLen-c.fed)
+			c.fed += n
+			budget -= n
+			tokens += n
+			seqs++
+			c.got = c.fed == cfg.PromptLen
 		}
 		if seqs == 0 {
 			continue // the server blocks until a request arrives: no time passes
@@ -462,7 +486,7 @@ func Centralized(cfg Config) Result {
 		seqSum += seqs
 		for i := range cs {
 			c := &cs[i]
-			if c.gen < 0 {
+			if !c.got {
 				continue
 			}
 			c.gen++
