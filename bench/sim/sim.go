@@ -112,10 +112,13 @@ type Config struct {
 	// prefilled in chunks that fit after the decoding requests' tokens, as in
 	// centralized.Config. Default 512.
 	BatchTokens int
-	// StepMs and StepSeqMs are the centralized server's time per step and per
-	// request in the step besides the forward pass (sampling, handing tokens to
-	// clients, the clients' goroutines competing for the same cores).
-	StepMs, StepSeqMs float64
+	// StepMs is the centralized server's time per step besides the forward pass
+	// (sampling, handing tokens to clients).
+	StepMs float64
+	// PassScale and StepScale multiply the modelled passes of the SLED verifier
+	// and of the centralized server: how much slower a pass runs in the loaded
+	// system than alone (threads competing for the cores, acceptance). Default 1.
+	PassScale, StepScale float64
 	// PromptLen is the prompt of every session (the prefix a SLED session's first
 	// round carries, the prefill of a centralized request), ContLen the tokens a
 	// session or request generates before the next one starts. Both shape the
@@ -143,8 +146,8 @@ type Result struct {
 	MeanClosed float64 `json:"mean_closed,omitempty"`
 	RoundMs    float64 `json:"round_ms"`
 	Passes     int     `json:"passes"`
-	// PassMs is the mean modelled forward pass (without WorkerMs, ResultMs or
-	// StepMs).
+	// PassMs is the mean modelled forward pass, scaled (without WorkerMs,
+	// ResultMs or StepMs).
 	PassMs float64 `json:"pass_ms"`
 }
 
@@ -158,6 +161,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BatchTokens <= 0 {
 		c.BatchTokens = 512
+	}
+	if c.PassScale <= 0 {
+		c.PassScale = 1
+	}
+	if c.StepScale <= 0 {
+		c.StepScale = 1
 	}
 	if c.Warmup <= 0 {
 		c.Warmup = 2
@@ -247,7 +256,7 @@ type device struct {
 // with the devices active within ActiveWindow, as batcher.Batcher does. The
 // worker verifies every queued batch in one pass when it frees up (up to Slots
 // drafts), each pass costing Cost.Ms(tokens, drafts, cells) + WorkerMs +
-// ResultMs*drafts, where a draft's tokens are its draft plus one committed token
+// ResultMs*drafts (the pass scaled by PassScale), where a draft's tokens are its draft plus one committed token
 // (plus the prompt in a session's first round) and cells are the KV positions all
 // devices' sessions hold.
 func SLED(cfg Config) Result {
@@ -331,7 +340,7 @@ func SLED(cfg Config) Result {
 		busy = true
 		res.Passes++
 		batchSum += len(inPass)
-		pass := cfg.Cost.Ms(tokens, len(inPass), cells+tokens)
+		pass := cfg.PassScale * cfg.Cost.Ms(tokens, len(inPass), cells+tokens)
 		passSum += pass
 		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(inPass))
 		l.At(l.Now+ms/1000, evPassDone, -1)
@@ -424,7 +433,7 @@ func SLED(cfg Config) Result {
 // request whose prompt is complete gets its first token from that pass. A
 // finished request's client is admitted again at the step after next (its next
 // request reaches the server while a step runs). Each step costs
-// Cost.Ms(tokens, requests, cells) + StepMs + StepSeqMs*requests, cells being the
+// StepScale*Cost.Ms(tokens, requests, cells) + StepMs, cells being the
 // KV positions all requests hold.
 func Centralized(cfg Config) Result {
 	cfg = cfg.withDefaults()
@@ -476,8 +485,8 @@ func Centralized(cfg Config) Result {
 		if seqs == 0 {
 			continue // the server blocks until a request arrives: no time passes
 		}
-		pass := cfg.Cost.Ms(max(tokens, 1), seqs, cells+tokens)
-		now += (pass + cfg.StepMs + cfg.StepSeqMs*float64(seqs)) / 1000
+		pass := cfg.StepScale * cfg.Cost.Ms(max(tokens, 1), seqs, cells+tokens)
+		now += (pass + cfg.StepMs) / 1000
 		if now >= to {
 			break
 		}
