@@ -28,7 +28,7 @@ type Config struct {
 	// BatchTokens bounds the tokens of one forward pass (prompt prefill is split
 	// to fit). Default 512.
 	BatchTokens int
-	// Threads for llama.cpp. Default engine.DefaultThreads().
+	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
 }
 

@@ -49,7 +49,7 @@ type Config struct {
 	// NoAsync turns off asynchronous drafting (drafting ahead while a round is
 	// being verified).
 	NoAsync bool
-	// Threads for the draft model. Default engine.DefaultThreads().
+	// Threads for the draft model. Default: the model's DefaultThreads.
 	Threads int
 	// MaxContext bounds prompt plus output. Default: the draft model's training
 	// context (the target must allow at least as much).

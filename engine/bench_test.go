@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -155,4 +156,36 @@ func BenchmarkDecodeSmolLM8x5Ragged(b *testing.B) {
 }
 func BenchmarkDecodeSmolLM8x5RaggedSeparate(b *testing.B) {
 	benchDecodeOpts(b, "smollm-135m", 8, 5, true, true)
+}
+
+// BenchmarkDecodeThreads compares one and two llama.cpp threads on the small target
+// (one sequence, 5 tokens a pass). Run it with another process busy to see why
+// small models default to one thread (Model.DefaultThreads):
+//
+//	go test -run '^$' -bench DecodeThreads -benchtime 200x ./engine/
+func BenchmarkDecodeThreads(b *testing.B) {
+	m := load(b, testmodels.Target)
+	for _, threads := range []int{1, 2} {
+		b.Run(fmt.Sprintf("threads=%d", threads), func(b *testing.B) {
+			c, err := m.NewContext(ContextOptions{SlotContext: 512, Threads: threads})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			ctx := context.Background()
+			for range b.N {
+				if c.Len(0)+5 > 500 {
+					c.Clear(0)
+				}
+				es := make([]Entry, 5)
+				for i := range es {
+					es[i] = Entry{Seq: 0, Pos: c.Len(0) + i, Token: Token(5 + i), Logits: true}
+				}
+				if _, err := c.Decode(ctx, es); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/pass")
+		})
+	}
 }

@@ -26,7 +26,7 @@ type ContextOptions struct {
 	// BatchSize is the most tokens one Decode may evaluate. Default 512, at most the
 	// KV cache size.
 	BatchSize int
-	// Threads used by llama.cpp. Default DefaultThreads().
+	// Threads used by llama.cpp. Default Model.DefaultThreads().
 	Threads int
 	// FlashAttention turns on llama.cpp's flash attention kernels. Default off.
 	FlashAttention bool
@@ -54,7 +54,7 @@ func (o ContextOptions) withDefaults(m *Model) ContextOptions {
 	}
 	o.BatchSize = min(o.BatchSize, o.Slots*o.SlotContext)
 	if o.Threads <= 0 {
-		o.Threads = DefaultThreads()
+		o.Threads = m.DefaultThreads()
 	}
 	return o
 }

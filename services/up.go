@@ -71,7 +71,7 @@ type UpConfig struct {
 	NoAsync bool
 	// DeviceThreads is each simulated device's llama.cpp thread count. Default 1:
 	// simulated devices share this machine's cores with the server, and the
-	// verifier's threads default to the cores the devices leave (at least 1).
+	// verifier's threads default to at most the cores the devices leave (at least 1).
 	DeviceThreads int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -147,14 +147,6 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 	if cfg.Devices <= 0 {
 		cfg.Devices = max(len(cfg.Drafts), 1)
 	}
-	if cfg.Verifier.Threads <= 0 {
-		// Simulated devices share the cores: llama.cpp's worker threads spin while
-		// they wait, so oversubscribed cores make every pass crawl.
-		cfg.Verifier.Threads = max(1, engine.DefaultThreads()-cfg.Devices*cfg.DeviceThreads)
-		if cfg.Mode == ModeCentralized {
-			cfg.Verifier.Threads = engine.DefaultThreads()
-		}
-	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s = &System{cfg: cfg, cancel: cancel, Models: map[string]*engine.Model{}}
 	defer func() {
@@ -165,6 +157,15 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 	}()
 	if err := s.loadModels(); err != nil {
 		return s, err
+	}
+	if s.cfg.Verifier.Threads <= 0 && s.Target != nil {
+		// The target's own default, but in SLED mode only the cores the simulated
+		// devices leave: llama.cpp's threads synchronise after every operation, and
+		// oversubscribed cores make every pass crawl (see engine.Model.DefaultThreads).
+		s.cfg.Verifier.Threads = s.Target.DefaultThreads()
+		if cfg.Mode == ModeSLED {
+			s.cfg.Verifier.Threads = max(1, min(s.cfg.Verifier.Threads, engine.DefaultThreads()-cfg.Devices*cfg.DeviceThreads))
+		}
 	}
 	if cfg.Mode == ModeSLED {
 		if err := s.startNATS(ctx); err != nil {

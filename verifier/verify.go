@@ -23,7 +23,7 @@ type Config struct {
 	// BatchTokens is the most tokens evaluated in one forward pass. A batch with more
 	// (long prefixes after a resync) is evaluated in several passes. Default 512.
 	BatchTokens int
-	// Threads for llama.cpp. Default engine.DefaultThreads().
+	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
 }
 
