@@ -301,6 +301,9 @@ func (e *Env) calibrate(ctx context.Context, o Options, p Profile) (*calibration
 	if err != nil {
 		return nil, err
 	}
+	if one.Rounds == 0 {
+		return nil, fmt.Errorf("bench: the one-device calibration run completed no round (a stalled machine?)")
+	}
 	msg := Messaging{UpMs: one.QueueMs, HopMs: one.BatchMs, DownMs: max(0, one.RoundMs.Mean-one.QueueMs-one.BatchMs-one.VerifyMs)}
 	c, err := e.RunCentralized(ctx, t)
 	if err != nil {
