@@ -210,10 +210,14 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 			cfgFor := func(n int) sim.Config {
 				c := e.SimConfig(o.trial(n, pr), sv.cost, cal.msg)
 				if sv.gpu {
-					// steady state: the measured trials' cold start (every
+					// Steady state: the measured trials' cold start (every
 					// session's prompt at once) is not what a server of
-					// thousands of clients sees
+					// thousands of clients sees. A step budget that holds every
+					// decoding token and a prompt chunk (centralized.Server's
+					// default 512 would starve new requests past 512 clients),
+					// and no CPU contention factor.
 					c.Warmup, c.Duration = 10, 10
+					c.BatchTokens, c.StepScale = n+512, 1
 				}
 				return c
 			}
