@@ -16,9 +16,6 @@ import (
 // verifier, NATS and centralized server on the smollm-135m-shape target) and checks
 // the JSON report.
 func TestCapacityQuick(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end capacity run")
-	}
 	testmodels.Path(t, testmodels.Target)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -46,28 +46,19 @@ func (c *Client) Complete(ctx context.Context, req CompletionRequest, onText fun
 		return &out, nil
 	}
 	var out *Completion
-	var text strings.Builder
-	err := c.stream(ctx, "/v1/completions", req, func(data []byte) error {
-		var ch Completion
-		if err := json.Unmarshal(data, &ch); err != nil {
-			return fmt.Errorf("httpapi: decoding stream chunk: %w", err)
-		}
+	text, err := collect(ctx, c, "/v1/completions", req, onText, func(ch *Completion) string {
 		if out == nil {
 			out = &Completion{ID: ch.ID, Object: ch.Object, Created: ch.Created, Model: ch.Model,
 				Choices: []CompletionChoice{{Index: 0}}}
 		}
 		out.Usage, out.SLED = cmpOr(ch.Usage, out.Usage), cmpOr(ch.SLED, out.SLED)
 		if len(ch.Choices) == 0 {
-			return nil
+			return ""
 		}
 		if f := ch.Choices[0].FinishReason; f != nil {
 			out.Choices[0].FinishReason = f
 		}
-		if t := ch.Choices[0].Text; t != "" {
-			text.WriteString(t)
-			return onText(t)
-		}
-		return nil
+		return ch.Choices[0].Text
 	})
 	if err != nil {
 		return nil, err
@@ -75,7 +66,7 @@ func (c *Client) Complete(ctx context.Context, req CompletionRequest, onText fun
 	if out == nil {
 		return nil, fmt.Errorf("%w: no chunks", ErrIncompleteStream)
 	}
-	out.Choices[0].Text = text.String()
+	out.Choices[0].Text = text
 	return out, nil
 }
 
@@ -91,28 +82,19 @@ func (c *Client) Chat(ctx context.Context, req ChatCompletionRequest, onText fun
 		return &out, nil
 	}
 	var out *ChatCompletion
-	var text strings.Builder
-	err := c.stream(ctx, "/v1/chat/completions", req, func(data []byte) error {
-		var ch ChatCompletionChunk
-		if err := json.Unmarshal(data, &ch); err != nil {
-			return fmt.Errorf("httpapi: decoding stream chunk: %w", err)
-		}
+	text, err := collect(ctx, c, "/v1/chat/completions", req, onText, func(ch *ChatCompletionChunk) string {
 		if out == nil {
 			out = &ChatCompletion{ID: ch.ID, Object: "chat.completion", Created: ch.Created, Model: ch.Model,
 				Choices: []ChatChoice{{Index: 0, Message: ChatMessage{Role: "assistant"}}}}
 		}
 		out.Usage, out.SLED = cmpOr(ch.Usage, out.Usage), cmpOr(ch.SLED, out.SLED)
 		if len(ch.Choices) == 0 {
-			return nil
+			return ""
 		}
 		if f := ch.Choices[0].FinishReason; f != nil {
 			out.Choices[0].FinishReason = *f
 		}
-		if t := ch.Choices[0].Delta.Content; t != "" {
-			text.WriteString(t)
-			return onText(t)
-		}
-		return nil
+		return ch.Choices[0].Delta.Content
 	})
 	if err != nil {
 		return nil, err
@@ -120,7 +102,7 @@ func (c *Client) Chat(ctx context.Context, req ChatCompletionRequest, onText fun
 	if out == nil {
 		return nil, fmt.Errorf("%w: no chunks", ErrIncompleteStream)
 	}
-	out.Choices[0].Message.Content = MessageContent(text.String())
+	out.Choices[0].Message.Content = MessageContent(text)
 	return out, nil
 }
 
@@ -258,4 +240,24 @@ func readAPIError(resp *http.Response) error {
 		msg = http.StatusText(resp.StatusCode)
 	}
 	return &APIError{StatusCode: resp.StatusCode, Type: TypeServer, Message: msg}
+}
+
+// collect streams path, decodes every data event as a T, lets merge fold it into
+// the caller's result and return its text delta, passes each non-empty delta to
+// onText, and returns the concatenated text. An error from onText aborts the
+// stream and is returned.
+func collect[T any](ctx context.Context, c *Client, path string, req any, onText func(string) error, merge func(*T) string) (string, error) {
+	var text strings.Builder
+	err := c.stream(ctx, path, req, func(data []byte) error {
+		var ch T
+		if err := json.Unmarshal(data, &ch); err != nil {
+			return fmt.Errorf("httpapi: decoding stream chunk: %w", err)
+		}
+		if t := merge(&ch); t != "" {
+			text.WriteString(t)
+			return onText(t)
+		}
+		return nil
+	})
+	return text.String(), err
 }

@@ -27,9 +27,6 @@ func freePort(t *testing.T) int {
 // cluster settings `sled nats` exposes), provisions R3 streams and moves a
 // draft through them.
 func TestClusterR3(t *testing.T) {
-	if testing.Short() {
-		t.Skip("cluster formation takes seconds")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ports := []int{freePort(t), freePort(t), freePort(t)}

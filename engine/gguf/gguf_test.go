@@ -128,24 +128,7 @@ func TestRoundTrip(t *testing.T) {
 func header(version uint32, kv []KV, tensors []TensorInfo) []byte {
 	var buf bytes.Buffer
 	e := &encoder{w: &buf}
-	e.raw([]byte(Magic))
-	e.u32(version)
-	e.u64(uint64(len(tensors)))
-	e.u64(uint64(len(kv)))
-	for _, kv := range kv {
-		e.str(kv.Key)
-		e.u32(uint32(kv.Value.Type))
-		e.value(kv.Value)
-	}
-	for _, t := range tensors {
-		e.str(t.Name)
-		e.u32(uint32(len(t.Dims)))
-		for _, d := range t.Dims {
-			e.u64(d)
-		}
-		e.u32(uint32(t.Type))
-		e.u64(t.Offset)
-	}
+	e.header(version, kv, tensors)
 	e.pad(DefaultAlignment)
 	return buf.Bytes()
 }

@@ -58,7 +58,7 @@ func Write(w io.Writer, kv []KV, tensors []WriteTensor) error {
 		}
 	}
 	names := make(map[string]bool, len(tensors))
-	offsets := make([]uint64, len(tensors))
+	infos := make([]TensorInfo, len(tensors))
 	var off uint64
 	for i, t := range tensors {
 		if t.Name == "" || len(t.Name) > maxNameLen {
@@ -74,30 +74,13 @@ func Write(w io.Writer, kv []KV, tensors []WriteTensor) error {
 		if t.Data == nil {
 			return fmt.Errorf("gguf: write: tensor %q has no data", t.Name)
 		}
-		offsets[i] = off
+		infos[i] = TensorInfo{Name: t.Name, Type: t.Type, Dims: t.Dims, Offset: off}
 		off = alignUp(off+t.Size(), align)
 	}
 
 	bw := bufio.NewWriterSize(w, 1<<20)
 	e := &encoder{w: bw}
-	e.raw([]byte(Magic))
-	e.u32(3)
-	e.u64(uint64(len(tensors)))
-	e.u64(uint64(len(kv)))
-	for _, kv := range kv {
-		e.str(kv.Key)
-		e.u32(uint32(kv.Value.Type))
-		e.value(kv.Value)
-	}
-	for i, t := range tensors {
-		e.str(t.Name)
-		e.u32(uint32(len(t.Dims)))
-		for _, d := range t.Dims {
-			e.u64(d)
-		}
-		e.u32(uint32(t.Type))
-		e.u64(offsets[i])
-	}
+	e.header(3, kv, infos)
 	e.pad(align)
 	if e.err != nil {
 		return fmt.Errorf("gguf: write: %w", e.err)
@@ -178,6 +161,30 @@ type encoder struct {
 	n   int64
 	err error
 	buf [8]byte
+}
+
+// header encodes a GGUF header: magic, version, counts, metadata and tensor
+// infos, without the padding that follows. It encodes what it is given, valid or
+// not (tests build corrupt files with it).
+func (e *encoder) header(version uint32, kv []KV, tensors []TensorInfo) {
+	e.raw([]byte(Magic))
+	e.u32(version)
+	e.u64(uint64(len(tensors)))
+	e.u64(uint64(len(kv)))
+	for _, kv := range kv {
+		e.str(kv.Key)
+		e.u32(uint32(kv.Value.Type))
+		e.value(kv.Value)
+	}
+	for _, t := range tensors {
+		e.str(t.Name)
+		e.u32(uint32(len(t.Dims)))
+		for _, d := range t.Dims {
+			e.u64(d)
+		}
+		e.u32(uint32(t.Type))
+		e.u64(t.Offset)
+	}
 }
 
 func (e *encoder) raw(b []byte) {
