@@ -355,7 +355,11 @@ func (g *generation) send(ctx context.Context) error {
 	// verifier's spans for this round are its children.
 	o.tel.Inject(g.rt.ctx, e)
 	_, sp := o.tracer.Start(g.rt.ctx, "drafter.publish", trace.WithSpanKind(trace.SpanKindProducer))
-	_, err := g.d.pub.Publish(ctx, e)
+	// Bound the wait for the stream's ack by the round's timeout: a publish caught
+	// by a server restart is never acked, and the round is resent anyway.
+	pctx, cancel := context.WithTimeout(ctx, g.d.cfg.Retry.Timeout)
+	defer cancel()
+	_, err := g.d.pub.Publish(pctx, e)
 	if sp.IsRecording() {
 		sp.SetAttributes(infra.EventAttrs(e, ev.NATSSubject(), "send")...)
 		if err != nil {

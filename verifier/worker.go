@@ -185,6 +185,9 @@ func (w *Worker) heartbeat() {
 	}
 }
 
+// resultTimeout bounds the wait for the stream to store a group's results.
+const resultTimeout = 5 * time.Second
+
 // delivery is one batch message waiting for verification.
 type delivery struct {
 	ev  *events.Event
@@ -320,11 +323,17 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 			futures = append(futures, f)
 		}
 	}
+	// An async publish caught by a server restart may never be acked; give up after
+	// resultTimeout so the batches are redelivered instead of stalling the worker.
+	timeout := time.NewTimer(resultTimeout)
+	defer timeout.Stop()
 	for _, f := range futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			return endAll(fmt.Errorf("verifier: result not stored: %w", err))
+		case <-timeout.C:
+			return endAll(fmt.Errorf("verifier: results not acked within %s", resultTimeout))
 		case <-ctx.Done():
 			return endAll(ctx.Err())
 		}
