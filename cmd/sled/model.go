@@ -20,12 +20,7 @@ import (
 // The model commands inspect, cut down and synthesise GGUF model files,
 // without loading them into llama.cpp.
 func init() {
-	modelCmd := &cobra.Command{
-		Use:   "model",
-		Short: "Inspect, derive and synthesise GGUF model files",
-	}
-	modelCmd.AddCommand(modelInspectCmd(), modelDeriveCmd(), modelSynthCmd(), modelShapesCmd())
-	rootCmd.AddCommand(modelCmd)
+	modelGroupCmd().AddCommand(modelInspectCmd(), modelDeriveCmd(), modelSynthCmd(), modelShapesCmd())
 }
 
 func modelInspectCmd() *cobra.Command {

@@ -12,9 +12,8 @@ import (
 	"github.com/sled-project/sled/modelpull"
 )
 
-// init adds `model pull` to the model command group. model.go creates the group;
-// its init runs before this one (files initialize in name order), and
-// modelGroupCmd creates the group itself should that ever change.
+// init adds `model pull` to the model command group, which the first of the
+// files adding to it creates (modelGroupCmd).
 func init() {
 	modelGroupCmd().AddCommand(modelPullCmd())
 }
@@ -26,7 +25,7 @@ func modelGroupCmd() *cobra.Command {
 			return c
 		}
 	}
-	c := &cobra.Command{Use: "model", Short: "Work with GGUF model files"}
+	c := &cobra.Command{Use: "model", Short: "Fetch, list, inspect, derive and synthesise GGUF model files"}
 	rootCmd.AddCommand(c)
 	return c
 }
