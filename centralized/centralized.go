@@ -23,7 +23,7 @@ type Config struct {
 	// Slots is the number of requests generated concurrently. Default 16.
 	Slots int
 	// SlotContext bounds prompt plus output tokens per request. Default: the
-	// model's training context.
+	// model's DefaultSlotContext.
 	SlotContext int
 	// BatchTokens bounds the tokens of one forward pass (prompt prefill is split
 	// to fit). Default 512.

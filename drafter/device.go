@@ -51,8 +51,8 @@ type Config struct {
 	NoAsync bool
 	// Threads for the draft model. Default: the model's DefaultThreads.
 	Threads int
-	// MaxContext bounds prompt plus output. Default: the draft model's training
-	// context (the target must allow at least as much).
+	// MaxContext bounds prompt plus output. Default: the draft model's
+	// DefaultSlotContext (the target must allow at least as much).
 	MaxContext int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -101,7 +101,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 	}
 	cfg.Retry = cfg.Retry.WithDefaults()
 	if cfg.MaxContext <= 0 {
-		cfg.MaxContext = draft.Info().ContextTrain
+		cfg.MaxContext = draft.DefaultSlotContext()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -25,7 +25,7 @@ type Edge struct {
 // as in Config.
 func NewEdge(model *engine.Model, threads, maxContext int) (*Edge, error) {
 	if maxContext <= 0 {
-		maxContext = model.Info().ContextTrain
+		maxContext = model.DefaultSlotContext()
 	}
 	ds, err := newDraftState(model, threads, maxContext)
 	if err != nil {

@@ -73,50 +73,75 @@ func benchModel(b *testing.B, which string) *Model {
 	return m
 }
 
-// benchDecode runs rounds of `seqs` sequences x `per` tokens, each round one Decode,
-// on a context pre-filled with a 32-token prefix per sequence.
+// passBench describes a decode benchmark: rounds of Seqs sequences x Per tokens,
+// each round one Decode, on a context pre-filled with History tokens per sequence.
+type passBench struct {
+	Seqs, Per, History int
+	Ragged             bool // slot s gets 1+s%Per tokens per pass instead of Per
+	Opts               ContextOptions
+}
+
+// benchDecode runs rounds of `seqs` sequences x `per` tokens on a 32-token history.
 func benchDecode(b *testing.B, which string, seqs, per int) {
 	benchDecodeOpts(b, which, seqs, per, false, false)
 }
 
-// benchDecodeOpts is benchDecode with a choice of KV layout; ragged gives slot s
-// 1+s%per tokens per pass instead of per.
+// benchDecodeOpts is benchDecode with a choice of KV layout and raggedness.
 func benchDecodeOpts(b *testing.B, which string, seqs, per int, separate, ragged bool) {
-	m := benchModel(b, which)
-	c, err := m.NewContext(ContextOptions{Slots: seqs, SlotContext: 512, SeparateKV: separate})
+	runPassBench(b, benchModel(b, which), passBench{Seqs: seqs, Per: per, History: 32, Ragged: ragged, Opts: ContextOptions{SeparateKV: separate}})
+}
+
+func runPassBench(b *testing.B, m *Model, pb passBench) {
+	opts := pb.Opts
+	opts.Slots = pb.Seqs
+	if opts.SlotContext == 0 {
+		opts.SlotContext = max(512, pb.History+128)
+	}
+	c, err := m.NewContext(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer c.Close()
 	ctx := context.Background()
-	const prefix = 32
 	reset := func() {
-		var es []Entry
-		for s := range seqs {
+		for s := range pb.Seqs {
 			c.Clear(s)
-			for p := range prefix {
+		}
+		// Prefill in passes of at most BatchSize tokens.
+		var es []Entry
+		flush := func() {
+			if _, err := c.Decode(ctx, es); err != nil {
+				b.Fatal(err)
+			}
+			es = es[:0]
+		}
+		for s := range pb.Seqs {
+			for p := range pb.History {
 				es = append(es, Entry{Seq: s, Pos: p, Token: Token(3 + (s*7+p)%200)})
+				if len(es) == c.Options().BatchSize {
+					flush()
+				}
 			}
 		}
-		if _, err := c.Decode(ctx, es); err != nil {
-			b.Fatal(err)
+		if len(es) > 0 {
+			flush()
 		}
 	}
 	reset()
-	pos, tokens := prefix, 0
+	limit := opts.SlotContext - pb.Per
+	tokens := 0
 	b.ResetTimer()
 	for range b.N {
-		if pos+per > 500 {
+		if c.Len(0)+pb.Per > limit || c.Len(0) > pb.History+96 {
 			b.StopTimer()
 			reset()
-			pos = prefix
 			b.StartTimer()
 		}
-		es := make([]Entry, 0, seqs*per)
-		for s := range seqs {
-			n := per
-			if ragged {
-				n = 1 + s%per
+		es := make([]Entry, 0, pb.Seqs*pb.Per)
+		for s := range pb.Seqs {
+			n := pb.Per
+			if pb.Ragged {
+				n = 1 + s%pb.Per
 			}
 			for i := range n {
 				es = append(es, Entry{Seq: s, Pos: c.Len(s) + i, Token: Token(5 + (s+i)%300), Logits: true})
@@ -126,7 +151,6 @@ func benchDecodeOpts(b *testing.B, which string, seqs, per int, separate, ragged
 			b.Fatal(err)
 		}
 		tokens += len(es)
-		pos += per
 	}
 	b.ReportMetric(float64(tokens)/b.Elapsed().Seconds(), "tokens/s")
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/pass")
@@ -187,5 +211,63 @@ func BenchmarkDecodeThreads(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/pass")
 		})
+	}
+}
+
+// BenchmarkPassHistory measures what a verifier pass costs as the devices'
+// histories grow: 16 sequences x 5 tokens (equal and ragged) with 32 and 512
+// tokens of history each, on the smollm-135m shape, for the KV layouts and
+// attention kernels the engine can use. The goal is a 512-token pass within 1.2x
+// of a 32-token one.
+//
+//	go test -run '^$' -bench PassHistory -benchtime 20x -count 3 ./engine/
+func BenchmarkPassHistory(b *testing.B) {
+	m := benchModel(b, "smollm-135m")
+	layouts := []struct {
+		name string
+		opts ContextOptions
+	}{
+		{"unified-plain", ContextOptions{Attention: AttentionPlain}},
+		{"unified-flash", ContextOptions{}},
+		{"separate-plain", ContextOptions{SeparateKV: true, Attention: AttentionPlain}},
+		{"separate-flash", ContextOptions{SeparateKV: true}},
+	}
+	for _, l := range layouts {
+		for _, ragged := range []bool{false, true} {
+			for _, hist := range []int{32, 512} {
+				name := fmt.Sprintf("%s/ragged=%v/history=%d", l.name, ragged, hist)
+				b.Run(name, func(b *testing.B) {
+					runPassBench(b, m, passBench{Seqs: 16, Per: 5, History: hist, Ragged: ragged, Opts: l.opts})
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkPassHistoryQwen is BenchmarkPassHistory on the real 1.5B target (16
+// sequences x 5 tokens; the 512-token prefill takes minutes on 2 cores).
+//
+//	go test -run '^$' -bench PassHistoryQwen -benchtime 5x -timeout 60m ./engine/
+func BenchmarkPassHistoryQwen(b *testing.B) {
+	p := testmodels.Real(b, testmodels.QwenTarget)
+	m, err := LoadModel(p, ModelOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	for _, l := range []struct {
+		name string
+		opts ContextOptions
+	}{
+		{"unified-plain", ContextOptions{Attention: AttentionPlain}},
+		{"unified-flash", ContextOptions{}},
+		{"separate-plain", ContextOptions{SeparateKV: true, Attention: AttentionPlain}},
+		{"separate-flash", ContextOptions{SeparateKV: true}},
+	} {
+		for _, hist := range []int{32, 512} {
+			b.Run(fmt.Sprintf("%s/history=%d", l.name, hist), func(b *testing.B) {
+				runPassBench(b, m, passBench{Seqs: 16, Per: 5, History: hist, Opts: l.opts})
+			})
+		}
 	}
 }

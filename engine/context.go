@@ -20,22 +20,25 @@ var (
 type ContextOptions struct {
 	// Slots is the number of sequences the context holds at once. Default 1.
 	Slots int
-	// SlotContext is the most positions one sequence may use. Default: the model's
-	// training context. The KV cache holds Slots*SlotContext positions in all.
+	// SlotContext is the most positions one sequence may use. Default
+	// Model.DefaultSlotContext(). The KV cache holds Slots*SlotContext positions.
 	SlotContext int
 	// BatchSize is the most tokens one Decode may evaluate. Default 512, at most the
 	// KV cache size.
 	BatchSize int
 	// Threads used by llama.cpp. Default Model.DefaultThreads().
 	Threads int
-	// FlashAttention turns on llama.cpp's flash attention kernels. Default off.
-	FlashAttention bool
+	// Attention selects the attention kernels. Default AttentionFlash.
+	Attention Attention
 	// KVType is the KV cache element type: "f16" (default), "f32" or "q8_0".
 	KVType string
 	// SeparateKV gives every slot its own KV cache stream instead of one unified
 	// cache. Attention then reads only the slot's own positions, but llama.cpp
-	// evaluates a ragged batch (slots with different token counts) in several
-	// micro-batches. Default off (unified).
+	// evaluates a ragged batch (slots with different token counts), or one whose
+	// slots are not consecutive, in several micro-batches. Default off (unified):
+	// with flash attention, whose kernel skips the cells another sequence holds, a
+	// unified pass costs about what the slots' own histories cost, in one pass
+	// (docs/benchmarks.md, "Verifier pass cost").
 	SeparateKV bool
 }
 
@@ -44,10 +47,7 @@ func (o ContextOptions) withDefaults(m *Model) ContextOptions {
 		o.Slots = 1
 	}
 	if o.SlotContext <= 0 {
-		o.SlotContext = m.info.ContextTrain
-		if o.SlotContext <= 0 {
-			o.SlotContext = 2048
-		}
+		o.SlotContext = m.DefaultSlotContext()
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 512
@@ -57,6 +57,31 @@ func (o ContextOptions) withDefaults(m *Model) ContextOptions {
 		o.Threads = m.DefaultThreads()
 	}
 	return o
+}
+
+// Attention is a choice of attention kernels.
+type Attention int
+
+const (
+	// AttentionFlash uses llama.cpp's flash attention where the backend supports
+	// it (the CPU and CUDA backends do), else the plain kernels. The default: on
+	// the real 1.5B target, a 16 x 5 pass with 512 tokens of history per sequence
+	// costs 1.12x the same pass with 32 (plain kernels: 1.33x), and is faster at
+	// both.
+	AttentionFlash Attention = iota
+	// AttentionPlain always uses the plain kernels (one matrix product over every
+	// cell in use, masked).
+	AttentionPlain
+)
+
+func (a Attention) String() string {
+	switch a {
+	case AttentionFlash:
+		return "flash"
+	case AttentionPlain:
+		return "plain"
+	}
+	return fmt.Sprintf("Attention(%d)", int(a))
 }
 
 // Entry is one token of a Decode batch.
@@ -88,7 +113,7 @@ func (m *Model) NewContext(opts ContextOptions) (*Context, error) {
 		return nil, ErrClosed
 	}
 	opts = opts.withDefaults(m)
-	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.FlashAttention, opts.SeparateKV, opts.KVType)
+	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.Attention == AttentionFlash, opts.SeparateKV, opts.KVType)
 	if err != nil {
 		return nil, fmt.Errorf("engine: new context (%d slots x %d positions): %w", opts.Slots, opts.SlotContext, err)
 	}

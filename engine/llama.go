@@ -213,9 +213,10 @@ type cContext struct {
 }
 
 // newContext creates a context whose KV cache is one unified buffer shared by all
-// sequences. Unified is what makes a ragged batch one forward pass: with a cache
-// stream per sequence llama.cpp splits a batch into micro-batches of equal length per
-// sequence, so drafts of different lengths would cost several passes.
+// sequences (or, with separateKV, a stream per sequence). Unified is what makes a
+// ragged batch one forward pass: with a cache stream per sequence llama.cpp splits a
+// batch into micro-batches of equal length over consecutive sequences, so drafts of
+// different lengths would cost several passes.
 func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash, separateKV bool, kvType string) (*cContext, error) {
 	p := C.llama_context_default_params()
 	p.n_ctx = C.uint32_t(nCtx)
@@ -228,7 +229,8 @@ func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash, separateKV b
 	p.no_perf = true
 	p.kv_unified = C.bool(!separateKV)
 	if flash {
-		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+		// Auto: flash attention on every layer whose backend device supports it.
+		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
 	} else {
 		p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_DISABLED
 	}
@@ -301,4 +303,19 @@ func (cc *cContext) seqRemove(seq, from int) bool {
 // seqPosMax is the largest position of seq in the KV cache, or -1 when it has none.
 func (cc *cContext) seqPosMax(seq int) int {
 	return int(C.llama_memory_seq_pos_max(C.llama_get_memory(cc.c), C.llama_seq_id(seq)))
+}
+
+// quantizeFile writes src's weights requantized to ftype into dst with llama.cpp's
+// own quantizer (allowing already-quantized sources). It returns llama.cpp's status:
+// 0 on success.
+func quantizeFile(src, dst string, ftype, threads int) int {
+	initBackend()
+	p := C.llama_model_quantize_default_params()
+	p.nthread = C.int32_t(threads)
+	p.ftype = C.enum_llama_ftype(ftype)
+	p.allow_requantize = true
+	cs, cd := C.CString(src), C.CString(dst)
+	defer C.free(unsafe.Pointer(cs))
+	defer C.free(unsafe.Pointer(cd))
+	return int(C.llama_model_quantize(cs, cd, &p))
 }

@@ -242,6 +242,20 @@ func (m *Model) FormatChat(msgs []ChatMessage, addAssistant bool) (prompt string
 	return string(b), false
 }
 
+// MaxDefaultSlotContext caps Model.DefaultSlotContext.
+const MaxDefaultSlotContext = 4096
+
+// DefaultSlotContext is the context one sequence gets when none is configured:
+// the model's training context, at most MaxDefaultSlotContext (2048 when the model
+// does not say). Real models train on 32K positions and more; a KV cache that long
+// for every slot would take gigabytes per slot, for requests that rarely need it.
+func (m *Model) DefaultSlotContext() int {
+	if m.info.ContextTrain <= 0 {
+		return 2048
+	}
+	return min(m.info.ContextTrain, MaxDefaultSlotContext)
+}
+
 // DefaultThreads is the thread count for a large model: every core, at most 8
 // (more rarely helps a single decode).
 func DefaultThreads() int { return min(runtime.NumCPU(), 8) }

@@ -75,7 +75,7 @@ func (s *Server) fit(p *params, param string, promptTokens int, m *engine.Model)
 	if s.cfg.MaxPromptTokens > 0 && promptTokens > s.cfg.MaxPromptTokens {
 		return tooLong("the prompt has %d tokens, more than this server's limit of %d", promptTokens, s.cfg.MaxPromptTokens)
 	}
-	ctxLen := m.Info().ContextTrain
+	ctxLen := m.DefaultSlotContext()
 	if ctxLen <= 0 {
 		if !p.explicitMax {
 			p.maxTokens = s.cfg.DefaultMaxTokens

@@ -300,7 +300,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		d, err := drafter.New(ctx, s.Models[path], s.Conn, s.JS, drafter.Config{
 			DeviceID: deviceName(i, path), Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			NoAsync: s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
-			MaxContext: min(s.Models[path].Info().ContextTrain, s.Target.Info().ContextTrain),
+			MaxContext: min(s.Models[path].DefaultSlotContext(), s.Target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 		})
 		if err != nil {

@@ -18,7 +18,7 @@ type Config struct {
 	// when it returns (a resync). Default 16.
 	Slots int
 	// SlotContext is the most positions one session may hold (prompt plus output).
-	// Default: the model's training context.
+	// Default: the model's DefaultSlotContext.
 	SlotContext int
 	// BatchTokens is the most tokens evaluated in one forward pass. A batch with more
 	// (long prefixes after a resync) is evaluated in several passes. Default 512.

@@ -50,15 +50,15 @@ func TestModelInspectJSON(t *testing.T) {
 
 func TestFindModel(t *testing.T) {
 	dir := testmodels.Dir()
-	if p, err := findModel(dir, testmodels.Target); err != nil || !strings.HasSuffix(p, testmodels.Target) {
+	if p, err := findModel(context.Background(), dir, testmodels.Target); err != nil || !strings.HasSuffix(p, testmodels.Target) {
 		t.Fatalf("findModel: %q %v", p, err)
 	}
-	_, err := findModel(dir, "no-such-model.gguf")
+	_, err := findModel(context.Background(), dir, "no-such-model.gguf")
 	if err == nil || !strings.Contains(err.Error(), "sled model pull") || !strings.Contains(err.Error(), "SLED_MODEL_DIR") {
 		t.Fatalf("missing model error does not say how to get one: %v", err)
 	}
 	t.Setenv("XDG_CACHE_HOME", t.TempDir())
-	p, err := findModel(dir, testmodels.Draft4L+"@Q8_0")
+	p, err := findModel(context.Background(), dir, testmodels.Draft4L+"@Q8_0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestFindModel(t *testing.T) {
 	if err != nil || !strings.Contains(out, "Q8_0") {
 		t.Fatalf("inspect of the requantized copy: %v\n%s", err, out)
 	}
-	if _, err := findModel(dir, testmodels.Draft4L+"@Q3_K"); err == nil {
+	if _, err := findModel(context.Background(), dir, testmodels.Draft4L+"@Q3_K"); err == nil {
 		t.Fatal("unsupported type accepted")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
 )
 
@@ -36,7 +37,7 @@ func init() {
 				if models == "" {
 					models = modelDir()
 				}
-				path, err := findModel(models, target)
+				path, err := findModel(cmd.Context(), models, target)
 				if err != nil {
 					return err
 				}
@@ -52,7 +53,7 @@ func init() {
 		}
 		connFlags(cmd)
 		cmd.Flags().StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
-		cmd.Flags().StringVar(&target, "target", "stories260k.gguf", "target model file")
+		cmd.Flags().StringVar(&target, "target", defaultPair().Target, "target model: a file, a file in --models, or a catalogue name (fetched on first use)")
 		cmd.Flags().StringVar(&name, "name", "worker-1", "worker name; a restarted worker with the same name resumes its batches")
 		p.register(cmd, false, true)
 		tf.register(cmd, "127.0.0.1:9465")
@@ -96,7 +97,7 @@ func init() {
 				if models == "" {
 					models = modelDir()
 				}
-				path, err := findModel(models, draft)
+				path, err := findModel(cmd.Context(), models, draft)
 				if err != nil {
 					return err
 				}
@@ -113,7 +114,7 @@ func init() {
 		}
 		connFlags(cmd)
 		cmd.Flags().StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
-		cmd.Flags().StringVar(&draft, "draft", "stories260k-draft-4L.gguf", "draft model file")
+		cmd.Flags().StringVar(&draft, "draft", defaultPair().Drafts[0], "draft model: a file, a file in --models, a catalogue name (fetched on first use), NAME@TYPE requantized")
 		cmd.Flags().StringVar(&id, "id", "device-1", "device id (letters, digits, - and _)")
 		cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 		cmd.Flags().IntVar(&threads, "threads", 0, "llama.cpp threads (default: all cores, at most 8)")
@@ -160,4 +161,10 @@ func shutdownTelemetry(tel *infra.Telemetry) {
 	if err := tel.Shutdown(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "telemetry shutdown:", err)
 	}
+}
+
+// defaultPair is the pair the roles' model flags default to.
+func defaultPair() modelcache.Pair {
+	p, _ := modelcache.LookupPair(modelcache.DefaultPair)
+	return p
 }

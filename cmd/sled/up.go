@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,8 +12,9 @@ import (
 
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
-	"github.com/sled-project/sled/engine/gguf"
+	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
 	"github.com/sled-project/sled/verifier"
@@ -75,37 +75,15 @@ func (p *policyFlags) batch() batcher.Policy {
 	return batcher.Policy{Size: p.batchSize, MaxWait: p.maxWait}
 }
 
-// modelDir is where default models are looked up: $SLED_MODEL_DIR, else
+// modelDir is where model files are looked up: $SLED_MODEL_DIR, else
 // ../shared/models next to the working directory.
-func modelDir() string {
-	if d := os.Getenv("SLED_MODEL_DIR"); d != "" {
-		return d
-	}
-	return filepath.Join("..", "shared", "models")
-}
+func modelDir() string { return services.DefaultModelDir() }
 
-// findModel resolves a model argument: a path as given, or a file name in dir.
-// "NAME@TYPE" (TYPE one of F16, Q8_0, Q4_0) names NAME requantized to TYPE: the copy
-// is derived once into the user cache directory and reused.
-func findModel(dir, name string) (string, error) {
-	if base, typ, ok := strings.Cut(name, "@"); ok {
-		src, err := findModel(dir, base)
-		if err != nil {
-			return "", err
-		}
-		return requantized(src, typ)
-	}
-	for _, p := range []string{name, filepath.Join(dir, name)} {
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf(`model %q not found (looked in the working directory and in %s).
-Get one of:
-  - the SLED test models: set SLED_MODEL_DIR (or --models) to the directory holding
-    stories260k.gguf, stories260k-draft-4L.gguf and stories260k-draft-3L.gguf;
-  - any GGUF model: sled model pull URL --out DIR, then --target/--draft DIR/FILE;
-  - a draft from a target you have: sled model derive TARGET DRAFT --layers K`, name, dir)
+// findModel resolves a model argument (see services.FindModel): NAME@TYPE, a path,
+// a file in dir, or a catalogue model, fetched into the cache on first use with
+// progress on stderr.
+func findModel(ctx context.Context, dir, name string) (string, error) {
+	return services.FindModel(ctx, name, services.FindOptions{Dir: dir, Progress: os.Stderr})
 }
 
 func init() {
@@ -115,6 +93,7 @@ func init() {
 		summary  time.Duration
 		mode     string
 		models   string
+		pairName string
 		target   string
 		drafts   []string
 		devices  int
@@ -133,7 +112,11 @@ the batcher, one verifier worker with the target model, and --devices simulated
 devices, each with its own draft model (--draft, repeatable, used round-robin). One
 OpenAI-compatible HTTP API spreads requests over the devices; the header
 X-SLED-Device picks one. --mode centralized serves every token from the target
-(the paper's baseline); --mode edge serves each device's draft model alone.`,
+(the paper's baseline); --mode edge serves each device's draft model alone.
+
+--pair picks the models: qwen (default: Qwen2.5-Coder-Instruct, 0.5B drafts and
+1.5B target, fetched into the model cache on first use) or tiny (the 260K-parameter
+TinyStories set in the model directory). --target and --draft override it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -146,15 +129,28 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync,
 			}
+			pair, ok := modelcache.LookupPair(pairName)
+			if !ok {
+				return fmt.Errorf("--pair %q: want one of qwen, tiny (see `sled model list`)", pairName)
+			}
+			if target == "" {
+				target = pair.Target
+			}
+			if len(drafts) == 0 {
+				drafts = pair.Drafts
+			}
+			if demoText == "" {
+				demoText = pair.DemoPrompt
+			}
 			var err error
 			if mode != services.ModeEdge {
-				if cfg.Target, err = findModel(models, target); err != nil {
+				if cfg.Target, err = findModel(ctx, models, target); err != nil {
 					return err
 				}
 			}
 			if mode != services.ModeCentralized {
 				for _, d := range drafts {
-					path, err := findModel(models, d)
+					path, err := findModel(ctx, models, d)
 					if err != nil {
 						return err
 					}
@@ -185,11 +181,14 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 			fmt.Println()
 			go sys.Summarize(ctx, summary, os.Stdout)
 			if demo {
-				if err := runDemo(ctx, sys, demoText); err != nil {
+				if err := runDemo(ctx, sys, demoText, pair.Chat); err != nil {
 					return err
 				}
 			}
 			fmt.Printf("serving; try: sled generate --url http://%s %q (Ctrl-C stops)\n", sys.HTTPAddr, demoText)
+			if pair.Chat {
+				fmt.Printf("or chat: curl -s %s/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Write a Go function that reverses a string.\"}],\"max_tokens\":128}'\n", sys.HTTPAddr)
+			}
 			<-ctx.Done()
 			return nil
 		},
@@ -197,16 +196,17 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 	f := cmd.Flags()
 	f.StringVar(&mode, "mode", services.ModeSLED, "sled, centralized (server generates every token) or edge (drafts only)")
 	f.StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
-	f.StringVar(&target, "target", "stories260k.gguf", "target model file")
-	f.StringArrayVar(&drafts, "draft", []string{"stories260k-draft-4L.gguf", "stories260k-draft-3L.gguf", "stories260k-draft-4L.gguf@Q8_0"},
-		"draft model file, repeatable; devices use them round-robin; FILE@Q8_0 (or @F16, @Q4_0) is FILE requantized")
+	f.StringVar(&pairName, "pair", modelcache.DefaultPair, "model pair: qwen (real models, fetched on first use) or tiny (the 260K-parameter test set)")
+	f.StringVar(&target, "target", "", "target model: a file, a file in --models, or a catalogue name (default: the pair's)")
+	f.StringArrayVar(&drafts, "draft", nil,
+		"draft model, repeatable; devices use them round-robin; NAME@Q4_0 (or @Q8_0, @F16, @Q4_K_M, ...) is NAME requantized (default: the pair's)")
 	f.IntVar(&devices, "devices", 3, "number of simulated devices")
 	f.StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 	f.StringVar(&natsURL, "nats", "", "external NATS URL instead of the embedded server")
 	f.IntVar(&natsPort, "nats-port", -1, "embedded NATS client port (-1: a free port)")
 	f.StringVar(&storeDir, "store-dir", "", "embedded JetStream store directory (default: a temporary directory)")
 	f.BoolVar(&demo, "demo", true, "print one demo completion per device with its acceptance figures")
-	f.StringVar(&demoText, "demo-prompt", "Once upon a time", "prompt of the demo completions")
+	f.StringVar(&demoText, "demo-prompt", "", "prompt of the demo completions (default: the pair's)")
 	p.register(cmd, true, true)
 	tf.register(cmd, "127.0.0.1:9464")
 	f.DurationVar(&summary, "summary", 5*time.Second, "print each active device's tokens/s and acceptance this often (0: never)")
@@ -214,9 +214,18 @@ X-SLED-Device picks one. --mode centralized serves every token from the target
 }
 
 // runDemo generates one completion per device and prints it with its figures.
-func runDemo(ctx context.Context, sys *services.System, prompt string) error {
+// With chat, the prompt is the user's turn in the target's chat template.
+func runDemo(ctx context.Context, sys *services.System, prompt string, chat bool) error {
 	for i, d := range sys.Generators {
-		toks, err := d.Generator.Model().Tokenize(prompt, true)
+		m := d.Generator.Model()
+		var toks []engine.Token
+		var err error
+		if chat {
+			text, _ := m.FormatChat([]engine.ChatMessage{{Role: "user", Content: prompt}}, true)
+			toks, err = m.TokenizeSpecial(text, true)
+		} else {
+			toks, err = m.Tokenize(prompt, true)
+		}
 		if err != nil {
 			return err
 		}
@@ -229,46 +238,20 @@ func runDemo(ctx context.Context, sys *services.System, prompt string) error {
 			return fmt.Errorf("demo on %s: %w", d.Name, err)
 		}
 		el := time.Since(start)
-		text := strings.ReplaceAll(d.Generator.Model().Detokenize(res.Tokens), "\n", " ")
-		fmt.Printf("[%d] %s: %s%s\n", i+1, d.Name, prompt, text)
+		text := strings.ReplaceAll(m.Detokenize(res.Tokens), "\n", "\n    ")
+		if chat {
+			fmt.Printf("[%d] %s: %s\n    %s\n", i+1, d.Name, prompt, text)
+		} else {
+			fmt.Printf("[%d] %s: %s%s\n", i+1, d.Name, prompt, text)
+		}
 		st := res.Stats
 		if st.Drafted > 0 {
-			fmt.Printf("    %d tokens in %s (%.0f tok/s), %d rounds, accepted %d/%d drafted (%.0f%%), %.2f tokens per round\n",
+			fmt.Printf("    %d tokens in %s (%.1f tok/s), %d rounds, accepted %d/%d drafted (%.0f%%), %.2f tokens per round\n",
 				len(res.Tokens), el.Round(time.Millisecond), float64(len(res.Tokens))/el.Seconds(), st.Rounds, st.Accepted, st.Drafted,
 				100*st.AcceptanceRate, float64(len(res.Tokens))/float64(max(st.Rounds, 1)))
 		} else {
-			fmt.Printf("    %d tokens in %s (%.0f tok/s)\n", len(res.Tokens), el.Round(time.Millisecond), float64(len(res.Tokens))/el.Seconds())
+			fmt.Printf("    %d tokens in %s (%.1f tok/s)\n", len(res.Tokens), el.Round(time.Millisecond), float64(len(res.Tokens))/el.Seconds())
 		}
 	}
 	return nil
-}
-
-// requantized returns a copy of src converted to typ in the user cache directory,
-// deriving it when missing or older than src.
-func requantized(src, typ string) (string, error) {
-	t, err := gguf.ParseType(typ)
-	if err != nil {
-		return "", fmt.Errorf("%s@%s: %w", src, typ, err)
-	}
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		dir = os.TempDir()
-	}
-	dir = filepath.Join(dir, "sled", "models")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	base := strings.TrimSuffix(filepath.Base(src), filepath.Ext(src))
-	dst := filepath.Join(dir, base+"-"+strings.ToLower(t.String())+".gguf")
-	si, err := os.Stat(src)
-	if err != nil {
-		return "", err
-	}
-	if di, err := os.Stat(dst); err == nil && !di.ModTime().Before(si.ModTime()) {
-		return dst, nil
-	}
-	if _, err := gguf.Derive(src, dst, gguf.DeriveOptions{Type: &t}); err != nil {
-		return "", fmt.Errorf("requantize %s to %s: %w", src, t, err)
-	}
-	return dst, nil
 }

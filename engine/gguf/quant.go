@@ -65,6 +65,10 @@ func f16ToF32(h uint16) float32 {
 	return math.Float32frombits(sign | (exp+112)<<23 | mant<<13)
 }
 
+// Decodable reports whether Derive can read tensors of type t (and so convert
+// them to another type).
+func Decodable(t Type) bool { return decodable(t) }
+
 // decodable reports whether decodeRow can read rows of t.
 func decodable(t Type) bool {
 	switch t {
