@@ -62,7 +62,11 @@ func (t Table) Markdown(w io.Writer) {
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "## sled bench %s (%s)\n", r.Experiment, r.Machine)
 	if r.Target != "" {
-		fmt.Fprintf(w, "\ntarget %s; acceptance from %s", r.Target, r.Pair)
+		label := "acceptance from"
+		if r.Experiment == "lossless" {
+			label = "drafts"
+		}
+		fmt.Fprintf(w, "\ntarget %s; %s %s", r.Target, label, r.Pair)
 		if a := r.Acceptance; a != nil {
 			fmt.Fprintf(w, " (θ=%.2g, max %d: mean draft %.2f, accepted %.2f, rate %.2f)", a.Threshold, a.MaxLen, a.MeanLen, a.MeanAccepted, a.Rate)
 		}
@@ -76,6 +80,9 @@ func (r *Report) Print(w io.Writer) {
 		fmt.Fprintln(w, "  -", s)
 	}
 	fmt.Fprintln(w, "modelled:")
+	if len(r.Modelled) == 0 {
+		fmt.Fprintln(w, "  - nothing")
+	}
 	for _, s := range r.Modelled {
 		fmt.Fprintln(w, "  -", s)
 	}

@@ -14,7 +14,11 @@ import (
 	"github.com/sled-project/sled/drafter"
 )
 
-func init() { rootCmd.AddCommand(benchCmd()) }
+func init() {
+	b := benchCmd()
+	b.AddCommand(losslessCmd())
+	rootCmd.AddCommand(b)
+}
 
 // benchCmd is `sled bench <experiment>`: the paper's measurements on this machine.
 func benchCmd() *cobra.Command {
