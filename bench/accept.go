@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
@@ -24,6 +25,33 @@ type Acceptance struct {
 	Target string  `json:"target"`
 	Draft  string  `json:"draft"`
 	Traces []Trace `json:"traces"`
+	// Kinds label the traces' prompts ("code", "prose"), one per trace, when known.
+	Kinds []string `json:"kinds,omitempty"`
+}
+
+// KindNames lists the distinct prompt kinds, in order of first appearance.
+func (a *Acceptance) KindNames() []string {
+	var out []string
+	for _, k := range a.Kinds {
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// SummaryOf is Summary over the traces of one prompt kind ("" : all of them).
+func (a *Acceptance) SummaryOf(kind string, pol drafter.DraftPolicy) AcceptanceSummary {
+	if kind == "" || len(a.Kinds) != len(a.Traces) {
+		return a.Summary(pol)
+	}
+	sub := &Acceptance{Target: a.Target, Draft: a.Draft}
+	for i, t := range a.Traces {
+		if a.Kinds[i] == kind {
+			sub.Traces = append(sub.Traces, t)
+		}
+	}
+	return sub.Summary(pol)
 }
 
 // Round is one planned verification round: the device drafts Len tokens and the
@@ -135,7 +163,7 @@ func (a *Acceptance) Summary(pol drafter.DraftPolicy) AcceptanceSummary {
 }
 
 // MeasureAcceptance measures a draft/target pair: the target's greedy continuation
-// of n tokens for every prompt, then, in one forward pass of the draft over
+// of n tokens for every prompt (one trace per prompt, in order), then, in one forward pass of the draft over
 // prompt+continuation, the draft's greedy choice and confidence at every position.
 func MeasureAcceptance(ctx context.Context, target, draft *engine.Model, prompts [][]engine.Token, n, threads int) (*Acceptance, error) {
 	if err := target.CheckCompatible(draft); err != nil {
@@ -158,6 +186,7 @@ func MeasureAcceptance(ctx context.Context, target, draft *engine.Model, prompts
 	for i, p := range prompts {
 		c := conts[i]
 		if len(c) == 0 {
+			a.Traces = append(a.Traces, Trace{}) // keeps traces aligned with prompts
 			continue
 		}
 		if err := ectx.Clear(0); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/modelcache"
 )
 
 // TestCapacityQuick runs `sled bench capacity --quick` end to end (real batcher,
@@ -20,7 +21,7 @@ func TestCapacityQuick(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	r, err := Run(ctx, "capacity", Options{Quick: true, ModelDir: testmodels.Dir(), MaxDevices: 32})
+	r, err := Run(ctx, "capacity", Options{Quick: true, Pair: modelcache.PairTiny, ModelDir: testmodels.Dir(), MaxDevices: 32})
 	if err != nil {
 		t.Fatal(err)
 	}

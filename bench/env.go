@@ -39,6 +39,11 @@ type EnvConfig struct {
 	AcceptTarget, AcceptDraft string
 	// Prompts default to DefaultPrompts.
 	Prompts []string
+	// Kinds label Prompts ("code", "prose"), for acceptance reported by kind.
+	// Optional; when set, one per prompt.
+	Kinds []string
+	// Chat formats every prompt as a user's turn with the target's chat template.
+	Chat bool
 	// ContinuationLen is the length of the target's greedy continuation of each
 	// prompt: the most tokens one simulated session generates. Default 128.
 	ContinuationLen int
@@ -82,7 +87,10 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (*Env, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	acc, err := measurePair(ctx, cfg.AcceptTarget, cfg.AcceptDraft, cfg.Prompts, cfg.AcceptanceLen, cfg.Threads)
+	if len(cfg.Kinds) != 0 && len(cfg.Kinds) != len(cfg.Prompts) {
+		return nil, fmt.Errorf("bench: %d kinds for %d prompts", len(cfg.Kinds), len(cfg.Prompts))
+	}
+	acc, err := measurePair(ctx, cfg.AcceptTarget, cfg.AcceptDraft, cfg.Prompts, cfg.Chat, cfg.AcceptanceLen, cfg.Threads)
 	if err != nil {
 		return nil, err
 	}
@@ -90,8 +98,9 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
+	acc.Kinds = cfg.Kinds
 	e := &Env{Cfg: cfg, Target: t, Acceptance: acc}
-	if e.Prompts, err = tokenize(t, cfg.Prompts); err != nil {
+	if e.Prompts, err = tokenize(t, cfg.Prompts, cfg.Chat); err != nil {
 		t.Close()
 		return nil, err
 	}
@@ -144,10 +153,10 @@ func cachedContinuations(ctx context.Context, m *engine.Model, path string, prom
 	return conts, nil
 }
 
-func tokenize(m *engine.Model, texts []string) ([][]engine.Token, error) {
+func tokenize(m *engine.Model, texts []string, chat bool) ([][]engine.Token, error) {
 	out := make([][]engine.Token, len(texts))
 	for i, s := range texts {
-		t, err := m.Tokenize(s, true)
+		t, err := promptTokens(m, s, chat)
 		if err != nil {
 			return nil, fmt.Errorf("bench: tokenize prompt %d: %w", i, err)
 		}
@@ -156,7 +165,7 @@ func tokenize(m *engine.Model, texts []string) ([][]engine.Token, error) {
 	return out, nil
 }
 
-func measurePair(ctx context.Context, targetPath, draftPath string, prompts []string, n, threads int) (*Acceptance, error) {
+func measurePair(ctx context.Context, targetPath, draftPath string, prompts []string, chat bool, n, threads int) (*Acceptance, error) {
 	t, err := engine.LoadModel(targetPath, engine.ModelOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -167,7 +176,7 @@ func measurePair(ctx context.Context, targetPath, draftPath string, prompts []st
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	defer d.Close()
-	ps, err := tokenize(t, prompts)
+	ps, err := tokenize(t, prompts, chat)
 	if err != nil {
 		return nil, err
 	}

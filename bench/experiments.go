@@ -7,10 +7,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/modelcache"
+	"github.com/sled-project/sled/services"
 )
 
 // Options configure every experiment. Zero fields take the documented defaults;
@@ -20,11 +23,20 @@ type Options struct {
 	Quick bool
 	// ModelDir holds the shared models (stories260k*.gguf). Default $SLED_MODEL_DIR.
 	ModelDir string
-	// Shape and Type select the synthetic target (gguf.Synth). Defaults
-	// "smollm-135m" and "F16".
+	// Pair selects the target and the acceptance source. modelcache.PairQwen: the
+	// real Qwen2.5-Coder 1.5B verifies, and the drafts follow the 0.5B's acceptance
+	// measured on it (chat prompts, code and prose); device profiles are rescaled
+	// for the 0.5B. modelcache.PairTiny: a synthetic target of Shape and Type, with
+	// the acceptance of Draft against stories260k.gguf. Default: qwen when both of
+	// its models are in the model cache (`make models`), else tiny.
+	Pair string
+	// Shape and Type select the synthetic target (gguf.Synth) of the tiny pair.
+	// Defaults "smollm-135m" and "F16". With the qwen pair, Type requantizes the
+	// target (default: as fetched, Q4_K_M).
 	Shape, Type string
 	// Draft is the draft model file (in ModelDir) whose agreement with
-	// stories260k.gguf drives the drafts. Default "stories260k-draft-4L.gguf".
+	// stories260k.gguf drives the drafts of the tiny pair. Default
+	// "stories260k-draft-4L.gguf".
 	Draft string
 	// Profiles are the device profiles (names of Profiles()). Default "rpi4b"
 	// ("rpi5" with Quick); capacity runs every built-in profile unless Quick.
@@ -40,7 +52,9 @@ type Options struct {
 	// batcher's own 1ms default, batches under load stay near one draft (the
 	// batcher does not see the verifier is busy) and the server saturates.
 	Batch batcher.Policy
-	// Warmup and Duration of every trial. Defaults 1s and 4s (quick: 0.5s, 1.5s).
+	// Warmup and Duration of every trial. Defaults 1s and 4s (quick: 0.5s, 1.5s);
+	// with the qwen pair, whose passes take up to seconds here, 5s and 20s (quick:
+	// 2s, 8s).
 	Warmup, Duration time.Duration
 	// MaxDevices bounds the capacity search. Default 256 (quick 64).
 	MaxDevices int
@@ -67,11 +81,17 @@ func (o Options) withDefaults() Options {
 	if o.ModelDir == "" {
 		o.ModelDir = os.Getenv("SLED_MODEL_DIR")
 	}
+	if o.Pair == "" {
+		o.Pair = modelcache.PairTiny
+		if qwenCached() {
+			o.Pair = modelcache.PairQwen
+		}
+	}
 	if o.Shape == "" {
 		o.Shape = "smollm-135m"
 	}
 	if o.Type == "" {
-		o.Type = "F16"
+		o.Type = map[bool]string{true: "Q4_K_M", false: "F16"}[o.qwen()]
 	}
 	if o.Draft == "" {
 		o.Draft = "stories260k-draft-4L.gguf"
@@ -93,9 +113,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Warmup <= 0 {
 		o.Warmup = map[bool]time.Duration{false: time.Second, true: 500 * time.Millisecond}[o.Quick]
+		if o.qwen() {
+			o.Warmup = map[bool]time.Duration{false: 5 * time.Second, true: 2 * time.Second}[o.Quick]
+		}
 	}
 	if o.Duration <= 0 {
 		o.Duration = map[bool]time.Duration{false: 4 * time.Second, true: 1500 * time.Millisecond}[o.Quick]
+		if o.qwen() {
+			o.Duration = map[bool]time.Duration{false: 20 * time.Second, true: 8 * time.Second}[o.Quick]
+		}
 	}
 	if o.MaxDevices <= 0 {
 		o.MaxDevices = map[bool]int{false: 256, true: 64}[o.Quick]
@@ -109,12 +135,50 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// targetName names the target for titles.
+func (o Options) targetName() string {
+	if o.qwen() {
+		return "qwen2.5-coder-1.5b"
+	}
+	return o.Shape
+}
+
+// qwen reports whether the experiments run on the real pair.
+func (o Options) qwen() bool { return o.Pair == modelcache.PairQwen }
+
+// qwenCached reports whether both models of the qwen pair are in the model cache.
+func qwenCached() bool {
+	for _, n := range []string{modelcache.QwenTarget, modelcache.QwenDraft} {
+		m, _ := modelcache.Lookup(n)
+		if ok, _ := modelcache.Open("").Verified(m); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// qwenPrompts are the real pair's prompts (chat user turns, code and prose).
+func qwenPrompts(quick bool) (texts, kinds []string) {
+	ps := DefaultLosslessPrompts()
+	if quick {
+		ps = []Prompt{ps[0], ps[1], ps[4], ps[5]}
+	}
+	for _, p := range ps {
+		texts, kinds = append(texts, p.Text), append(kinds, p.Kind)
+	}
+	return texts, kinds
+}
+
 func (o Options) profiles() ([]Profile, error) {
 	var out []Profile
 	for _, n := range o.Profiles {
 		p, err := LookupProfile(n)
 		if err != nil {
 			return nil, err
+		}
+		if o.qwen() {
+			m, _ := modelcache.Lookup(modelcache.QwenDraft)
+			p = p.ForDraft("qwen2.5-coder-0.5b-instruct Q4_K_M", m.Size)
 		}
 		if o.ProfileRate > 0 {
 			p.TokensPerSec = o.ProfileRate
@@ -126,7 +190,11 @@ func (o Options) profiles() ([]Profile, error) {
 }
 
 func (o Options) trial(devices int, p Profile) Trial {
-	return Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	if o.qwen() {
+		t.Timeout = time.Minute // a loaded 1.5B pass takes seconds on a small CPU
+	}
+	return t
 }
 
 // Experiments lists the experiment names Run knows.
@@ -154,6 +222,30 @@ func Run(ctx context.Context, name string, o Options) (*Report, error) {
 
 // env builds the environment for target type typ.
 func (o Options) env(ctx context.Context, typ string) (*Env, error) {
+	if o.qwen() {
+		find := services.FindOptions{Dir: o.ModelDir}
+		target, err := services.FindModel(ctx, modelcache.QwenTarget, find)
+		if err != nil {
+			return nil, err
+		}
+		draft, err := services.FindModel(ctx, modelcache.QwenDraft, find)
+		if err != nil {
+			return nil, err
+		}
+		accTarget := target
+		if typ != "" && !strings.EqualFold(typ, "Q4_K_M") {
+			if target, err = services.Requantized(target, typ, modelcache.DefaultDir()); err != nil {
+				return nil, err
+			}
+		}
+		texts, kinds := qwenPrompts(o.Quick)
+		cfg := EnvConfig{Target: target, AcceptTarget: accTarget, AcceptDraft: draft, Threads: o.Threads, Logger: o.Logger,
+			Prompts: texts, Kinds: kinds, Chat: true}
+		if o.Quick {
+			cfg.ContinuationLen, cfg.AcceptanceLen = 64, 64
+		}
+		return NewEnv(ctx, cfg)
+	}
 	if o.ModelDir == "" {
 		return nil, errors.New("bench: no model directory: set SLED_MODEL_DIR or --models")
 	}
@@ -176,13 +268,30 @@ func (o Options) report(name string, e *Env) *Report {
 		r.Pair = e.Acceptance.Draft + " → " + e.Acceptance.Target
 		s := e.Acceptance.Summary(o.Policy)
 		r.Acceptance = &s
+		what := "the synthetic-shape target"
+		if o.qwen() {
+			what = "the real target"
+		}
 		r.Measured = []string{
-			"server: real batcher + verifier over embedded NATS JetStream (file storage), llama.cpp forward passes of the synthetic-shape target on this CPU",
+			"server: real batcher + verifier over embedded NATS JetStream (file storage), llama.cpp forward passes of " + what + " on this CPU",
 			"centralized baseline: real centralized.Server (continuous batching) on the same engine and target",
 			"acceptance: draft/target agreement of the real pair " + r.Pair + " along the target's greedy continuations",
 		}
 		r.Modelled = []string{
-			"devices: Poisson sources of draft tokens at the profile's rate (no draft model runs); drafts are built from the synthetic target's own greedy continuation so the verifier accepts what the measured acceptance distribution says (verdicts checked: see mismatches)",
+			"devices: Poisson sources of draft tokens at the profile's rate (no draft model runs); drafts are built from the target's own greedy continuation so the verifier accepts what the measured acceptance distribution says (verdicts checked: see mismatches)",
+		}
+		if kinds := e.Acceptance.KindNames(); len(kinds) > 1 {
+			t := Table{Title: "Acceptance of " + r.Pair + " by prompt kind (drafting policy of this run)",
+				Header: []string{"prompts", "mean draft", "accepted/round", "acceptance rate"}}
+			for _, k := range append(kinds, "") {
+				s := e.Acceptance.SummaryOf(k, o.Policy)
+				name := k
+				if k == "" {
+					name = "all"
+				}
+				t.Rows = append(t.Rows, []string{name, f2(s.MeanLen), f2(s.MeanAccepted), f2(s.Rate)})
+			}
+			r.Tables = append(r.Tables, t)
 		}
 	}
 	return r

@@ -8,6 +8,8 @@ import (
 
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/modelcache"
+	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -188,8 +190,11 @@ func runCost(ctx context.Context, o Options) (*Report, error) {
 	p := ps[0]
 	types := []string{"F16", "Q8_0", "Q4_0"}
 	fleets := []int{4, 8, 16}
+	if o.qwen() {
+		types = []string{"Q8_0", "Q4_K_M", "Q4_0"}
+	}
 	if o.Quick {
-		types, fleets = []string{"F16", "Q4_0"}, []int{4}
+		types, fleets = []string{types[0], types[len(types)-1]}, []int{4}
 	}
 	cm := CostModel{}.WithDefaults()
 	res := &CostResult{Model: cm}
@@ -226,7 +231,7 @@ func runCost(ctx context.Context, o Options) (*Report, error) {
 	}
 	MarkPareto(res.Points)
 	r.Result = res
-	r.Target = fmt.Sprintf("%s at %v", o.Shape, types)
+	r.Target = fmt.Sprintf("%s at %v", o.targetName(), types)
 	r.Modelled = append(r.Modelled, fmt.Sprintf("cost: device %s at $%.0f over %.0f years at %.0f%% utilization + %.1f W at $%.3f/kWh = $%.4f/h per device; server $%.2f/h (2-vCPU cloud instance); centralized clients cost nothing (as in the paper)",
 		p.Name, p.PriceUSD, cm.LifetimeYears, cm.Utilization*100, p.PowerW, cm.EnergyUSDPerKWh, cm.DeviceUSDPerHour(p), cm.ServerUSDPerHour))
 	t := Table{Title: "Cost per 1K tokens vs throughput (Pareto points marked *)", Header: []string{"system, target, devices", "tokens/s", "$ / 1K tokens", "Pareto"}}
@@ -239,7 +244,7 @@ func runCost(ctx context.Context, o Options) (*Report, error) {
 	}
 	r.Tables = append(r.Tables, t, trialsTable(res.Trials))
 	err = o.plot(r, func(dir string) ([]string, error) {
-		p, err := scatterPlot(dir, "cost", "Cost vs throughput ("+o.Shape+")", "tokens/s, whole system", "$ per 1K tokens", res.Points)
+		p, err := scatterPlot(dir, "cost", "Cost vs throughput ("+o.targetName()+")", "tokens/s, whole system", "$ per 1K tokens", res.Points)
 		return []string{p}, err
 	})
 	return r, err
@@ -318,6 +323,13 @@ func runDevice(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	models := []string{filepath.Join(o.ModelDir, o.Draft), smol}
+	if o.qwen() {
+		draft, err := services.FindModel(ctx, modelcache.QwenDraft, services.FindOptions{Dir: o.ModelDir})
+		if err != nil {
+			return nil, err
+		}
+		models = append(models, draft)
+	}
 	n := 128
 	if o.Quick {
 		n = 32

@@ -28,6 +28,14 @@ type Config struct {
 	// BatchTokens bounds the tokens of one forward pass (prompt prefill is split
 	// to fit). Default 512.
 	BatchTokens int
+	// UnifiedKV keeps every request in one KV cache instead of a stream per slot.
+	// Default off: this server's passes are one token per decoding request, the
+	// shape a stream per slot serves in one micro-batch (gaps padded, see
+	// engine.ContextOptions.PassTokens), while in one cache that many requests
+	// come and go in, every token's attention scans every cell in use (measured on
+	// the smollm-135m shape, 16 requests restarting every 64 tokens: 36-38 ms per
+	// step with streams, 42-47 ms unified).
+	UnifiedKV bool
 	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
 }
@@ -72,6 +80,7 @@ func New(target *engine.Model, cfg Config) (*Server, error) {
 	cfg.BatchTokens = max(cfg.BatchTokens, cfg.Slots+1)
 	ectx, err := target.NewContext(engine.ContextOptions{
 		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
+		SeparateKV: !cfg.UnifiedKV,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("centralized: %w", err)

@@ -28,7 +28,7 @@ var (
 
 // smollm writes a smollm-135m-shaped model with random F16 weights and the test
 // vocabulary, once per process.
-func smollm(b *testing.B) string {
+func smollm(b testing.TB) string {
 	synthOnce.Do(func() {
 		shape, err := gguf.LookupShape("smollm-135m")
 		if err != nil {
@@ -57,7 +57,7 @@ func smollm(b *testing.B) string {
 	return synthPath
 }
 
-func benchModel(b *testing.B, which string) *Model {
+func benchModel(b testing.TB, which string) *Model {
 	if which == "stories260k" {
 		return load(b, testmodels.Target)
 	}
@@ -269,5 +269,24 @@ func BenchmarkPassHistoryQwen(b *testing.B) {
 				runPassBench(b, m, passBench{Seqs: 16, Per: 5, History: hist, Opts: l.opts})
 			})
 		}
+	}
+}
+
+// BenchmarkDecodeQwen is the engine on the real 1.5B target (Q4_K_M): one
+// sequence a token at a time, 16 sequences a token each (a centralized server's
+// step), and 16 x 5 (a verifier's pass), each on a 32-token history.
+//
+//	go test -run '^$' -bench DecodeQwen -benchtime 10x ./engine/
+func BenchmarkDecodeQwen(b *testing.B) {
+	p := testmodels.Real(b, testmodels.QwenTarget)
+	m, err := LoadModel(p, ModelOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	for _, s := range [][2]int{{1, 1}, {16, 1}, {16, 5}} {
+		b.Run(fmt.Sprintf("%dx%d", s[0], s[1]), func(b *testing.B) {
+			runPassBench(b, m, passBench{Seqs: s[0], Per: s[1], History: 32})
+		})
 	}
 }

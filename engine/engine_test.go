@@ -218,35 +218,54 @@ func TestMultiSequenceDecodeMatchesSingle(t *testing.T) {
 			alone[i] = append(alone[i], append([]float32(nil), r...))
 		}
 	}
-	// Together: one ragged, interleaved decode over all prompts.
-	c := newCtx(t, m, ContextOptions{Slots: len(prompts)})
-	var es []Entry
-	longest := 0
-	for _, p := range prompts {
-		longest = max(longest, len(p))
-	}
-	for j := range longest {
-		for i, p := range prompts {
-			if j < len(p) {
-				es = append(es, Entry{Seq: i, Pos: j, Token: p[j], Logits: true})
+	// Together: ragged, interleaved decodes over all prompts, in two passes (the
+	// second continues the first), in a unified cache and in a stream per slot
+	// with the prompts in slots with gaps between them (which Decode may pad).
+	for _, layout := range []struct {
+		name  string
+		opts  ContextOptions
+		slots []int
+	}{
+		{"unified", ContextOptions{Slots: len(prompts)}, []int{0, 1, 2, 3}},
+		{"separate", ContextOptions{Slots: 7, SeparateKV: true}, []int{0, 2, 3, 6}},
+		{"separate, always padding", ContextOptions{Slots: 7, SeparateKV: true, PassTokens: 1000}, []int{1, 2, 4, 5}},
+	} {
+		t.Run(layout.name, func(t *testing.T) {
+			c := newCtx(t, m, layout.opts)
+			worst := 0.0
+			for _, part := range [][2]int{{0, 3}, {3, 1 << 20}} {
+				var es []Entry
+				var who []int
+				for j := part[0]; j < part[1]; j++ {
+					for i, p := range prompts {
+						if j < len(p) {
+							es = append(es, Entry{Seq: layout.slots[i], Pos: j, Token: p[j], Logits: true})
+							who = append(who, i)
+						}
+					}
+				}
+				rows, err := c.Decode(ctx, es)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for k, e := range es {
+					d := maxDiff(rows[k], alone[who[k]][e.Pos])
+					worst = math.Max(worst, d)
+					if Argmax(rows[k]) != Argmax(alone[who[k]][e.Pos]) {
+						t.Errorf("prompt %d pos %d: argmax differs", who[k], e.Pos)
+					}
+				}
 			}
-		}
-	}
-	rows, err := c.Decode(ctx, es)
-	if err != nil {
-		t.Fatal(err)
-	}
-	worst := 0.0
-	for k, e := range es {
-		d := maxDiff(rows[k], alone[e.Seq][e.Pos])
-		worst = math.Max(worst, d)
-		if Argmax(rows[k]) != Argmax(alone[e.Seq][e.Pos]) {
-			t.Errorf("seq %d pos %d: argmax differs", e.Seq, e.Pos)
-		}
-	}
-	t.Logf("max |logit difference| batched vs alone: %.2e (tolerance %.0e)", worst, batchTolerance)
-	if worst > batchTolerance {
-		t.Fatalf("batched logits differ from single by %.2e", worst)
+			for i, p := range prompts {
+				if got := c.Len(layout.slots[i]); got != len(p) {
+					t.Errorf("slot %d holds %d positions, want %d (padding left behind?)", layout.slots[i], got, len(p))
+				}
+			}
+			t.Logf("max |logit difference| batched vs alone: %.2e (tolerance %.0e)", worst, batchTolerance)
+			if worst > batchTolerance {
+				t.Fatalf("batched logits differ from single by %.2e", worst)
+			}
+		})
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 
 func init() {
 	b := benchCmd()
-	b.AddCommand(losslessCmd())
+	b.AddCommand(losslessCmd(), loadCmd())
 	rootCmd.AddCommand(b)
 }
 
@@ -81,9 +81,10 @@ func benchCmd() *cobra.Command {
 	f.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
 	f.StringVar(&o.PlotDir, "plot", "", "write PNG plots into this directory")
 	f.StringVar(&o.ModelDir, "models", "", "directory of the shared models (default $SLED_MODEL_DIR)")
-	f.StringVar(&o.Shape, "shape", "smollm-135m", "synthetic target shape (see `sled model shapes`)")
-	f.StringVar(&o.Type, "type", "F16", "synthetic target weight type: F16, Q8_0 or Q4_0")
-	f.StringVar(&o.Draft, "draft", "stories260k-draft-4L.gguf", "draft model (in --models) whose agreement with stories260k.gguf drives the drafts")
+	f.StringVar(&o.Pair, "pair", "", "qwen (the real 1.5B target, acceptance of the 0.5B on it) or tiny (a synthetic --shape target, acceptance of the stories pair); default qwen when `make models` has fetched it")
+	f.StringVar(&o.Shape, "shape", "smollm-135m", "tiny pair: synthetic target shape (see `sled model shapes`)")
+	f.StringVar(&o.Type, "type", "", "target weight type: tiny pair F16 (default), Q8_0 or Q4_0; qwen pair Q4_K_M (default, as fetched), Q8_0, Q4_0, ...")
+	f.StringVar(&o.Draft, "draft", "stories260k-draft-4L.gguf", "tiny pair: draft model (in --models) whose agreement with stories260k.gguf drives the drafts")
 	f.StringVar(&profiles, "profile", "", "device profiles, comma-separated (default rpi4b; capacity: all)")
 	f.Float64Var(&o.ProfileRate, "profile-rate", 0, "override the profiles' draft tokens/s")
 	f.Float64Var(&o.Required, "rate", 5, "tokens/s every device must get (capacity)")
