@@ -169,9 +169,19 @@ func qwenPrompts(quick bool) (texts, kinds []string) {
 	return texts, kinds
 }
 
+// profiles returns the run's device profiles: o.Profiles, or every built-in one
+// where the experiment runs all of them (allProfiles), rescaled for the qwen
+// pair's draft.
 func (o Options) profiles() ([]Profile, error) {
+	names := o.Profiles
+	if o.allProfiles {
+		names = nil
+		for _, p := range Profiles() {
+			names = append(names, p.Name)
+		}
+	}
 	var out []Profile
-	for _, n := range o.Profiles {
+	for _, n := range names {
 		p, err := LookupProfile(n)
 		if err != nil {
 			return nil, err
@@ -353,9 +363,6 @@ func runCapacity(ctx context.Context, o Options) (*Report, error) {
 	ps, err := o.profiles()
 	if err != nil {
 		return nil, err
-	}
-	if o.allProfiles {
-		ps = Profiles()
 	}
 	e, err := o.env(ctx, o.Type)
 	if err != nil {

@@ -169,3 +169,37 @@ func TestSearchMax(t *testing.T) {
 		}
 	}
 }
+
+// Every built-in profile, not just the default one, is rescaled for the qwen
+// pair's draft when an experiment runs them all: the capacity table once used
+// the tiny models' device rates on the real pair.
+func TestProfilesAllRescaledForQwen(t *testing.T) {
+	o := Options{Pair: "qwen", Shape: "smollm-135m", Type: "Q4_K_M"}.withDefaults()
+	if !o.allProfiles {
+		t.Fatal("allProfiles not set by default outside Quick")
+	}
+	ps, err := o.profiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != len(Profiles()) {
+		t.Fatalf("%d profiles, want all %d", len(ps), len(Profiles()))
+	}
+	for i, p := range ps {
+		base := Profiles()[i]
+		if base.BandwidthGBs > 0 && (p.TokensPerSec >= base.TokensPerSec || p.DraftModel == base.DraftModel) {
+			t.Errorf("profile %s: %.1f tok/s (draft %q), want rescaled below %.1f for the 0.5B draft",
+				p.Name, p.TokensPerSec, p.DraftModel, base.TokensPerSec)
+		}
+	}
+	o = Options{Pair: "tiny", Shape: "smollm-135m"}.withDefaults()
+	ps, err = o.profiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range ps {
+		if p.TokensPerSec != Profiles()[i].TokensPerSec {
+			t.Errorf("tiny pair: profile %s rescaled to %.1f tok/s", p.Name, p.TokensPerSec)
+		}
+	}
+}

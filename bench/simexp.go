@@ -137,9 +137,6 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.allProfiles {
-		ps = Profiles()
-	}
 	e, err := o.env(ctx, o.Type)
 	if err != nil {
 		return nil, err
