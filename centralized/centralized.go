@@ -38,6 +38,14 @@ type Config struct {
 	UnifiedKV bool
 	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
+	// NoPromptCache turns off prompt caching. Default off, so the cache is on: a
+	// finished request's KV cells stay in its slot, a new request goes to the free
+	// slot whose cells share the longest prefix with its prompt, and only the rest
+	// of the prompt is evaluated (as llama-server's cache_prompt does; chat
+	// requests share at least their template's system turn). The reused cells were
+	// computed in other batches than a fresh prefill would be, so, as with any
+	// batch, a later token may differ from a cold run's at a logit near-tie.
+	NoPromptCache bool
 }
 
 // Server generates text with the target model alone. It implements
@@ -48,8 +56,9 @@ type Server struct {
 	ectx  *engine.Context
 	queue chan *request
 
-	mu    sync.Mutex
-	steps uint64 // forward passes so far
+	mu     sync.Mutex
+	steps  uint64 // forward passes so far
+	reused uint64 // prompt tokens served from the prompt cache
 }
 
 type request struct {
@@ -103,6 +112,23 @@ func (s *Server) Steps() uint64 {
 	return s.steps
 }
 
+// ReusedPromptTokens is the number of prompt tokens taken from the prompt cache
+// instead of being evaluated, over the server's life.
+func (s *Server) ReusedPromptTokens() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reused
+}
+
+// commonPrefix is the length of the longest common prefix of a and b.
+func commonPrefix(a, b []engine.Token) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
 // Generate implements textgen.Generator.
 func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
 	if err := textgen.Validate(s.model, req, s.cfg.SlotContext); err != nil {
@@ -145,13 +171,61 @@ func (s *Server) Run(ctx context.Context) error {
 	for i := s.cfg.Slots - 1; i >= 0; i-- {
 		free = append(free, i)
 	}
+	// cached[slot] lists the tokens whose KV cells a free slot still holds (the
+	// prompt cache); nil for a cleared slot or one in use.
+	cached := make([][]engine.Token, s.cfg.Slots)
+	lastUsed := make([]uint64, s.cfg.Slots) // pass count when the slot's request ended
 	finish := func(r *request, reason string, err error) {
 		r.final.Tokens = r.tokens
 		r.final.FinishReason = reason
 		r.err = err
-		_ = s.ectx.Clear(r.slot)
+		// Every prompt token fed and every generated token but the last is in
+		// the slot's cells; keep them for the next request unless told not to.
+		n := s.ectx.Len(r.slot)
+		if s.cfg.NoPromptCache || n == 0 {
+			_ = s.ectx.Clear(r.slot)
+		} else {
+			seq := append(append(make([]engine.Token, 0, len(r.req.Prompt)+len(r.tokens)), r.req.Prompt[:r.fed]...), r.tokens...)
+			cached[r.slot] = seq[:min(n, len(seq))]
+		}
+		lastUsed[r.slot] = s.Steps()
 		free = append(free, r.slot)
 		close(r.out)
+	}
+	// admit gives r the free slot sharing the longest prefix (two tokens or
+	// more: a BOS alone is no match) with its prompt, else the free slot used
+	// least recently, and drops the slot's cells past the shared prefix; at
+	// least the prompt's last token is evaluated again, for its logits.
+	admit := func(r *request) {
+		best, keep := -1, 1
+		for i, slot := range free {
+			n := commonPrefix(cached[slot], r.req.Prompt)
+			if n > keep || (n == keep && best >= 0 && lastUsed[slot] < lastUsed[free[best]]) {
+				best, keep = i, n
+			}
+		}
+		if best < 0 {
+			keep = 0
+			for i, slot := range free {
+				if best < 0 || lastUsed[slot] < lastUsed[free[best]] {
+					best = i
+				}
+			}
+		}
+		r.slot = free[best]
+		free = append(free[:best], free[best+1:]...)
+		keep = min(keep, len(r.req.Prompt)-1)
+		if err := s.ectx.Remove(r.slot, keep); err != nil {
+			keep = 0
+			_ = s.ectx.Clear(r.slot)
+		}
+		cached[r.slot] = nil
+		r.fed = keep
+		if keep > 0 {
+			s.mu.Lock()
+			s.reused += uint64(keep)
+			s.mu.Unlock()
+		}
 	}
 	defer func() {
 		for _, r := range active {
@@ -177,7 +251,7 @@ func (s *Server) Run(ctx context.Context) error {
 			if r == nil {
 				break
 			}
-			r.slot, free = free[len(free)-1], free[:len(free)-1]
+			admit(r)
 			active = append(active, r)
 		}
 		// One pass: a token for every decoding request, prompt chunks for the rest.
@@ -213,6 +287,9 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			for _, r := range active {
 				finish(r, "", fmt.Errorf("centralized: forward pass: %w", err))
+				// A failed pass leaves the slot's cells in doubt: forget them.
+				_ = s.ectx.Clear(r.slot)
+				cached[r.slot] = nil
 			}
 			active = active[:0]
 			continue

@@ -1,0 +1,146 @@
+package centralized
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/textgen"
+)
+
+func load(t *testing.T) *engine.Model {
+	t.Helper()
+	m, err := engine.LoadModel(testmodels.Path(t, testmodels.Target), engine.ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// serve runs a server on m until the test ends.
+func serve(t *testing.T, m *engine.Model, cfg Config) *Server {
+	t.Helper()
+	s, err := New(m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		s.Close()
+	})
+	return s
+}
+
+func generate(t *testing.T, s *Server, prompt []engine.Token, n int) []engine.Token {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := s.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: n}, func(textgen.Chunk) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Tokens
+}
+
+func tokenize(t *testing.T, m *engine.Model, text string) []engine.Token {
+	t.Helper()
+	toks, err := m.Tokenize(text, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return toks
+}
+
+// The prompt cache serves a repeated prompt, and a prompt that extends an
+// earlier one, from the cells the earlier request left, and the text is the one
+// a server without the cache generates.
+func TestPromptCache(t *testing.T) {
+	m := load(t)
+	base := tokenize(t, m, "Once upon a time, there was a little girl named Lily. She loved to play")
+	longer := tokenize(t, m, "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog")
+	other := tokenize(t, m, "The sun was hot and the big red ball rolled down the hill")
+	if commonPrefix(base, longer) < len(base)-1 {
+		t.Fatalf("test prompts: %v is not a prefix of %v", base, longer)
+	}
+
+	cold := serve(t, m, Config{Slots: 2, NoPromptCache: true})
+	want := map[string][]engine.Token{}
+	for name, p := range map[string][]engine.Token{"base": base, "longer": longer, "other": other} {
+		want[name] = generate(t, cold, p, 24)
+	}
+	if cold.ReusedPromptTokens() != 0 {
+		t.Fatalf("NoPromptCache: %d prompt tokens reused", cold.ReusedPromptTokens())
+	}
+
+	s := serve(t, m, Config{Slots: 2})
+	steps := []struct {
+		name   string
+		prompt []engine.Token
+		reuse  int // prompt tokens the cache must serve at least (more where the earlier text continued into this prompt)
+	}{
+		{"base", base, 0},
+		{"other", other, 0}, // shares only BOS with base: goes to the other slot
+		{"base", base, len(base) - 1},
+		{"longer", longer, commonPrefix(base, longer)},
+	}
+	before := uint64(0)
+	for _, st := range steps {
+		got := generate(t, s, st.prompt, 24)
+		if fmt.Sprint(got) != fmt.Sprint(want[st.name]) {
+			t.Errorf("%s: %v with the prompt cache, %v without", st.name, got, want[st.name])
+		}
+		reused := s.ReusedPromptTokens() - before
+		before = s.ReusedPromptTokens()
+		most := len(st.prompt) - 1
+		if st.reuse == 0 {
+			most = 0
+		}
+		if reused < uint64(st.reuse) || reused > uint64(most) {
+			t.Errorf("%s: %d prompt tokens reused, want %d", st.name, reused, st.reuse)
+		}
+	}
+}
+
+// Concurrent requests keep their own slots: a request admitted while another
+// decodes takes the cached slot only if it is free, and every text equals the
+// one it gets alone.
+func TestPromptCacheConcurrent(t *testing.T) {
+	m := load(t)
+	prompts := [][]engine.Token{
+		tokenize(t, m, "Once upon a time, there was a little girl named Lily."),
+		tokenize(t, m, "Once upon a time, there was a little boy named Tim."),
+		tokenize(t, m, "Once upon a time, there was a big dog."),
+	}
+	cold := serve(t, m, Config{Slots: 3, NoPromptCache: true})
+	var want [][]engine.Token
+	for _, p := range prompts {
+		want = append(want, generate(t, cold, p, 32))
+	}
+	s := serve(t, m, Config{Slots: 3})
+	for round := range 3 {
+		var wg sync.WaitGroup
+		got := make([][]engine.Token, len(prompts))
+		for i, p := range prompts {
+			wg.Add(1)
+			go func() { defer wg.Done(); got[i] = generate(t, s, p, 32) }()
+		}
+		wg.Wait()
+		for i := range prompts {
+			if fmt.Sprint(got[i]) != fmt.Sprint(want[i]) {
+				t.Errorf("round %d, prompt %d: %v concurrently with the cache, %v alone", round, i, got[i], want[i])
+			}
+		}
+	}
+	if s.ReusedPromptTokens() == 0 {
+		t.Error("no prompt tokens reused over three rounds of the same prompts")
+	}
+}
