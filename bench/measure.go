@@ -30,9 +30,10 @@ type Measurement struct {
 	MeanDraftLen float64 `json:"mean_draft_len,omitempty"`
 	MeanAccepted float64 `json:"mean_accepted,omitempty"`
 	MeanBatch    float64 `json:"mean_batch,omitempty"`
-	// Mismatches counts rounds whose verdict differed from the plan (a logit
-	// near-tie between the precomputed continuation and the verifier's batched
-	// pass); the session restarts after one.
+	// Mismatches counts divergences from the precomputed greedy continuation
+	// (a logit near-tie between it and the batched pass): for SLED, rounds whose
+	// verdict differed from the plan (the session restarts after one); for
+	// centralized, requests whose tokens diverged (counted once each).
 	Mismatches int `json:"mismatches"`
 	// Failures counts rounds without an ok result (timeouts, error statuses).
 	Failures int `json:"failures,omitempty"`
