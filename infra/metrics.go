@@ -77,6 +77,9 @@ type Metrics struct {
 	VerifierTokens metric.Int64Counter
 	// VerifierResyncs counts sessions rebuilt from a full prefix.
 	VerifierResyncs metric.Int64Counter
+	// PrefixReused counts prefix tokens of rebuilt sessions found already in
+	// their slot's cells (the verifier's prefix cache), not evaluated again.
+	PrefixReused metric.Int64Counter
 	// SlotsUsed is the number of KV sequence slots holding a session; Slots
 	// is how many there are.
 	SlotsUsed, Slots metric.Int64Gauge
@@ -159,6 +162,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mm.VerifierDrafts = c("sled.verifier.drafts", "{draft}", "Drafts verified, by result status.")
 	mm.VerifierTokens = c("sled.verifier.tokens", "{token}", "Draft tokens verified, by kind (drafted, accepted).")
 	mm.VerifierResyncs = c("sled.verifier.resyncs", "{session}", "Sessions rebuilt from a full prefix.")
+	mm.PrefixReused = c("sled.verifier.prefix.reused", "{token}", "Prefix tokens of rebuilt sessions already in their slot's cells, not evaluated again.")
 	mm.SlotsUsed = g("sled.slots.used", "{slot}", "KV sequence slots holding a session.")
 	mm.Slots = g("sled.slots.capacity", "{slot}", "KV sequence slots of the verifier.")
 	mm.SlotEvictions = c("sled.slots.evictions", "{session}", "Sessions evicted from a KV slot.")

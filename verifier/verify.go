@@ -39,6 +39,10 @@ const (
 type Stats struct {
 	Batches, Drafts, DraftTokens, Accepted uint64
 	Resyncs, Evictions, ForwardPasses      uint64
+	// ReusedPrefixTokens counts prefix tokens of new or resynced sessions that
+	// were already in their slot's cells (an earlier session's) and so were not
+	// evaluated again.
+	ReusedPrefixTokens uint64
 }
 
 // Verifier checks drafts against the target model: for each draft of a batch it
@@ -216,17 +220,17 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 		fail(r, events.StatusInvalid, "invalid", "empty prefix")
 		return nil
 	}
-	s, evicted := v.slots.assign(sessionKey(d), pinned)
+	s, _, keep := v.slots.assign(sessionKey(d), d.Prefix, pinned)
 	if s == nil {
 		fail(r, events.StatusOverloaded, ReasonNoSlot, fmt.Sprintf("all %d slots hold sessions of this batch", v.cfg.Slots))
 		return nil
 	}
-	if evicted != nil {
-		_ = v.ectx.Clear(evicted.slot)
-	}
-	s.kv = s.kv[:0]
-	j.s, j.base, j.resync = s, 0, true
-	j.feed = append(append(j.feed, d.Prefix...), d.Draft...)
+	// The slot's first keep cells already hold d.Prefix[:keep] (an earlier
+	// session's, see slotTable.assign); run drops the rest before the pass.
+	s.kv = append(s.kv[:0], d.Prefix[:keep]...)
+	v.stats.ReusedPrefixTokens += uint64(keep)
+	j.s, j.base, j.resync = s, keep, true
+	j.feed = append(append(j.feed, d.Prefix[keep:]...), d.Draft...)
 	return j
 }
 
@@ -355,11 +359,12 @@ func (v *Verifier) dropSession(s *session) {
 	v.slots.drop(s.id)
 }
 
-// Forget drops a device session's state (the device ended it).
+// Forget drops a device session's state (the device ended it). Its slot's cells
+// stay for a later session whose prefix starts the same way.
 func (v *Verifier) Forget(deviceID, sessionID string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if s := v.slots.get(deviceID + "/" + sessionID); s != nil {
-		v.dropSession(s)
+		v.slots.release(s.id)
 	}
 }

@@ -352,3 +352,70 @@ func mustVerify(t *testing.T, v *Verifier, ev events.DraftReady) events.VerifyRe
 	}
 	return res[0]
 }
+
+// A new session whose prefix starts like an earlier session's reuses that
+// session's cells (released by Forget, or evicted), and its verdicts are still
+// the target's own greedy continuation.
+func TestVerifyPrefixReuse(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 2, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	run := func(d *device, n int) {
+		t.Helper()
+		for round := 0; len(d.out()) < n; round++ {
+			ev := d.draft(round%4, round%2 == 0)
+			res, err := v.Verify(ctx, []events.DraftReady{ev})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.apply(ev, res[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mk := func(id, text string) (*device, int) {
+		p, _ := m.Tokenize(text, true)
+		return newDevice(m, id, p, reference(t, m, p, 40)), len(p)
+	}
+	a, _ := mk("a", "Once upon a time, there was a little girl named Lily. She")
+	run(a, 30)
+	v.Forget("a", a.session)
+
+	// b's prompt is a's prompt and a's first output tokens: all of it but its
+	// last token is in the cells a left.
+	b := newDevice(m, "b", append([]engine.Token(nil), a.committed[:a.promptLen+10]...), nil)
+	b.ref = reference(t, m, b.committed, 40)
+	before := v.Stats().ReusedPrefixTokens
+	run(b, 30)
+	if got, want := v.Stats().ReusedPrefixTokens-before, uint64(len(b.committed[:b.promptLen])-1); got != want {
+		t.Errorf("b reused %d prefix tokens, want %d", got, want)
+	}
+
+	// c fills the other slot; d, sharing a prefix with b, evicts b (least
+	// recently used) and reuses its cells up to where the prompts part.
+	c, _ := mk("c", "The big red dog ran to the park")
+	run(c, 10)
+	d, dn := mk("d", "Once upon a time, there was a little girl named Sue")
+	shared := 0
+	for shared < dn && d.committed[shared] == b.committed[shared] {
+		shared++
+	}
+	before = v.Stats().ReusedPrefixTokens
+	run(d, 30)
+	if got := v.Stats().ReusedPrefixTokens - before; got != uint64(shared) {
+		t.Errorf("d reused %d prefix tokens, want the %d it shares with the evicted b", got, shared)
+	}
+	if st := v.Stats(); st.Evictions != 1 {
+		t.Errorf("evictions %d, want 1", st.Evictions)
+	}
+	for _, x := range []*device{a, b, c, d} {
+		n := min(len(x.out()), len(x.ref))
+		if fmt.Sprint(x.out()[:n]) != fmt.Sprint(x.ref[:n]) {
+			t.Errorf("%s: output diverged from the target's greedy continuation", x.id)
+		}
+	}
+}

@@ -108,7 +108,7 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	}
 	ctx := context.Background()
 	w.m.Slots.Record(ctx, int64(v.Config().Slots), w.attrs)
-	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.SlotEvictions, w.m.VerifierSkipped} {
+	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.PrefixReused, w.m.SlotEvictions, w.m.VerifierSkipped} {
 		c.Add(ctx, 0, w.attrs) // the series exist before the first event
 	}
 	return w, nil
@@ -358,16 +358,20 @@ func (w *Worker) observeResult(ctx context.Context, d *events.DraftReady, r *eve
 }
 
 // observeBatch exports the verifier's slot occupancy and the growth of its
-// resync and eviction counters.
+// resync, prefix-reuse and eviction counters.
 func (w *Worker) observeBatch(ctx context.Context) {
 	st := w.v.Stats()
 	w.m.SlotsUsed.Record(ctx, int64(w.v.Sessions()), w.attrs)
 	w.mu.Lock()
 	dr, de := st.Resyncs-w.seen.Resyncs, st.Evictions-w.seen.Evictions
+	dp := st.ReusedPrefixTokens - w.seen.ReusedPrefixTokens
 	w.seen = st
 	w.mu.Unlock()
 	if dr > 0 {
 		w.m.VerifierResyncs.Add(ctx, int64(dr), w.attrs)
+	}
+	if dp > 0 {
+		w.m.PrefixReused.Add(ctx, int64(dp), w.attrs)
 	}
 	if de > 0 {
 		w.m.SlotEvictions.Add(ctx, int64(de), w.attrs)
