@@ -202,9 +202,8 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 	}
 	g := &generation{
 		d: d, req: req, emit: emit, session: newSessionID(),
-		committed:  append([]engine.Token(nil), req.Prompt...),
-		results:    make(chan *events.VerifyResult, 64),
-		needPrefix: true,
+		st:      newRoundState(req.Prompt, req.MaxTokens, d.cfg.MaxContext, d.model.IsEOG),
+		results: make(chan *events.VerifyResult, 64),
 	}
 	d.wmu.Lock()
 	d.waiters[g.session] = g.results
@@ -215,7 +214,7 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 		d.wmu.Unlock()
 	}()
 	err := g.run(ctx)
-	res := textgen.Result{Tokens: g.committed[len(req.Prompt):], FinishReason: g.finish, Stats: g.stats}
+	res := textgen.Result{Tokens: g.st.output(), FinishReason: g.finish, Stats: g.stats}
 	if res.Stats.Drafted > 0 {
 		res.Stats.AcceptanceRate = float64(res.Stats.Accepted) / float64(res.Stats.Drafted)
 	}
@@ -226,7 +225,8 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 	return res, err
 }
 
-// generation is the state of one Generate call.
+// generation is one Generate call: the I/O, metrics and spans of its rounds
+// around st, which decides what each round's outcome changes.
 type generation struct {
 	d       *Device
 	req     textgen.Request
@@ -234,28 +234,16 @@ type generation struct {
 	session string
 	results chan *events.VerifyResult
 
-	committed  []engine.Token // prompt + output released so far
-	sent       int            // committed[:sent] is in the verifier's cache after the last verdict
-	pending    []engine.Token // drafts awaiting a verdict
-	probs      []float32      // draft probabilities of pending
-	round      uint64         // last round sent
-	needPrefix bool           // next round carries the full prefix
+	st *roundState
+	// ahead and aheadProbs are the tokens drafted while an ok round was in
+	// flight, for apply to hand to st.verdict.
+	ahead      []engine.Token
+	aheadProbs []float32
+	round      uint64 // last round sent
 	finish     string
 	stats      textgen.Stats
-	failures   int // consecutive failed rounds
 	lastOK     time.Time
-	// nextPending and nextProbs are drafted-ahead tokens that survive the verdict
-	// being applied (see reuseAhead).
-	nextPending []engine.Token
-	nextProbs   []float32
-	rt          round // the open round's trace
-}
-
-func (g *generation) out() int { return len(g.committed) - len(g.req.Prompt) }
-
-// room is how many more tokens the generation may produce.
-func (g *generation) room() int {
-	return min(g.req.MaxTokens-g.out(), g.d.cfg.MaxContext-len(g.committed))
+	rt         round // the open round's trace
 }
 
 func (g *generation) run(ctx context.Context) error {
@@ -270,7 +258,7 @@ func (g *generation) run(ctx context.Context) error {
 		}
 	}()
 	for {
-		if g.room() <= 0 {
+		if g.st.room() <= 0 {
 			g.finish = textgen.FinishLength
 			return nil
 		}
@@ -278,7 +266,7 @@ func (g *generation) run(ctx context.Context) error {
 		_, sp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.draft")
 		err := g.draft(ctx)
 		if sp.IsRecording() {
-			sp.SetAttributes(infra.AttrDrafted.Int(len(g.pending)))
+			sp.SetAttributes(infra.AttrDrafted.Int(len(g.st.pending)))
 		}
 		sp.End()
 		if err != nil {
@@ -300,26 +288,21 @@ func (g *generation) run(ctx context.Context) error {
 // draft extends pending (which may hold reused tokens drafted ahead) by the
 // dynamic drafting policy, within the generation's room.
 func (g *generation) draft(ctx context.Context) error {
-	limit := min(g.d.cfg.Draft.MaxLen, g.room()-1) // the verdict adds one token
-	if len(g.pending) > max(limit, 0) {
-		g.pending, g.probs = g.pending[:max(limit, 0)], g.probs[:max(limit, 0)]
-	}
+	st := g.st
+	limit := st.draftLimit(g.d.cfg.Draft.MaxLen)
 	ds := g.d.ds
-	if err := ds.sync(ctx, append(g.committed[:len(g.committed):len(g.committed)], g.pending...)); err != nil {
+	if err := ds.sync(ctx, append(st.committed[:len(st.committed):len(st.committed)], st.pending...)); err != nil {
 		return err
 	}
-	for len(g.pending) < limit {
-		if n := len(g.pending); n > 0 && g.d.model.IsEOG(g.pending[n-1]) {
-			break // nothing follows an end of sequence
-		}
+	for len(st.pending) < limit && !st.endsInEOG(nil) { // nothing follows an end of sequence
 		t, p := ds.peek()
-		if !g.d.cfg.Draft.Continue(len(g.pending), p) {
+		if !g.d.cfg.Draft.Continue(len(st.pending), p) {
 			break
 		}
 		if err := ds.push(ctx, t); err != nil {
 			return err
 		}
-		g.pending, g.probs = append(g.pending, t), append(g.probs, p)
+		st.addPending(t, p)
 	}
 	return nil
 }
@@ -328,24 +311,25 @@ func (g *generation) draft(ctx context.Context) error {
 func (g *generation) send(ctx context.Context) error {
 	g.beginRound(ctx)
 	g.round++
+	st := g.st
 	ev := &events.DraftReady{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Round: g.round, Pool: g.d.cfg.Pool,
-		PrefixLen: len(g.committed), PrefixHash: events.PrefixHash(g.committed),
-		Committed:        append([]int32{}, g.committed[g.sent:]...),
-		Draft:            append([]int32{}, g.pending...),
-		DraftProbs:       append([]float32{}, g.probs...),
+		PrefixLen: len(st.committed), PrefixHash: events.PrefixHash(st.committed),
+		Committed:        append([]int32{}, st.unsent()...),
+		Draft:            append([]int32{}, st.pending...),
+		DraftProbs:       append([]float32{}, st.probs...),
 		Sampling:         events.Sampling{Temperature: g.req.Temperature, Seed: g.req.Seed},
 		VocabFingerprint: g.d.model.Fingerprint(),
 		Deadline:         time.Now().Add(g.d.cfg.Retry.Timeout),
 	}
-	if g.needPrefix {
-		ev.Prefix = append([]int32(nil), g.committed...)
+	if st.needPrefix {
+		ev.Prefix = append([]int32(nil), st.committed...)
 	}
 	if g.req.Temperature > 0 {
 		// The device drafts greedily, so its draft distribution is a point mass on
 		// each draft token; telling the verifier so keeps speculative sampling
 		// exact (accept with p(x), resample from p without x on rejection).
-		for _, t := range g.pending {
+		for _, t := range st.pending {
 			ev.TopK = append(ev.TopK, events.TopK{IDs: []int32{t}, Probs: []float32{1}})
 		}
 	}
@@ -369,7 +353,7 @@ func (g *generation) send(ctx context.Context) error {
 	}
 	sp.End()
 	if g.rt.span.IsRecording() {
-		g.rt.span.SetAttributes(infra.AttrRound.Int64(int64(g.round)), infra.AttrDrafted.Int(len(g.pending)))
+		g.rt.span.SetAttributes(infra.AttrRound.Int64(int64(g.round)), infra.AttrDrafted.Int(len(st.pending)))
 	}
 	g.observeSent(ctx)
 	return err
@@ -411,16 +395,14 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 		case res != nil:
 			switch res.Status {
 			case events.StatusOK:
-				g.failures = 0
 				g.lastOK = time.Now()
-				g.reuseAhead(res, ahead, aheadProbs)
+				g.ahead, g.aheadProbs = ahead, aheadProbs
 				return res, nil // apply ends the round
 			case events.StatusUnknownSession, events.StatusPrefixMismatch:
 				g.endRound(OutcomeResync, res)
 				m.Resyncs.Add(ctx, 1, g.d.obs.dev)
-				g.needPrefix = true
 				g.stats.Resyncs++
-				g.pending, g.probs = mergeAhead(g.pending, g.probs, ahead, aheadProbs)
+				g.st.resync(ahead, aheadProbs)
 				ahead, aheadProbs = nil, nil
 				continue
 			case events.StatusInvalid:
@@ -436,35 +418,29 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 		}
 		g.endRound(outcome, res)
 		m.Retries.Add(ctx, 1, g.d.obs.dev)
-		g.failures++
 		g.stats.Retries++
-		if retry.Release(g.failures) {
+		st := g.st
+		if retry.Release(st.failed()) {
 			m.Fallbacks.Add(ctx, 1, g.d.obs.dev)
-			if len(g.pending) == 0 && len(ahead) == 0 {
+			if st.releaseNeedsToken(ahead) {
 				// Nothing drafted (the room left allows only the verdict's own
 				// token): the device supplies that token itself.
 				if err := g.draftOne(ctx); err != nil {
 					return nil, err
 				}
 			}
-			if done, err := g.release(); err != nil {
+			// The drafted-ahead tokens continue the released ones.
+			if done, err := g.release(ahead, aheadProbs); err != nil {
 				return nil, err
 			} else if done {
 				return nil, errDone
 			}
-			// The drafted-ahead tokens continue the released ones.
-			g.pending, g.probs = ahead, aheadProbs
-			ahead, aheadProbs = nil, nil
-			g.failures = 0
+			st.fit()
 		} else {
-			g.pending, g.probs = mergeAhead(g.pending, g.probs, ahead, aheadProbs)
-			ahead, aheadProbs = nil, nil
+			st.resend(ahead, aheadProbs)
 		}
-		limit := max(min(MaxDraftLen, g.room()-1), 0)
-		if len(g.pending) > limit {
-			g.pending, g.probs = g.pending[:limit], g.probs[:limit]
-		}
-		if g.room() <= 0 {
+		ahead, aheadProbs = nil, nil
+		if st.room() <= 0 {
 			g.finish = textgen.FinishLength
 			return nil, errDone
 		}
@@ -492,16 +468,8 @@ func (g *generation) wait(ctx context.Context, timer *time.Timer, failed bool, a
 	ds := g.d.ds
 	async := !g.d.cfg.NoAsync
 	for {
-		canAhead := async && len(*ahead) < g.d.cfg.Draft.MaxLen+1 && len(g.pending)+len(*ahead)+1 < g.room()
-		if canAhead && len(g.pending)+len(*ahead) > 0 {
-			last := g.pending
-			if len(*ahead) > 0 {
-				last = *ahead
-			}
-			if g.d.model.IsEOG(last[len(last)-1]) {
-				canAhead = false
-			}
-		}
+		canAhead := async && len(*ahead) < g.d.cfg.Draft.MaxLen+1 && len(g.st.pending)+len(*ahead)+1 < g.st.room() &&
+			!g.st.endsInEOG(*ahead)
 		if canAhead {
 			select {
 			case r := <-g.results:
@@ -537,83 +505,46 @@ func (g *generation) wait(ctx context.Context, timer *time.Timer, failed bool, a
 	}
 }
 
-// mergeAhead appends the tokens drafted ahead to the pending ones for a resend.
-func mergeAhead(p []engine.Token, pp []float32, a []engine.Token, ap []float32) ([]engine.Token, []float32) {
-	n := min(len(a), MaxDraftLen-len(p))
-	if n <= 0 {
-		return p, pp
-	}
-	return append(p, a[:n]...), append(pp, ap[:n]...)
-}
-
-// reuseAhead keeps the tokens drafted ahead when the verdict accepted every
-// pending token and its bonus token is the first of them: they are then drafts
-// that continue the new committed sequence, and the draft cache already holds them.
-func (g *generation) reuseAhead(res *events.VerifyResult, ahead []engine.Token, aheadProbs []float32) {
-	g.nextPending, g.nextProbs = nil, nil
-	if res.Accepted == len(g.pending) && len(ahead) > 0 && ahead[0] == res.Token {
-		g.nextPending = append([]engine.Token(nil), ahead[1:]...)
-		g.nextProbs = append([]float32(nil), aheadProbs[1:]...)
-	}
-}
-
 // apply folds an ok verdict into the generation and emits the new tokens. It
 // reports whether the generation is done.
 func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool, error) {
-	k := res.Accepted
-	if k < 0 || k > len(g.pending) {
-		return true, fmt.Errorf("%w: verdict accepts %d of %d draft tokens", ErrRejected, k, len(g.pending))
+	drafted := len(g.st.pending)
+	out, err := g.st.verdict(res.Accepted, res.Token, g.ahead, g.aheadProbs)
+	g.ahead, g.aheadProbs = nil, nil
+	if err != nil {
+		return true, err
 	}
-	g.observeVerdict(ctx, len(g.pending), k)
+	g.observeVerdict(ctx, drafted, res.Accepted)
 	defer g.endRound(OutcomeOK, res)
-	out := make([]engine.Token, 0, k+1)
-	out = append(append(out, g.pending[:k]...), res.Token)
 	g.stats.Rounds++
-	g.stats.Drafted += len(g.pending)
-	g.stats.Accepted += k
-	g.pending, g.probs = g.nextPending, g.nextProbs
-	g.needPrefix = false
+	g.stats.Drafted += drafted
+	g.stats.Accepted += res.Accepted
 	return g.commit(out, false, res.EOS)
 }
 
-// release commits the pending drafts unverified (fallback mode).
-func (g *generation) release() (bool, error) {
-	out := g.pending
-	g.pending, g.probs = nil, nil
+// release commits the pending drafts unverified (fallback mode); the tokens
+// drafted ahead become the next draft.
+func (g *generation) release(ahead []engine.Token, aheadProbs []float32) (bool, error) {
+	out := g.st.release(ahead, aheadProbs)
 	g.d.cfg.Logger.Warn("releasing unverified drafts", "session", g.session, "tokens", len(out))
 	return g.commit(out, true, false)
 }
 
-// commit appends out (cut at the first end-of-generation token and at the room
-// left) to the output, emits it, and reports whether the generation is done.
+// commit commits out (see roundState.commit), emits what was kept, and reports
+// whether the generation is done.
 func (g *generation) commit(out []engine.Token, unverified, eos bool) (bool, error) {
-	for i, t := range out {
-		if g.d.model.IsEOG(t) {
-			out, eos = out[:i+1], true
-			break
-		}
-	}
-	if r := g.room(); len(out) > r {
-		out = out[:max(r, 0)]
-	}
-	g.committed = append(g.committed, out...)
+	out, finish := g.st.commit(out, unverified, eos)
 	g.observeTokens(len(out), unverified)
 	if unverified {
 		g.stats.Unverified += len(out)
-	} else {
-		g.sent = len(g.committed) - 1
 	}
 	if len(out) > 0 {
 		if err := g.emit(textgen.Chunk{Tokens: append([]engine.Token(nil), out...), Unverified: unverified}); err != nil {
 			return true, err
 		}
 	}
-	switch {
-	case eos:
-		g.finish = textgen.FinishStop
-		return true, nil
-	case g.room() <= 0:
-		g.finish = textgen.FinishLength
+	if finish != "" {
+		g.finish = finish
 		return true, nil
 	}
 	return false, nil
@@ -623,13 +554,13 @@ func (g *generation) commit(out []engine.Token, unverified, eos bool) (bool, err
 // policy says: fallback's stand-in for the target's next token.
 func (g *generation) draftOne(ctx context.Context) error {
 	ds := g.d.ds
-	if err := ds.sync(ctx, g.committed); err != nil {
+	if err := ds.sync(ctx, g.st.committed); err != nil {
 		return err
 	}
 	t, p := ds.peek()
 	if err := ds.push(ctx, t); err != nil {
 		return err
 	}
-	g.pending, g.probs = append(g.pending, t), append(g.probs, p)
+	g.st.addPending(t, p)
 	return nil
 }

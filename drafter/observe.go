@@ -162,8 +162,8 @@ func (g *generation) endRound(outcome string, res *events.VerifyResult) {
 func (g *generation) observeSent(ctx context.Context) {
 	o := g.d.obs
 	g.rt.sentAt = time.Now()
-	o.m.DraftLength.Record(ctx, int64(len(g.pending)), o.dev)
-	for _, p := range g.probs {
+	o.m.DraftLength.Record(ctx, int64(len(g.st.pending)), o.dev)
+	for _, p := range g.st.probs {
 		o.m.DraftConfidence.Record(ctx, float64(p), o.byModel)
 	}
 }
