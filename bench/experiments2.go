@@ -114,7 +114,7 @@ func runSpecLen(ctx context.Context, o Options) (*Report, error) {
 	defer e.Close()
 	var pols []drafter.DraftPolicy
 	for _, k := range lens {
-		pols = append(pols, drafter.DraftPolicy{Threshold: -1, MaxLen: k})
+		pols = append(pols, drafter.DraftPolicy{Fixed: true, MaxLen: k})
 	}
 	for _, th := range thetas {
 		pols = append(pols, drafter.DraftPolicy{Threshold: th, MaxLen: 8})

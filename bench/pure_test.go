@@ -71,10 +71,10 @@ func TestRoundAt(t *testing.T) {
 		want Round
 	}{
 		{0, drafter.DraftPolicy{Threshold: 0.5, MaxLen: 8}, Round{2, 2}},  // stops at conf 0.3
-		{0, drafter.DraftPolicy{Threshold: -1, MaxLen: 4}, Round{4, 2}},   // fixed 4; rejected at 2
+		{0, drafter.DraftPolicy{Fixed: true, MaxLen: 4}, Round{4, 2}},     // fixed 4; rejected at 2
 		{2, drafter.DraftPolicy{Threshold: 0.5, MaxLen: 8}, Round{3, 0}},  // MinLen 1 drafts despite 0.3, then 0.9, 0.9
 		{3, drafter.DraftPolicy{Threshold: 0.5, MaxLen: 8}, Round{2, 2}},  // stops at 0.1
-		{3, drafter.DraftPolicy{Threshold: -1, MaxLen: 8}, Round{3, 3}},   // trace end
+		{3, drafter.DraftPolicy{Fixed: true, MaxLen: 8}, Round{3, 3}},     // trace end
 		{4, drafter.DraftPolicy{Threshold: 0.05, MaxLen: 1}, Round{1, 1}}, // max length
 	} {
 		if got := tr.RoundAt(c.p, c.pol.WithDefaults()); got != c.want {

@@ -26,9 +26,7 @@ type Trial struct {
 	// Profile sets each device's drafting rate (SLED). Required for SLED.
 	Profile Profile
 	// Policy is the devices' drafting policy, as given to drafter (its zero fields
-	// take drafter's defaults when the rounds are drawn; Threshold < 0 means a
-	// fixed length). It is not defaulted here: DraftPolicy.WithDefaults turns a
-	// fixed length (Threshold 0) into the default threshold if applied twice.
+	// take drafter's defaults when the rounds are drawn).
 	Policy drafter.DraftPolicy
 	// Batch is the batcher's policy (defaults as batcher's).
 	Batch batcher.Policy

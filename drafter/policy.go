@@ -7,11 +7,15 @@ import (
 
 // DraftPolicy is dynamic drafting (SLED §III): keep drafting while the draft
 // model's confidence in its own token stays at or above Threshold, between MinLen
-// and MaxLen tokens. Threshold 0 drafts exactly MaxLen tokens (a fixed speculative
+// and MaxLen tokens. Fixed drafts exactly MaxLen tokens (a fixed speculative
 // length, the paper's static baseline).
 type DraftPolicy struct {
-	// Threshold θ on the draft token's probability. Default DefaultThreshold.
+	// Threshold θ on the draft token's probability. Default DefaultThreshold,
+	// unless Fixed. A negative Threshold means Fixed (kept for callers that wrote
+	// -1 before Fixed existed).
 	Threshold float32
+	// Fixed drafts MaxLen tokens whatever the confidence (Threshold is then 0).
+	Fixed bool
 	// MinLen tokens are drafted whatever the confidence. Default 1.
 	MinLen int
 	// MaxLen bounds a draft. Default 8; at most 64 (the event schema's limit).
@@ -29,13 +33,17 @@ const (
 	MaxDraftLen      = 64
 )
 
-// WithDefaults fills zero fields. A negative Threshold means 0 (fixed length).
+// WithDefaults fills zero fields. It is idempotent: a policy it returned comes
+// back unchanged.
 func (p DraftPolicy) WithDefaults() DraftPolicy {
-	if p.Threshold == 0 {
-		p.Threshold = DefaultThreshold
-	}
 	if p.Threshold < 0 {
+		p.Fixed = true
+	}
+	switch {
+	case p.Fixed:
 		p.Threshold = 0
+	case p.Threshold == 0:
+		p.Threshold = DefaultThreshold
 	}
 	if p.MaxLen <= 0 {
 		p.MaxLen = DefaultMaxLen

@@ -24,7 +24,13 @@ func TestDraftPolicy(t *testing.T) {
 			t.Errorf("Continue(%d, %v) = %v, want %v", c.n, c.conf, got, c.want)
 		}
 	}
-	fixed := DraftPolicy{Threshold: -1, MaxLen: 3}.WithDefaults()
+	fixed := DraftPolicy{Fixed: true, MaxLen: 3}.WithDefaults()
+	if again := fixed.WithDefaults(); again != fixed {
+		t.Errorf("WithDefaults not idempotent: %+v, then %+v", fixed, again)
+	}
+	if old := (DraftPolicy{Threshold: -1, MaxLen: 3}).WithDefaults(); old != fixed {
+		t.Errorf("Threshold -1: %+v, want %+v", old, fixed)
+	}
 	for n := range 3 {
 		if !fixed.Continue(n, 0) {
 			t.Errorf("fixed length stopped at %d", n)
@@ -34,6 +40,9 @@ func TestDraftPolicy(t *testing.T) {
 		t.Error("fixed length went past MaxLen")
 	}
 	d := DraftPolicy{}.WithDefaults()
+	if again := d.WithDefaults(); again != d {
+		t.Errorf("WithDefaults not idempotent: %+v, then %+v", d, again)
+	}
 	if d.Threshold != DefaultThreshold || d.MinLen != DefaultMinLen || d.MaxLen != DefaultMaxLen {
 		t.Errorf("defaults %+v", d)
 	}

@@ -53,7 +53,7 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 	// One draft token per round and no threshold: the acceptance rate is then the
 	// per-token agreement of the pair on the target's own text.
 	fixed1 := start(t, services.UpConfig{Drafts: drafts, Devices: 2,
-		Draft: drafter.DraftPolicy{Threshold: -1, MinLen: 1, MaxLen: 1}})
+		Draft: drafter.DraftPolicy{Fixed: true, MinLen: 1, MaxLen: 1}})
 	// Both devices run every prompt so the figures compare like with like.
 	type figures struct{ acc, drafted int }
 	runEach := func(s *services.System) ([]figures, [][]engine.Token) {
@@ -96,7 +96,7 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 
 	// Fixed length 8 vs the confidence threshold: θ stops drafting where the draft
 	// is unsure, so more of what is drafted is accepted.
-	fixed8 := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Draft: drafter.DraftPolicy{Threshold: -1, MinLen: 8, MaxLen: 8}})
+	fixed8 := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Draft: drafter.DraftPolicy{Fixed: true, MinLen: 8, MaxLen: 8}})
 	f8, _ := runEach(fixed8)
 	fixed8.Close()
 	dyn := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Draft: drafter.DraftPolicy{Threshold: drafter.DefaultThreshold, MaxLen: 8}})

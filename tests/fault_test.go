@@ -46,7 +46,7 @@ func TestVerifierStoppedMidRun(t *testing.T) {
 func TestFallbackReleasesUnverified(t *testing.T) {
 	s := start(t, services.UpConfig{
 		Drafts: []string{testmodels.Path(t, testmodels.Draft4L)}, HTTPAddr: "127.0.0.1:0",
-		Draft: drafter.DraftPolicy{Threshold: -1, MinLen: 4, MaxLen: 4},
+		Draft: drafter.DraftPolicy{Fixed: true, MinLen: 4, MaxLen: 4},
 		Retry: drafter.RetryPolicy{Timeout: 100 * time.Millisecond, MaxFailures: 2, Fallback: true},
 	})
 	s.StopVerifier()

@@ -52,11 +52,7 @@ func benchCmd() *cobra.Command {
 				o.Profiles = strings.Split(profiles, ",")
 			}
 			if cmd.Flags().Changed("threshold") || cmd.Flags().Changed("max-draft") {
-				th := threshold
-				if th == 0 {
-					th = -1
-				}
-				o.Policy = drafter.DraftPolicy{Threshold: th, MaxLen: maxLen}
+				o.Policy = drafter.DraftPolicy{Threshold: threshold, Fixed: threshold == 0, MaxLen: maxLen}
 			}
 			o.Batch = batcher.Policy{Size: batchSize, MaxWait: batchWait}
 			o.Progress = !noProgress

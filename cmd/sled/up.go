@@ -56,11 +56,8 @@ func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 }
 
 func (p *policyFlags) draft() drafter.DraftPolicy {
-	th := p.threshold
-	if th == 0 {
-		th = -1 // explicit 0 on the command line: fixed length
-	}
-	return drafter.DraftPolicy{Threshold: th, MinLen: p.minLen, MaxLen: p.maxLen}
+	// An explicit 0 on the command line is a fixed length.
+	return drafter.DraftPolicy{Threshold: p.threshold, Fixed: p.threshold == 0, MinLen: p.minLen, MaxLen: p.maxLen}
 }
 
 func (p *policyFlags) retry() drafter.RetryPolicy {
