@@ -26,7 +26,7 @@ import (
 // Config configures a Batcher. Zero fields take the documented defaults.
 type Config struct {
 	// Pool is the pool whose drafts (sled.draft.<pool>.*) this batcher batches.
-	// Default "default".
+	// Default events.DefaultPool.
 	Pool string
 	// Policy decides when batches close.
 	Policy Policy
@@ -107,7 +107,7 @@ type item struct {
 // New creates a batcher; Run runs it.
 func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
 	if cfg.Pool == "" {
-		cfg.Pool = "default"
+		cfg.Pool = events.DefaultPool
 	}
 	if !events.ValidID(cfg.Pool) {
 		return nil, fmt.Errorf("batcher: invalid pool %q", cfg.Pool)

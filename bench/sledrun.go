@@ -274,7 +274,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 		}
 		round++
 		ev := &events.DraftReady{
-			DeviceID: d.id, SessionID: id, Round: round, Pool: "default",
+			DeviceID: d.id, SessionID: id, Round: round, Pool: events.DefaultPool,
 			PrefixLen: len(committed), PrefixHash: events.PrefixHash(committed),
 			Committed: append([]int32(nil), committed[sent:]...), Draft: draft, DraftProbs: probs,
 			VocabFingerprint: fp, Deadline: time.Now().Add(d.f.t.Timeout),

@@ -40,7 +40,7 @@ type Config struct {
 	// (events.ValidID). Required.
 	DeviceID string
 	// Pool is the verification pool (subject prefix) the device drafts for.
-	// Default "default".
+	// Default events.DefaultPool.
 	Pool string
 	// Draft is the dynamic drafting policy.
 	Draft DraftPolicy
@@ -93,7 +93,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		return nil, fmt.Errorf("drafter: invalid device id %q", cfg.DeviceID)
 	}
 	if cfg.Pool == "" {
-		cfg.Pool = "default"
+		cfg.Pool = events.DefaultPool
 	}
 	cfg.Draft = cfg.Draft.WithDefaults()
 	if err := cfg.Draft.Validate(); err != nil {

@@ -20,6 +20,10 @@ const (
 	SubjectDLQ     = "sled.dlq.>"
 )
 
+// DefaultPool is the verification pool devices, batchers and verifier workers
+// use when none is configured.
+const DefaultPool = "default"
+
 // ErrBadSubject reports a subject that is not a SLED subject or has an
 // invalid token.
 var ErrBadSubject = errors.New("events: bad subject")

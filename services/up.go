@@ -24,6 +24,7 @@ import (
 	"github.com/sled-project/sled/centralized"
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/textgen"
@@ -56,7 +57,7 @@ type UpConfig struct {
 	// NATS configures the embedded server (default: a free port on 127.0.0.1, a
 	// fresh store directory under the temporary directory).
 	NATS infra.EmbeddedConfig
-	// Pool is the verification pool. Default "default".
+	// Pool is the verification pool. Default events.DefaultPool.
 	Pool string
 	// Batch is the batch policy.
 	Batch batcher.Policy
@@ -121,7 +122,7 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 		cfg.Mode = ModeSLED
 	}
 	if cfg.Pool == "" {
-		cfg.Pool = "default"
+		cfg.Pool = events.DefaultPool
 	}
 	if cfg.WorkerName == "" {
 		cfg.WorkerName = "worker-1"

@@ -21,7 +21,7 @@ import (
 
 // WorkerConfig configures RunWorker. Zero fields take the documented defaults.
 type WorkerConfig struct {
-	// Pool whose batches the worker verifies. Default "default".
+	// Pool whose batches the worker verifies. Default events.DefaultPool.
 	Pool string
 	// Name identifies the worker: batches for sessions it holds arrive on
 	// sled.batch.<pool>.<name>, and a restarted worker with the same name picks up
@@ -76,7 +76,7 @@ type Worker struct {
 // NewWorker creates a worker; Run runs it.
 func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerConfig) (*Worker, error) {
 	if cfg.Pool == "" {
-		cfg.Pool = "default"
+		cfg.Pool = events.DefaultPool
 	}
 	if !events.ValidID(cfg.Pool) || !events.ValidID(cfg.Name) {
 		return nil, fmt.Errorf("verifier: invalid pool %q or worker name %q", cfg.Pool, cfg.Name)

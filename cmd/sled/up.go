@@ -13,6 +13,7 @@ import (
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
@@ -36,7 +37,7 @@ type policyFlags struct {
 
 func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 	f := cmd.Flags()
-	f.StringVar(&p.pool, "pool", "default", "verification pool (subject prefix)")
+	f.StringVar(&p.pool, "pool", events.DefaultPool, "verification pool (subject prefix)")
 	if device {
 		f.Float32Var(&p.threshold, "threshold", drafter.DefaultThreshold, "dynamic drafting: keep drafting while the draft token's probability is at least this (0: fixed length --max-draft)")
 		f.IntVar(&p.minLen, "min-draft", drafter.DefaultMinLen, "fewest draft tokens per round")
