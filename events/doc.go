@@ -24,6 +24,5 @@
 // [ErrorResult] builds it.
 //
 // Device and verifier compare committed prefixes with [PrefixHash] (or its
-// incremental form [PrefixHasher]); [RoundTracker] enforces increasing rounds
-// per session.
+// incremental form [PrefixHasher]).
 package events

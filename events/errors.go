@@ -22,9 +22,6 @@ var (
 	// ErrInvalid: the event is well-formed but inconsistent (lengths that
 	// must agree, prefix hash, subject vs payload, duplicate sessions).
 	ErrInvalid = errors.New("events: invalid event")
-	// ErrRoundReplay: a round at or below the last one seen for the session
-	// (see [RoundTracker]); usually a redelivery, to be acked and dropped.
-	ErrRoundReplay = errors.New("events: round not above the last seen")
 )
 
 var reasons = []struct {
@@ -38,14 +35,13 @@ var reasons = []struct {
 	{ErrTooLarge, "too_large"},
 	{ErrTokenRange, "token_range"},
 	{ErrInvalid, "invalid"},
-	{ErrRoundReplay, "round_replay"},
 	{ErrBadSubject, "bad_subject"},
 }
 
 // Reason maps an error to the short code carried in an error result's
 // reason field and used as the dead-letter subject token: "malformed",
 // "unsupported_specversion", "unknown_type", "schema", "too_large",
-// "token_range", "invalid", "round_replay", "bad_subject"; "internal" for any
+// "token_range", "invalid", "bad_subject"; "internal" for any
 // other non-nil error and "" for nil.
 func Reason(err error) string {
 	if err == nil {

@@ -268,24 +268,3 @@ func TestPrefixHash(t *testing.T) {
 	}
 }
 
-func TestRoundTracker(t *testing.T) {
-	tr := NewRoundTracker(2)
-	if err := tr.Observe("a", 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.Observe("a", 1); !errors.Is(err, ErrRoundReplay) {
-		t.Fatalf("replay: %v", err)
-	}
-	if err := tr.Observe("a", 3); err != nil {
-		t.Fatal(err)
-	}
-	_ = tr.Observe("b", 1)
-	_ = tr.Observe("c", 1) // evicts a
-	if _, ok := tr.Last("a"); ok || tr.Len() != 2 {
-		t.Fatal("no eviction")
-	}
-	tr.Forget("b")
-	if _, ok := tr.Last("b"); ok {
-		t.Fatal("forget")
-	}
-}

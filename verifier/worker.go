@@ -55,7 +55,6 @@ type Worker struct {
 	source string
 
 	mu      sync.Mutex
-	batches uint64
 	skipped uint64 // drafts past their deadline or superseded, left unanswered
 	seen    Stats  // verifier counters already exported as metrics
 
@@ -116,13 +115,6 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 
 // Verifier is the worker's verifier.
 func (w *Worker) Verifier() *Verifier { return w.v }
-
-// Batches is the number of batches verified.
-func (w *Worker) Batches() uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.batches
-}
 
 // Run verifies batches until ctx ends. It consumes two durable consumers: the
 // worker's own subject (sticky sessions) and the pool's shared subject (batches
@@ -339,9 +331,6 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 		}
 	}
 	endAll(nil)
-	w.mu.Lock()
-	w.batches += uint64(len(group))
-	w.mu.Unlock()
 	w.observeBatch(ctx)
 	return nil
 }
