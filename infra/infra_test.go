@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/internal/testwait"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -280,19 +281,15 @@ func TestStaleDraftNotDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _ := e.js.Stream(ctx, StreamDrafts)
-	deadline := time.Now().Add(6 * time.Second)
-	for {
+	gone := testwait.Eventually(6*time.Second, 100*time.Millisecond, func() bool {
 		info, err := st.Info(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.State.Msgs == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("stale draft still stored")
-		}
-		time.Sleep(100 * time.Millisecond)
+		return info.State.Msgs == 0
+	})
+	if !gone {
+		t.Fatal("stale draft still stored")
 	}
 	got := make(chan *events.Event, 2)
 	e.run(t, ConsumerConfig{Stream: StreamDrafts, Durable: "late"}, func(_ context.Context, ev *events.Event, _ jetstream.Msg) error {
@@ -314,16 +311,17 @@ func dlqMessages(t testing.TB, e *env, want int) []*jetstream.RawStreamMsg {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		info, _ := st.Info(ctx)
-		if int(info.State.Msgs) >= want {
-			break
+	var stored uint64
+	enough := testwait.Eventually(5*time.Second, 20*time.Millisecond, func() bool {
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dead letters: %d, want %d", info.State.Msgs, want)
-		}
-		time.Sleep(20 * time.Millisecond)
+		stored = info.State.Msgs
+		return int(stored) >= want
+	})
+	if !enough {
+		t.Fatalf("dead letters: %d, want %d", stored, want)
 	}
 	var out []*jetstream.RawStreamMsg
 	for seq := uint64(1); len(out) < want; seq++ {

@@ -30,14 +30,18 @@ func underFault(t *testing.T, s *services.System, ps []string, fault func()) []t
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// Signal progress once: after 8 tokens, or when the generation ends
+			// sooner (an early failure must not leave the test waiting).
+			signal := sync.OnceFunc(func() { progress <- struct{}{} })
+			defer signal()
 			g := s.Generator(i)
 			prompt, _ := g.Model().Tokenize(p, true)
 			n := 0
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			results[i], errs[i] = g.Generate(ctx, textgen.Request{Prompt: prompt, MaxTokens: genTokens}, func(c textgen.Chunk) error {
-				if n += len(c.Tokens); n >= 8 && n-len(c.Tokens) < 8 {
-					progress <- struct{}{}
+				if n += len(c.Tokens); n >= 8 {
+					signal()
 				}
 				if c.Unverified {
 					return errors.New("unverified tokens in strict mode")
@@ -50,8 +54,13 @@ func underFault(t *testing.T, s *services.System, ps []string, fault func()) []t
 			mu.Unlock()
 		}()
 	}
+	deadline := time.After(2 * time.Minute)
 	for range ps {
-		<-progress
+		select {
+		case <-progress:
+		case <-deadline:
+			t.Fatal("generations made no progress in 2 minutes")
+		}
 	}
 	mu.Lock()
 	early := finished

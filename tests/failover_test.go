@@ -7,6 +7,7 @@ import (
 
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/verifier"
 )
@@ -35,12 +36,8 @@ func TestWorkerFailover(t *testing.T) {
 	w2done := make(chan struct{})
 	go func() { defer close(w2done); w2.Run(wctx) }()
 	t.Cleanup(func() { stopW2(); <-w2done; v2.Close() })
-	deadline := time.Now().Add(5 * time.Second)
-	for len(s.Batcher.Workers()) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("batcher sees workers %v", s.Batcher.Workers())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testwait.Eventually(5*time.Second, 20*time.Millisecond, func() bool { return len(s.Batcher.Workers()) >= 2 }) {
+		t.Fatalf("batcher sees workers %v", s.Batcher.Workers())
 	}
 
 	var before uint64 // drafts worker-2 had verified when worker-1 died

@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
 )
@@ -124,31 +127,27 @@ func TestDeviceKilledMidRequest(t *testing.T) {
 	}
 	// Nothing is left pending in the server: every draft acknowledged, every batch
 	// consumed.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var di *jetstream.ConsumerInfo
+	var bi *jetstream.StreamInfo
+	idle := testwait.Eventually(5*time.Second, 50*time.Millisecond, func() bool {
 		dc, err := s.JS.Consumer(context.Background(), infra.StreamDrafts, "batcher-default")
 		if err != nil {
 			t.Fatal(err)
 		}
-		di, err := dc.Info(context.Background())
-		if err != nil {
+		if di, err = dc.Info(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		bs, err := s.JS.Stream(context.Background(), infra.StreamBatches)
 		if err != nil {
 			t.Fatal(err)
 		}
-		bi, err := bs.Info(context.Background())
-		if err != nil {
+		if bi, err = bs.Info(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if di.NumAckPending == 0 && di.NumPending == 0 && bi.State.Msgs == 0 {
-			t.Logf("server idle: drafts pending %d, unacked %d, batches stored %d; verifier holds %d sessions", di.NumPending, di.NumAckPending, bi.State.Msgs, s.Verifier().Sessions())
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server stuck: drafts pending %d, unacked %d, batches stored %d", di.NumPending, di.NumAckPending, bi.State.Msgs)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return di.NumAckPending == 0 && di.NumPending == 0 && bi.State.Msgs == 0
+	})
+	if !idle {
+		t.Fatalf("server stuck: drafts pending %d, unacked %d, batches stored %d", di.NumPending, di.NumAckPending, bi.State.Msgs)
 	}
+	t.Logf("server idle: drafts pending %d, unacked %d, batches stored %d; verifier holds %d sessions", di.NumPending, di.NumAckPending, bi.State.Msgs, s.Verifier().Sessions())
 }

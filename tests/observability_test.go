@@ -22,6 +22,7 @@ import (
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
 )
@@ -332,14 +333,10 @@ func TestMetricsScrape(t *testing.T) {
 		w.tokens += len(o.tokens) - o.res.Stats.Unverified
 	}
 	var final scrape
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.Eventually(10*time.Second, 50*time.Millisecond, func() bool {
 		final = getMetrics(t, addr)
-		if final.sum("sled_events_rejected_total") >= 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return final.sum("sled_events_rejected_total") >= 1 // checked below
+	})
 	t.Logf("%d scrapes during the run", scrapes)
 	for i, d := range devs {
 		dl := `device="` + d + `"`

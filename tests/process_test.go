@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/internal/testwait"
 )
 
 // freePort returns a loopback port nobody listens on right now.
@@ -136,11 +137,7 @@ func TestRolesAsProcesses(t *testing.T) {
 
 func waitFor(t *testing.T, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out waiting for a process to come up")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !testwait.Eventually(20*time.Second, 50*time.Millisecond, ok) {
+		t.Fatal("timed out waiting for a process to come up")
 	}
 }
