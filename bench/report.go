@@ -111,7 +111,22 @@ func machine() string {
 			load = f[0]
 		}
 	}
-	return fmt.Sprintf("%s, %d CPUs %s/%s, load average %s at start", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, load)
+	return fmt.Sprintf("%s, %d CPUs (%s) %s/%s, load average %s at start", host, runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, load)
+}
+
+// cpuModel is the CPU's model name from /proc/cpuinfo, or "unknown CPU": the
+// same VM name can stand for different hosts from one run to the next.
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
 }
 
 func f1(x float64) string { return fmt.Sprintf("%.1f", x) }
