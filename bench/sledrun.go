@@ -273,15 +273,11 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 		case <-time.After(gap):
 		}
 		round++
-		ev := &events.DraftReady{
-			DeviceID: d.id, SessionID: id, Round: round, Pool: events.DefaultPool,
-			PrefixLen: len(committed), PrefixHash: events.PrefixHash(committed),
-			Committed: append([]int32(nil), committed[sent:]...), Draft: draft, DraftProbs: probs,
-			VocabFingerprint: fp, Deadline: time.Now().Add(d.f.t.Timeout),
-		}
-		if round == 1 {
-			ev.Prefix = append([]int32(nil), committed...)
-		}
+		ev := drafter.DraftRound{
+			DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: round,
+			Committed: committed, Sent: sent, Draft: draft, Probs: probs, WithPrefix: round == 1,
+			VocabFingerprint: fp, Timeout: d.f.t.Timeout,
+		}.Event(time.Now())
 		t0 := time.Now()
 		if _, err := d.pub.Publish(ctx, events.New("/sled/bench/"+d.id, ev)); err != nil {
 			return ctx.Err() == nil && d.fail(t0)

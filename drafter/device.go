@@ -312,27 +312,12 @@ func (g *generation) send(ctx context.Context) error {
 	g.beginRound(ctx)
 	g.round++
 	st := g.st
-	ev := &events.DraftReady{
-		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Round: g.round, Pool: g.d.cfg.Pool,
-		PrefixLen: len(st.committed), PrefixHash: events.PrefixHash(st.committed),
-		Committed:        append([]int32{}, st.unsent()...),
-		Draft:            append([]int32{}, st.pending...),
-		DraftProbs:       append([]float32{}, st.probs...),
+	ev := DraftRound{
+		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: g.round,
+		Committed: st.committed, Sent: st.sent, Draft: st.pending, Probs: st.probs, WithPrefix: st.needPrefix,
 		Sampling:         events.Sampling{Temperature: g.req.Temperature, Seed: g.req.Seed},
-		VocabFingerprint: g.d.model.Fingerprint(),
-		Deadline:         time.Now().Add(g.d.cfg.Retry.Timeout),
-	}
-	if st.needPrefix {
-		ev.Prefix = append([]int32(nil), st.committed...)
-	}
-	if g.req.Temperature > 0 {
-		// The device drafts greedily, so its draft distribution is a point mass on
-		// each draft token; telling the verifier so keeps speculative sampling
-		// exact (accept with p(x), resample from p without x on rejection).
-		for _, t := range st.pending {
-			ev.TopK = append(ev.TopK, events.TopK{IDs: []int32{t}, Probs: []float32{1}})
-		}
-	}
+		VocabFingerprint: g.d.model.Fingerprint(), Timeout: g.d.cfg.Retry.Timeout,
+	}.Event(time.Now())
 	e := events.New(g.d.source, ev)
 	o := g.d.obs
 	// The event carries the round span's context: the batcher's and the

@@ -1,0 +1,60 @@
+package drafter
+
+import (
+	"time"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
+)
+
+// DraftRound is one round of a device session, as the device (and the
+// benchmark's simulated devices) know it; Event turns it into the draft.ready
+// event the verifier reads. It is the one place that event is built.
+type DraftRound struct {
+	DeviceID, SessionID, Pool string
+	Round                     uint64
+	// Committed is the session's whole committed sequence (prompt and output);
+	// Committed[:Sent] is in the verifier's cache after the last verdict.
+	Committed []engine.Token
+	Sent      int
+	// Draft and Probs are the draft tokens and the draft model's probability of
+	// each.
+	Draft []engine.Token
+	Probs []float32
+	// WithPrefix sends the whole committed sequence, for a verifier that lacks
+	// the session (the first round, or a resync).
+	WithPrefix bool
+	Sampling   events.Sampling
+	// VocabFingerprint is the draft model's (engine.Model.Fingerprint).
+	VocabFingerprint string
+	// Timeout is how long the device waits for the verdict: the event's deadline
+	// is now plus Timeout.
+	Timeout time.Duration
+}
+
+// Event builds the round's draft.ready event, its deadline counted from now.
+// It copies every slice, so the round's own may change afterwards.
+func (r DraftRound) Event(now time.Time) *events.DraftReady {
+	ev := &events.DraftReady{
+		DeviceID: r.DeviceID, SessionID: r.SessionID, Round: r.Round, Pool: r.Pool,
+		PrefixLen: len(r.Committed), PrefixHash: events.PrefixHash(r.Committed),
+		Committed:        append([]int32{}, r.Committed[r.Sent:]...),
+		Draft:            append([]int32{}, r.Draft...),
+		DraftProbs:       append([]float32{}, r.Probs...),
+		Sampling:         r.Sampling,
+		VocabFingerprint: r.VocabFingerprint,
+		Deadline:         now.Add(r.Timeout),
+	}
+	if r.WithPrefix {
+		ev.Prefix = append([]int32(nil), r.Committed...)
+	}
+	if r.Sampling.Temperature > 0 {
+		// The device drafts greedily, so its draft distribution is a point mass on
+		// each draft token; telling the verifier so keeps speculative sampling
+		// exact (accept with p(x), resample from p without x on rejection).
+		for _, t := range r.Draft {
+			ev.TopK = append(ev.TopK, events.TopK{IDs: []int32{t}, Probs: []float32{1}})
+		}
+	}
+	return ev
+}

@@ -1,0 +1,50 @@
+package drafter
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sled-project/sled/events"
+)
+
+func TestDraftRoundEvent(t *testing.T) {
+	now := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	r := DraftRound{
+		DeviceID: "d1", SessionID: "s1", Pool: "p", Round: 3,
+		Committed: tk(1, 10, 11, 12), Sent: 3, Draft: tk(20, 21), Probs: []float32{0.9, 0.5},
+		VocabFingerprint: "fp", Timeout: 2 * time.Second,
+	}
+	ev := r.Event(now)
+	if ev.PrefixLen != 4 || ev.PrefixHash != events.PrefixHash(tk(1, 10, 11, 12)) || ev.Prefix != nil {
+		t.Fatalf("prefix: len %d hash %s prefix %v", ev.PrefixLen, ev.PrefixHash, ev.Prefix)
+	}
+	if fmt.Sprint(ev.Committed) != "[12]" || fmt.Sprint(ev.Draft) != "[20 21]" || len(ev.DraftProbs) != 2 {
+		t.Fatalf("committed %v draft %v probs %v", ev.Committed, ev.Draft, ev.DraftProbs)
+	}
+	if !ev.Deadline.Equal(now.Add(2*time.Second)) || ev.TopK != nil {
+		t.Fatalf("deadline %v topk %v", ev.Deadline, ev.TopK)
+	}
+	// The event owns its slices.
+	r.Draft[0], r.Committed[3] = 99, 99
+	if ev.Draft[0] != 20 || ev.Committed[0] != 12 {
+		t.Fatal("event shares the round's slices")
+	}
+	// A resync carries the whole prefix; sampling declares the greedy draft's point mass.
+	r.WithPrefix, r.Sampling = true, events.Sampling{Temperature: 0.8, Seed: 7}
+	ev = r.Event(now)
+	if fmt.Sprint(ev.Prefix) != "[1 10 11 99]" {
+		t.Fatalf("prefix %v", ev.Prefix)
+	}
+	if len(ev.TopK) != 2 || ev.TopK[1].IDs[0] != 21 || ev.TopK[1].Probs[0] != 1 {
+		t.Fatalf("top-k %v", ev.TopK)
+	}
+	// It passes the decoder's schema and semantic checks.
+	m, err := events.Encode(events.New("/sled/device/d1", ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.Decode(m.Subject, m.Header, m.Data); err != nil {
+		t.Fatalf("event does not decode: %v", err)
+	}
+}
