@@ -346,13 +346,12 @@ func (b *Batcher) flushReady(ctx context.Context) time.Duration {
 		if busy > 1 {
 			share = 0
 		}
-		ok, reason, next := b.cfg.Policy.Decide(len(q.items), share, now.Sub(q.oldest))
-		for ok {
-			n := min(len(q.items), b.cfg.Policy.Size)
+		sizes, reason, next := b.cfg.Policy.Drain(len(q.items), share, now.Sub(q.oldest))
+		for _, n := range sizes {
 			out = append(out, closed{worker: w, reason: reason, items: append([]item(nil), q.items[:n]...)})
 			q.items = append(q.items[:0], q.items[n:]...)
 			q.oldest = now
-			ok, reason, next = b.cfg.Policy.Decide(len(q.items), 0, 0)
+			reason = ReasonSize
 		}
 		if len(q.items) > 0 {
 			wait = min(wait, next)

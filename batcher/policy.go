@@ -60,3 +60,23 @@ func (p Policy) Decide(n, active int, age time.Duration) (close bool, reason str
 	}
 	return false, "", p.MaxWait - age
 }
+
+// Drain splits a queue of n drafts into the batches that close now, largest
+// first, by Decide: the first with the fleet's active count and the oldest
+// draft's age, each later one only when full (its drafts have just been
+// looked at, so only Size can close it). It returns the batch sizes, the reason
+// the first batch closed (every later one closes by ReasonSize), and, when
+// drafts stay queued, how long until the queue must be looked at again (from
+// Decide). Both batcher.Batcher and the
+// simulator (bench/sim) close batches with it.
+func (p Policy) Drain(n, active int, age time.Duration) (sizes []int, reason string, wait time.Duration) {
+	ok, reason, wait := p.Decide(n, active, age)
+	first := reason
+	for ok {
+		k := min(n, p.Size)
+		sizes = append(sizes, k)
+		n -= k
+		ok, _, wait = p.Decide(n, 0, 0)
+	}
+	return sizes, first, wait
+}

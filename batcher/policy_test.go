@@ -1,6 +1,7 @@
 package batcher
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -72,5 +73,31 @@ func TestRouterSticky(t *testing.T) {
 	r.Sweep(later.Add(2 * time.Minute))
 	if r.Sessions() != 0 {
 		t.Fatalf("%d sessions after sweep", r.Sessions())
+	}
+}
+
+func TestPolicyDrain(t *testing.T) {
+	p := Policy{Size: 4, MaxWait: 10 * time.Millisecond}
+	cases := []struct {
+		n, active int
+		age       time.Duration
+		sizes     []int
+		reason    string
+		wait      time.Duration
+	}{
+		{0, 0, 0, nil, "", 10 * time.Millisecond},
+		{3, 8, time.Millisecond, nil, "", 9 * time.Millisecond},     // waits to fill
+		{3, 3, 0, []int{3}, ReasonAll, 10 * time.Millisecond},       // every active device is in
+		{10, 8, 0, []int{4, 4}, ReasonSize, 10 * time.Millisecond},  // two full, 2 stay (looked at just now)
+		{10, 10, 0, []int{4, 4}, ReasonSize, 10 * time.Millisecond}, // the rest is not "all" any more
+		{6, 0, 20 * time.Millisecond, []int{4}, ReasonSize, 10 * time.Millisecond},
+		{3, 0, 20 * time.Millisecond, []int{3}, ReasonDeadline, 10 * time.Millisecond},
+		{8, 0, 0, []int{4, 4}, ReasonSize, 10 * time.Millisecond},
+	}
+	for _, c := range cases {
+		sizes, reason, wait := p.Drain(c.n, c.active, c.age)
+		if fmt.Sprint(sizes) != fmt.Sprint(c.sizes) || reason != c.reason || wait != c.wait {
+			t.Errorf("Drain(%d, %d, %v) = %v %q %v, want %v %q %v", c.n, c.active, c.age, sizes, reason, wait, c.sizes, c.reason, c.wait)
+		}
 	}
 }

@@ -91,3 +91,22 @@ func TestSlotTablePrefixReuse(t *testing.T) {
 		t.Fatalf("resync of g: %v keep %d, want keep 3", s, keep)
 	}
 }
+
+func TestTakeQueued(t *testing.T) {
+	cases := []struct {
+		batches []int
+		slots   int
+		want    int
+	}{
+		{nil, 8, 0},
+		{[]int{3, 4, 2}, 8, 2}, // 3+4 fit, +2 would not
+		{[]int{3, 4, 1}, 8, 3}, // exactly full
+		{[]int{12, 1}, 8, 1},   // one batch over the slots is still taken
+		{[]int{1, 1, 1, 1}, 2, 2},
+	}
+	for _, c := range cases {
+		if got := TakeQueued(len(c.batches), func(i int) int { return c.batches[i] }, c.slots); got != c.want {
+			t.Errorf("TakeQueued(%v, slots %d) = %d, want %d", c.batches, c.slots, got, c.want)
+		}
+	}
+}

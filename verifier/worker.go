@@ -204,6 +204,20 @@ func (w *Worker) enqueue(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	return infra.ErrDetached
 }
 
+// TakeQueued is how many of n queued batches the next verification takes, the
+// i-th holding drafts(i) drafts: batches in order while their drafts fit in
+// slots, and always at least one (a batch larger than slots is verified in
+// several passes by Verify). Both Worker and the simulator (bench/sim) take
+// batches with it.
+func TakeQueued(n int, drafts func(i int) int, slots int) int {
+	k, sum := 0, 0
+	for k < n && (k == 0 || sum+drafts(k) <= slots) {
+		sum += drafts(k)
+		k++
+	}
+	return k
+}
+
 // verifyLoop verifies queued batches, as many at a time as the verifier's slots
 // hold, until ctx ends. Batches still queued then are left unacknowledged and are
 // redelivered after AckWait.
@@ -217,11 +231,7 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 		}
 		for {
 			w.qmu.Lock()
-			n, drafts := 0, 0
-			for n < len(w.queue) && (n == 0 || drafts+len(w.queue[n].b.Drafts) <= limit) {
-				drafts += len(w.queue[n].b.Drafts)
-				n++
-			}
+			n := TakeQueued(len(w.queue), func(i int) int { return len(w.queue[i].b.Drafts) }, limit)
 			group := append([]delivery(nil), w.queue[:n]...)
 			w.queue = append(w.queue[:0], w.queue[n:]...)
 			w.qmu.Unlock()

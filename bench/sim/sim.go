@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/verifier"
 )
 
 // PassCost is the time of one forward pass over seqs sequences holding tokens
@@ -313,12 +314,7 @@ func SLED(cfg Config) Result {
 		if busy || len(delivered) == 0 {
 			return
 		}
-		// verifier.Worker: every queued batch while the drafts fit, at least one
-		n, drafts := 0, 0
-		for n < len(delivered) && (n == 0 || drafts+len(delivered[n]) <= cfg.Slots) {
-			drafts += len(delivered[n])
-			n++
-		}
+		n := verifier.TakeQueued(len(delivered), func(i int) int { return len(delivered[i]) }, cfg.Slots)
 		inPass = inPass[:0]
 		for _, b := range delivered[:n] {
 			inPass = append(inPass, b...)
@@ -347,17 +343,14 @@ func SLED(cfg Config) Result {
 	}
 	decide := func() {
 		age := time.Duration((l.Now - oldest) * float64(time.Second))
-		ok, _, wait := cfg.Batch.Decide(len(pending), active(), age)
-		for ok {
-			n := min(len(pending), cfg.Batch.Size)
+		sizes, _, wait := cfg.Batch.Drain(len(pending), active(), age)
+		for _, n := range sizes {
 			inFlight = append(inFlight, slices.Clone(pending[:n]))
 			l.At(l.Now+cfg.HopMs/1000, evDeliver, -1)
 			pending = pending[n:]
 			oldest = l.Now
 			closed++
 			closedSum += n
-			// as batcher.Batcher: what is left closes now only if it is full
-			ok, _, wait = cfg.Batch.Decide(len(pending), 0, 0)
 		}
 		if len(pending) > 0 {
 			at := l.Now + wait.Seconds()
