@@ -65,6 +65,7 @@ type Batcher struct {
 	cfg    Config
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	pub    *infra.Publisher
 	source string
 	seq    atomic.Uint64
 	prefix string
@@ -127,7 +128,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
 	tel := cfg.Telemetry.Or()
 	pool := attribute.String("pool", cfg.Pool)
 	b := &Batcher{
-		cfg: cfg, nc: nc, js: js, source: "/sled/batcher/" + cfg.Pool,
+		cfg: cfg, nc: nc, js: js, pub: infra.NewPublisher(js, infra.PublisherConfig{}), source: "/sled/batcher/" + cfg.Pool,
 		prefix: cfg.Pool + "-" + hex.EncodeToString(rb[:]),
 		router: NewRouter(cfg.HeartbeatTimeout, 0),
 		queues: map[string]*queue{}, recent: map[string]time.Time{},
@@ -379,10 +380,7 @@ func (b *Batcher) publish(ctx context.Context, worker, reason string, items []it
 	defer span.End()
 	ev := events.New(b.source, batch)
 	b.tel.Inject(ctx, ev)
-	m, err := events.Encode(ev)
-	if err == nil {
-		_, err = b.js.PublishMsg(ctx, m, jetstream.WithMsgID(batch.BatchID))
-	}
+	_, err := b.pub.Publish(ctx, ev)
 	if span.IsRecording() {
 		span.SetAttributes(infra.EventAttrs(ev, batch.NATSSubject(), "send")...)
 		if err != nil {

@@ -251,6 +251,44 @@ func TestMaxDeliverExpired(t *testing.T) {
 	}
 }
 
+// PublishAsync sends with the same message id as Publish: an async retry of a
+// stored round is a duplicate. An event that does not encode is ErrEncode, and
+// nothing is sent.
+func TestPublishAsync(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := draft("d1", "s1", 7)
+	if _, err := e.pub.Publish(ctx, events.New("/sled/device/d1", d)); err != nil {
+		t.Fatal(err)
+	}
+	f, err := e.pub.PublishAsync(events.New("/sled/device/d1", d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ack := <-f.Ok():
+		if !ack.Duplicate {
+			t.Fatalf("async retry of a stored round not a duplicate: %+v", ack)
+		}
+	case err := <-f.Err():
+		t.Fatal(err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no ack in 5s")
+	}
+	bad := draft("d1", "s1", 8)
+	bad.DraftProbs = bad.DraftProbs[:1] // lengths disagree
+	if _, err := e.pub.PublishAsync(events.New("/sled/device/d1", bad)); !errors.Is(err, ErrEncode) {
+		t.Fatalf("invalid event: %v, want ErrEncode", err)
+	}
+	if _, err := e.pub.Publish(ctx, events.New("/sled/device/d1", bad)); !errors.Is(err, ErrEncode) {
+		t.Fatalf("invalid event: %v, want ErrEncode", err)
+	}
+	st, _ := e.js.Stream(ctx, StreamDrafts)
+	if info, _ := st.Info(ctx); info.State.Msgs != 1 {
+		t.Fatalf("%d messages stored, want 1", info.State.Msgs)
+	}
+}
+
 func TestDuplicateStoredOnce(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()

@@ -2,6 +2,7 @@ package infra
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -24,7 +25,8 @@ type PublisherConfig struct {
 const DefaultDraftTTL = 30 * time.Second
 
 // Publisher publishes events to JetStream with de-duplication ids and, for
-// drafts, a per-message TTL. Safe for concurrent use.
+// drafts, a per-message TTL: the one publish path of devices, batchers and
+// verifier workers. Safe for concurrent use.
 type Publisher struct {
 	js  jetstream.JetStream
 	cfg PublisherConfig
@@ -45,13 +47,37 @@ func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) *Publisher {
 func (p *Publisher) Publish(ctx context.Context, ev *events.Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	m, err := events.Encode(ev)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrEncode, err)
 	}
 	o := []jetstream.PublishOpt{jetstream.WithMsgID(ev.Data.MsgID())}
 	if d, ok := ev.Data.(*events.DraftReady); ok {
 		o = append(o, jetstream.WithMsgTTL(p.draftTTL(d)))
 	}
 	return p.PublishMsg(ctx, m, append(o, opts...)...)
+}
+
+// ErrEncode wraps the encoder's error when Publish or PublishAsync is given an
+// event that does not encode (nothing was sent; sending it again cannot help).
+var ErrEncode = errors.New("infra: event does not encode")
+
+// PublishAsync is Publish without waiting: it encodes ev and starts its publish
+// with the same message id (and TTL for drafts), and returns the future of the
+// stream's ack. The caller bounds its wait on the future (a publish caught by a
+// server restart may never be acked).
+func (p *Publisher) PublishAsync(ev *events.Event, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	m, err := events.Encode(ev)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrEncode, err)
+	}
+	o := []jetstream.PublishOpt{jetstream.WithMsgID(ev.Data.MsgID())}
+	if d, ok := ev.Data.(*events.DraftReady); ok {
+		o = append(o, jetstream.WithMsgTTL(p.draftTTL(d)))
+	}
+	f, err := p.js.PublishMsgAsync(m, append(o, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("infra: publish %s: %w", m.Subject, err)
+	}
+	return f, nil
 }
 
 // PublishMsg publishes an already encoded message.

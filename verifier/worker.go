@@ -3,6 +3,7 @@ package verifier
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -52,6 +53,7 @@ type Worker struct {
 	cfg    WorkerConfig
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	pub    *infra.Publisher
 	source string
 
 	mu      sync.Mutex
@@ -93,7 +95,7 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	tel := cfg.Telemetry.Or()
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
 	w := &Worker{
-		v: v, cfg: cfg, nc: nc, js: js, source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
+		v: v, cfg: cfg, nc: nc, js: js, pub: infra.NewPublisher(js, infra.PublisherConfig{}), source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
 		ready: make(chan struct{}, 1),
 		tel:   tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
 		attrs:    metric.WithAttributeSet(attribute.NewSet(pool, name)),
@@ -313,12 +315,11 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 			w.observeResult(ctx, &all[i], r)
 			rev := events.New(w.source, r)
 			traces[gi].verdict(i-spans[gi].from, now, verified, r, rev)
-			m, err := events.Encode(rev)
-			if err != nil {
+			f, err := w.pub.PublishAsync(rev)
+			if errors.Is(err, infra.ErrEncode) {
 				w.cfg.Logger.Error("encode result", "err", err)
 				continue
 			}
-			f, err := w.js.PublishMsgAsync(m, jetstream.WithMsgID(r.MsgID()))
 			if err != nil {
 				return endAll(fmt.Errorf("verifier: publish result: %w", err))
 			}
