@@ -318,7 +318,7 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 		return nil, err
 	}
 	defer sys.Close()
-	tm := sys.Target
+	tm := sys.Target()
 	res := &LosslessResult{AcceptedPerRound: map[string]float64{}, NearTieGap: NearTieGap}
 	kindRounds, kindAccepted := map[string]int{}, map[string]int{}
 	for i, p := range cfg.Prompts {
@@ -326,7 +326,7 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bench: prompt %d: %w", i+1, err)
 		}
-		dev := sys.Generators[i%len(sys.Generators)]
+		dev := sys.Generators()[i%len(sys.Generators())]
 		start := time.Now()
 		out, err := dev.Generator.Generate(ctx, textgen.Request{Prompt: toks, MaxTokens: cfg.MaxTokens}, func(textgen.Chunk) error { return nil })
 		if err != nil {

@@ -267,4 +267,3 @@ func TestPrefixHash(t *testing.T) {
 		t.Fatal("order-insensitive")
 	}
 }
-

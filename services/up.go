@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -82,37 +81,68 @@ type UpConfig struct {
 	Telemetry *infra.Telemetry
 }
 
-// System is a running `sled up`.
+// System is a running `sled up`. Its methods are safe for concurrent use; the
+// roles a test may stop and start again (StopBatcher, StartVerifier, ...) are
+// read under their locks.
 type System struct {
-	cfg    UpConfig
-	NATS   *infra.Embedded // nil with an external server
-	URL    string          // NATS URL
-	Conn   *nats.Conn
-	JS     jetstream.JetStream
-	Target *engine.Model
-	Models map[string]*engine.Model // every loaded model by path
+	cfg        UpConfig
+	emb        *infra.Embedded // nil with an external server
+	url        string          // NATS URL
+	conn       *nats.Conn
+	js         jetstream.JetStream
+	target     *engine.Model
+	models     map[string]*engine.Model // every loaded model by path
+	central    *centralized.Server
+	devices    []*drafter.Device
+	edges      []*drafter.Edge
+	generators []httpapi.Device // what the API serves, in device order
+	api        *httpapi.Server
+	httpAddr   string               // the API's address when serving
+	natsCfg    infra.EmbeddedConfig // the embedded server's settings, port resolved
 
-	Batcher     *batcher.Batcher
-	Central     *centralized.Server
-	Devices     []*drafter.Device
-	Edges       []*drafter.Edge
-	Generators  []httpapi.Device // what the API serves, in device order
-	API         *httpapi.Server
-	HTTPAddr    string               // the API's address when serving
-	natsCfg     infra.EmbeddedConfig // the embedded server's settings, port resolved
-	batcherMu   sync.Mutex
-	stopBatcher context.CancelFunc
-	batcherDone chan struct{}
-	verifierMu  sync.Mutex
-	worker      *verifier.Worker
-	stopWorker  context.CancelFunc
-	workerDone  chan struct{}
+	batcherRole  runner // the batcher (see StopBatcher)
+	verifierRole runner // the verifier worker (see StopVerifier)
+	mu           sync.Mutex
+	batcher      *batcher.Batcher
+	worker       *verifier.Worker
+
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
 	httpSrv     *http.Server
 	expiry      *infra.ExpiryWatcher
 	closeOnce   sync.Once
 	ownStoreDir string
+}
+
+// URL is the NATS server's client URL ("" outside SLED mode).
+func (s *System) URL() string { return s.url }
+
+// Conn is the system's own NATS connection (nil outside SLED mode).
+func (s *System) Conn() *nats.Conn { return s.conn }
+
+// JS is the JetStream context of Conn (nil outside SLED mode).
+func (s *System) JS() jetstream.JetStream { return s.js }
+
+// Target is the target model (nil in edge mode).
+func (s *System) Target() *engine.Model { return s.target }
+
+// Model is the loaded model of a file given in UpConfig, or nil.
+func (s *System) Model(path string) *engine.Model { return s.models[path] }
+
+// Devices are the SLED-mode devices, in device order.
+func (s *System) Devices() []*drafter.Device { return s.devices }
+
+// Generators are what the API serves, in device order.
+func (s *System) Generators() []httpapi.Device { return s.generators }
+
+// HTTPAddr is the API's listen address, "" when it does not serve HTTP.
+func (s *System) HTTPAddr() string { return s.httpAddr }
+
+// Batcher is the running batcher, or nil (after StopBatcher).
+func (s *System) Batcher() *batcher.Batcher {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.batcher
 }
 
 // Start runs the whole system in this process and returns once it serves. Close
@@ -149,7 +179,7 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 		cfg.Devices = max(len(cfg.Drafts), 1)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s = &System{cfg: cfg, cancel: cancel, Models: map[string]*engine.Model{}}
+	s = &System{cfg: cfg, cancel: cancel, models: map[string]*engine.Model{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -159,11 +189,11 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 	if err := s.loadModels(); err != nil {
 		return s, err
 	}
-	if s.cfg.Verifier.Threads <= 0 && s.Target != nil {
+	if s.cfg.Verifier.Threads <= 0 && s.target != nil {
 		// The target's own default, but in SLED mode only the cores the simulated
 		// devices leave: llama.cpp's threads synchronise after every operation, and
 		// oversubscribed cores make every pass crawl (see engine.Model.DefaultThreads).
-		s.cfg.Verifier.Threads = s.Target.DefaultThreads()
+		s.cfg.Verifier.Threads = s.target.DefaultThreads()
 		if cfg.Mode == ModeSLED {
 			s.cfg.Verifier.Threads = max(1, min(s.cfg.Verifier.Threads, engine.DefaultThreads()-cfg.Devices*cfg.DeviceThreads))
 		}
@@ -193,14 +223,14 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 }
 
 func (s *System) model(path string) (*engine.Model, error) {
-	if m := s.Models[path]; m != nil {
+	if m := s.models[path]; m != nil {
 		return m, nil
 	}
 	m, err := engine.LoadModel(path, engine.ModelOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("services: %w", err)
 	}
-	s.Models[path] = m
+	s.models[path] = m
 	return m, nil
 }
 
@@ -210,15 +240,15 @@ func (s *System) loadModels() error {
 		if err != nil {
 			return err
 		}
-		s.Target = t
+		s.target = t
 	}
 	for _, p := range s.cfg.Drafts {
 		m, err := s.model(p)
 		if err != nil {
 			return err
 		}
-		if s.Target != nil && s.cfg.Mode == ModeSLED {
-			if err := s.Target.CheckCompatible(m); err != nil {
+		if s.target != nil && s.cfg.Mode == ModeSLED {
+			if err := s.target.CheckCompatible(m); err != nil {
 				return fmt.Errorf("services: %w", err)
 			}
 		}
@@ -227,8 +257,8 @@ func (s *System) loadModels() error {
 }
 
 func (s *System) startNATS(ctx context.Context) error {
-	s.URL = s.cfg.NATSURL
-	if s.URL == "" {
+	s.url = s.cfg.NATSURL
+	if s.url == "" {
 		nc := s.cfg.NATS
 		if nc.Port == 0 {
 			nc.Port = -1
@@ -247,21 +277,21 @@ func (s *System) startNATS(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("services: %w", err)
 		}
-		s.NATS, s.URL = emb, emb.ClientURL()
+		s.emb, s.url = emb, emb.ClientURL()
 		if a, ok := emb.Addr().(*net.TCPAddr); ok {
 			nc.Port = a.Port
 		}
 		s.natsCfg = nc
 	}
 	var err error
-	s.Conn, s.JS, err = infra.Connect(ctx, s.URL, "sled-up")
+	s.conn, s.js, err = infra.Connect(ctx, s.url, "sled-up")
 	if err != nil {
 		return fmt.Errorf("services: %w", err)
 	}
-	if err := infra.ProvisionTopology(ctx, s.JS, infra.Topology{}); err != nil {
+	if err := infra.ProvisionTopology(ctx, s.js, infra.Topology{}); err != nil {
 		return fmt.Errorf("services: %w", err)
 	}
-	s.expiry, err = infra.WatchExpiries(ctx, s.Conn, s.JS, infra.ExpiryConfig{Logger: s.cfg.Logger})
+	s.expiry, err = infra.WatchExpiries(ctx, s.conn, s.js, infra.ExpiryConfig{Logger: s.cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("services: %w", err)
 	}
@@ -298,131 +328,31 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 	}
 	for i := range s.cfg.Devices {
 		path := s.cfg.Drafts[i%len(s.cfg.Drafts)]
-		d, err := drafter.New(ctx, s.Models[path], s.Conn, s.JS, drafter.Config{
+		d, err := drafter.New(ctx, s.models[path], s.conn, s.js, drafter.Config{
 			DeviceID: deviceName(i, path), Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			NoAsync: s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
-			MaxContext: min(s.Models[path].DefaultSlotContext(), s.Target.DefaultSlotContext()),
+			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 		})
 		if err != nil {
 			return err
 		}
-		s.Devices = append(s.Devices, d)
-		s.Generators = append(s.Generators, httpapi.Device{Name: d.ID(), Generator: d})
+		s.devices = append(s.devices, d)
+		s.generators = append(s.generators, httpapi.Device{Name: d.ID(), Generator: d})
 	}
 	return nil
-}
-
-// StartBatcher starts the batcher (again, after StopBatcher): a fresh one on the
-// same durable consumer, as a crashed batcher's replacement would be.
-func (s *System) StartBatcher() error {
-	s.batcherMu.Lock()
-	defer s.batcherMu.Unlock()
-	if s.stopBatcher != nil {
-		return errors.New("services: batcher already running")
-	}
-	b, err := batcher.New(s.Conn, s.JS, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
-	if err != nil {
-		return err
-	}
-	bctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	s.Batcher, s.stopBatcher, s.batcherDone = b, stop, done
-	go func() { defer close(done); _ = b.Run(bctx) }()
-	return nil
-}
-
-// StopBatcher stops the batcher as a crash would: drafts it held unacknowledged
-// are redelivered to the next one.
-func (s *System) StopBatcher() {
-	s.batcherMu.Lock()
-	defer s.batcherMu.Unlock()
-	if s.stopBatcher == nil {
-		return
-	}
-	s.stopBatcher()
-	<-s.batcherDone
-	s.stopBatcher = nil
-}
-
-// RestartNATS shuts the embedded NATS server down and starts it again on the same
-// port and store, after down has passed: every client sees its server vanish and
-// reconnects. It fails with an external server.
-func (s *System) RestartNATS(ctx context.Context, down time.Duration) error {
-	if s.NATS == nil {
-		return errors.New("services: no embedded NATS server to restart")
-	}
-	s.NATS.Shutdown()
-	time.Sleep(down)
-	emb, err := infra.StartEmbedded(ctx, s.natsCfg)
-	if err != nil {
-		return fmt.Errorf("services: restart NATS: %w", err)
-	}
-	s.NATS = emb
-	return nil
-}
-
-// StartVerifier starts the verifier worker (again, after StopVerifier): a fresh
-// verifier with empty KV slots under the configured worker name, as after a crash.
-func (s *System) StartVerifier() error {
-	s.verifierMu.Lock()
-	defer s.verifierMu.Unlock()
-	if s.worker != nil {
-		return errors.New("services: verifier already running")
-	}
-	v, err := verifier.New(s.Target, s.cfg.Verifier)
-	if err != nil {
-		return err
-	}
-	w, err := verifier.NewWorker(v, s.Conn, s.JS, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
-	if err != nil {
-		v.Close()
-		return err
-	}
-	wctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	s.worker, s.stopWorker, s.workerDone = w, stop, done
-	go func() {
-		defer close(done)
-		_ = w.Run(wctx)
-		v.Close()
-	}()
-	return nil
-}
-
-// StopVerifier stops the verifier worker and frees its verifier, as a crash would
-// (batches in flight are redelivered once a worker returns).
-func (s *System) StopVerifier() {
-	s.verifierMu.Lock()
-	defer s.verifierMu.Unlock()
-	if s.worker == nil {
-		return
-	}
-	s.stopWorker()
-	<-s.workerDone
-	s.worker = nil
-}
-
-// Verifier is the running verifier, or nil.
-func (s *System) Verifier() *verifier.Verifier {
-	s.verifierMu.Lock()
-	defer s.verifierMu.Unlock()
-	if s.worker == nil {
-		return nil
-	}
-	return s.worker.Verifier()
 }
 
 func (s *System) startCentralized(runCtx context.Context) error {
-	c, err := centralized.New(s.Target, centralized.Config{Slots: s.cfg.Verifier.Slots, SlotContext: s.cfg.Verifier.SlotContext, Threads: s.cfg.Verifier.Threads})
+	c, err := centralized.New(s.target, centralized.Config{Slots: s.cfg.Verifier.Slots, SlotContext: s.cfg.Verifier.SlotContext, Threads: s.cfg.Verifier.Threads})
 	if err != nil {
 		return err
 	}
-	s.Central = c
+	s.central = c
 	s.spawn(func() { _ = c.Run(runCtx) })
 	// Every "device" forwards its requests to the one server.
 	for i := range s.cfg.Devices {
-		s.Generators = append(s.Generators, httpapi.Device{Name: fmt.Sprintf("device-%d-central", i+1), Generator: c})
+		s.generators = append(s.generators, httpapi.Device{Name: fmt.Sprintf("device-%d-central", i+1), Generator: c})
 	}
 	return nil
 }
@@ -430,28 +360,28 @@ func (s *System) startCentralized(runCtx context.Context) error {
 func (s *System) startEdge() error {
 	for i := range s.cfg.Devices {
 		path := s.cfg.Drafts[i%len(s.cfg.Drafts)]
-		e, err := drafter.NewEdge(s.Models[path], s.cfg.DeviceThreads, 0)
+		e, err := drafter.NewEdge(s.models[path], s.cfg.DeviceThreads, 0)
 		if err != nil {
 			return err
 		}
-		s.Edges = append(s.Edges, e)
-		s.Generators = append(s.Generators, httpapi.Device{Name: deviceName(i, path), Generator: e})
+		s.edges = append(s.edges, e)
+		s.generators = append(s.generators, httpapi.Device{Name: deviceName(i, path), Generator: e})
 	}
 	return nil
 }
 
 func (s *System) serveHTTP(runCtx context.Context) error {
 	name := ""
-	if s.Target != nil {
+	if s.target != nil {
 		name = strings.TrimSuffix(filepath.Base(s.cfg.Target), filepath.Ext(s.cfg.Target))
 	}
-	s.API = httpapi.New(httpapi.Config{Devices: s.Generators, ModelName: name, Logger: s.cfg.Logger})
+	s.api = httpapi.New(httpapi.Config{Devices: s.generators, ModelName: name, Logger: s.cfg.Logger})
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("services: listen %s: %w", s.cfg.HTTPAddr, err)
 	}
-	s.HTTPAddr = ln.Addr().String()
-	s.httpSrv = &http.Server{Handler: s.API, ReadHeaderTimeout: 10 * time.Second}
+	s.httpAddr = ln.Addr().String()
+	s.httpSrv = &http.Server{Handler: s.api, ReadHeaderTimeout: 10 * time.Second}
 	s.spawn(func() {
 		if err := s.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.cfg.Logger.Error("http", "err", err)
@@ -460,58 +390,8 @@ func (s *System) serveHTTP(runCtx context.Context) error {
 	return nil
 }
 
-// Summarize writes a line per device every interval, until ctx ends: tokens/s
-// and acceptance over the interval, for devices that produced tokens in it
-// (an idle system prints nothing). Only SLED-mode devices report.
-func (s *System) Summarize(ctx context.Context, every time.Duration, w io.Writer) {
-	if len(s.Devices) == 0 || every <= 0 {
-		return
-	}
-	last := make([]drafter.Activity, len(s.Devices))
-	for i, d := range s.Devices {
-		last[i] = d.Activity()
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	prev := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			el := now.Sub(prev).Seconds()
-			prev = now
-			for i, d := range s.Devices {
-				a := d.Activity()
-				if line := summaryLine(d.ID(), last[i], a, el); line != "" {
-					fmt.Fprintln(w, line)
-				}
-				last[i] = a
-			}
-		}
-	}
-}
-
-// summaryLine describes the activity between two snapshots taken el seconds
-// apart, or returns "" when there was none.
-func summaryLine(device string, from, to drafter.Activity, el float64) string {
-	tokens := to.Tokens - from.Tokens
-	if tokens == 0 || el <= 0 {
-		return ""
-	}
-	rounds, drafted, accepted := to.Rounds-from.Rounds, to.Drafted-from.Drafted, to.Accepted-from.Accepted
-	line := fmt.Sprintf("%s: %.1f tok/s, %d rounds", device, float64(tokens)/el, rounds)
-	if drafted > 0 {
-		line += fmt.Sprintf(", acceptance %.0f%% (%d/%d), %.2f accepted/round", 100*float64(accepted)/float64(drafted), accepted, drafted, float64(accepted)/float64(max(rounds, 1)))
-	}
-	if u := to.Unverified - from.Unverified; u > 0 {
-		line += fmt.Sprintf(", %d unverified", u)
-	}
-	return line
-}
-
 // Generator returns device i's generator.
-func (s *System) Generator(i int) textgen.Generator { return s.Generators[i].Generator }
+func (s *System) Generator(i int) textgen.Generator { return s.generators[i].Generator }
 
 // Close stops everything: HTTP, devices, batcher, verifier, NATS, models.
 func (s *System) Close() error {
@@ -521,32 +401,35 @@ func (s *System) Close() error {
 			_ = s.httpSrv.Shutdown(ctx)
 			cancel()
 		}
-		for _, d := range s.Devices {
+		for _, d := range s.devices {
 			d.Close()
 		}
-		for _, e := range s.Edges {
+		for _, e := range s.edges {
 			e.Close()
 		}
 		s.StopVerifier()
 		s.StopBatcher()
 		s.cancel()
 		s.wg.Wait()
-		if s.Central != nil {
-			s.Central.Close()
+		if s.central != nil {
+			s.central.Close()
 		}
 		if s.expiry != nil {
 			s.expiry.Stop()
 		}
-		if s.Conn != nil {
-			s.Conn.Close()
+		if s.conn != nil {
+			s.conn.Close()
 		}
-		if s.NATS != nil {
-			s.NATS.Shutdown()
+		s.mu.Lock()
+		emb := s.emb
+		s.mu.Unlock()
+		if emb != nil {
+			emb.Shutdown()
 		}
 		if s.ownStoreDir != "" {
 			os.RemoveAll(s.ownStoreDir)
 		}
-		for _, m := range s.Models {
+		for _, m := range s.models {
 			m.Close()
 		}
 	})

@@ -59,9 +59,9 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 	runEach := func(s *services.System) ([]figures, [][]engine.Token) {
 		var out []figures
 		var toks [][]engine.Token
-		for dev := range s.Generators {
+		for dev := range s.Generators() {
 			var f figures
-			for _, o := range runAll(t, &services.System{Generators: s.Generators[dev : dev+1]}, ps, genTokens) {
+			for _, o := range runOn(t, s.Generators()[dev:dev+1], ps, genTokens) {
 				f.acc += o.res.Stats.Accepted
 				f.drafted += o.res.Stats.Drafted
 				if dev == 0 {
@@ -73,7 +73,7 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 		return out, toks
 	}
 	got, refs := runEach(fixed1)
-	target := fixed1.Target
+	target := fixed1.Target()
 	var promptToks [][]engine.Token
 	for _, p := range ps {
 		pt, _ := target.Tokenize(p, true)
@@ -83,7 +83,7 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 	want := []float64{0.5, 0.2}
 	for i, path := range drafts {
 		online := rate(got[i].acc, got[i].drafted)
-		offline := offlineAgreement(t, target, fixed1.Models[path], refs, promptToks)
+		offline := offlineAgreement(t, target, fixed1.Model(path), refs, promptToks)
 		t.Logf("%s draft, 1 token per round, no threshold: acceptance %.3f (%d/%d); offline agreement %.3f", names[i], online, got[i].acc, got[i].drafted, offline)
 		if math.Abs(online-offline) > 0.03 {
 			t.Errorf("%s: online acceptance %.3f inconsistent with offline agreement %.3f", names[i], online, offline)

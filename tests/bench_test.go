@@ -32,13 +32,13 @@ func BenchmarkUpModes(b *testing.B) {
 				tokens, acc, drafted int
 				el                   time.Duration
 			}
-			devs := make([]dev, len(s.Generators))
+			devs := make([]dev, len(s.Generators()))
 			t0 := time.Now()
-			done := make(chan int, len(s.Generators))
-			for i := range s.Generators {
+			done := make(chan int, len(s.Generators()))
+			for i := range s.Generators() {
 				go func() {
 					st := time.Now()
-					for _, o := range runAll(b, &services.System{Generators: s.Generators[i : i+1]}, ps, genTokens) {
+					for _, o := range runOn(b, s.Generators()[i:i+1], ps, genTokens) {
 						devs[i].tokens += len(o.tokens)
 						devs[i].acc += o.res.Stats.Accepted
 						devs[i].drafted += o.res.Stats.Drafted
@@ -47,7 +47,7 @@ func BenchmarkUpModes(b *testing.B) {
 					done <- i
 				}()
 			}
-			for range s.Generators {
+			for range s.Generators() {
 				<-done
 			}
 			wall := time.Since(t0)
@@ -58,7 +58,7 @@ func BenchmarkUpModes(b *testing.B) {
 				if d.drafted > 0 {
 					acc = fmt.Sprintf("%.2f", float64(d.acc)/float64(d.drafted))
 				}
-				table = append(table, fmt.Sprintf("| %s | %s | %.0f | %s |", mode, s.Generators[i].Name, float64(d.tokens)/d.el.Seconds(), acc))
+				table = append(table, fmt.Sprintf("| %s | %s | %.0f | %s |", mode, s.Generators()[i].Name, float64(d.tokens)/d.el.Seconds(), acc))
 			}
 			sys := float64(total) / wall.Seconds()
 			table = append(table, fmt.Sprintf("| %s | all devices | %.0f | |", mode, sys))

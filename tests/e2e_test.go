@@ -13,6 +13,7 @@ import (
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/engine/gguf"
+	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
@@ -79,15 +80,21 @@ type outcome struct {
 // device runs its share one after another, all devices concurrently.
 func runAll(t testing.TB, s *services.System, ps []string, maxTokens int) []outcome {
 	t.Helper()
+	return runOn(t, s.Generators(), ps, maxTokens)
+}
+
+// runOn is runAll on the given devices.
+func runOn(t testing.TB, devs []httpapi.Device, ps []string, maxTokens int) []outcome {
+	t.Helper()
 	out := make([]outcome, len(ps))
-	n := len(s.Generators)
+	n := len(devs)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(ps))
 	for dev := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			g := s.Generator(dev)
+			g := devs[dev].Generator
 			for i := dev; i < len(ps); i += n {
 				prompt, err := g.Model().Tokenize(ps[i], true)
 				if err != nil {
@@ -155,7 +162,7 @@ func TestLosslessAgainstCentralized(t *testing.T) {
 	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, Retry: drafter.RetryPolicy{Timeout: 5 * time.Second}})
 	got := runAll(t, s, prompts, genTokens)
 
-	target := s.Target
+	target := s.Target()
 	mismatches := 0
 	for i := range prompts {
 		w, g := want[i].tokens, got[i].tokens
@@ -176,7 +183,7 @@ func TestLosslessAgainstCentralized(t *testing.T) {
 	}
 	per := map[string][2]int{}
 	for i, o := range got {
-		name := s.Generators[i%len(s.Generators)].Name
+		name := s.Generators()[i%len(s.Generators())].Name
 		if len(o.tokens) < 10 {
 			t.Errorf("prompt %q produced only %d tokens", prompts[i], len(o.tokens))
 		}
@@ -189,7 +196,7 @@ func TestLosslessAgainstCentralized(t *testing.T) {
 		t.Logf("%s: accepted %d of %d drafted (%.2f)", name, p[0], p[1], float64(p[0])/float64(max(p[1], 1)))
 	}
 	t.Logf("%d prompts x %d tokens on 3 devices: %d identical to centralized, %d at near-ties", len(prompts), genTokens, len(prompts)-mismatches, mismatches)
-	st := s.Batcher.Stats()
+	st := s.Batcher().Stats()
 	t.Logf("batcher: %+v", st)
 	if st.Batches == 0 {
 		t.Fatal("no batches")

@@ -24,11 +24,11 @@ func TestWorkerFailover(t *testing.T) {
 	s := start(t, services.UpConfig{Drafts: drafts, Devices: 4, NoAsync: true,
 		Retry: drafter.RetryPolicy{Timeout: 300 * time.Millisecond}})
 	// A second worker in the same pool, with its own verifier.
-	v2, err := verifier.New(s.Target, verifier.Config{Threads: 1})
+	v2, err := verifier.New(s.Target(), verifier.Config{Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w2, err := verifier.NewWorker(v2, s.Conn, s.JS, verifier.WorkerConfig{Name: "worker-2"})
+	w2, err := verifier.NewWorker(v2, s.Conn(), s.JS(), verifier.WorkerConfig{Name: "worker-2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,8 +36,8 @@ func TestWorkerFailover(t *testing.T) {
 	w2done := make(chan struct{})
 	go func() { defer close(w2done); w2.Run(wctx) }()
 	t.Cleanup(func() { stopW2(); <-w2done; v2.Close() })
-	if !testwait.Eventually(5*time.Second, 20*time.Millisecond, func() bool { return len(s.Batcher.Workers()) >= 2 }) {
-		t.Fatalf("batcher sees workers %v", s.Batcher.Workers())
+	if !testwait.Eventually(5*time.Second, 20*time.Millisecond, func() bool { return len(s.Batcher().Workers()) >= 2 }) {
+		t.Fatalf("batcher sees workers %v", s.Batcher().Workers())
 	}
 
 	var before uint64 // drafts worker-2 had verified when worker-1 died
@@ -46,12 +46,12 @@ func TestWorkerFailover(t *testing.T) {
 		s.StopVerifier() // worker-1 is gone for good
 	})
 	sameAsCentralized(t, ps, got, want, "failover")
-	st := s.Batcher.Stats()
+	st := s.Batcher().Stats()
 	t.Logf("failover: batcher moved %d sessions; worker-2 verified %d drafts before, %d after; resyncs %d", st.Moved, before, v2.Stats().Drafts-before, v2.Stats().Resyncs)
 	if st.Moved == 0 || v2.Stats().Drafts == before {
 		t.Fatalf("no session moved to the surviving worker (moved %d)", st.Moved)
 	}
-	if alive := s.Batcher.Workers(); len(alive) != 1 || alive[0] != "worker-2" {
+	if alive := s.Batcher().Workers(); len(alive) != 1 || alive[0] != "worker-2" {
 		t.Fatalf("batcher still sees %v", alive)
 	}
 }

@@ -54,7 +54,7 @@ func TestFallbackReleasesUnverified(t *testing.T) {
 	})
 	s.StopVerifier()
 	body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": 12})
-	resp, err := http.Post("http://"+s.HTTPAddr+"/v1/completions", "application/json", bytes.NewReader(body))
+	resp, err := http.Post("http://"+s.HTTPAddr()+"/v1/completions", "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestFallbackReleasesUnverified(t *testing.T) {
 		t.Fatalf("expected 12 unverified tokens with spans, got %+v", got.SLED)
 	}
 	// The released text is the draft model's own greedy text.
-	edge, err := drafter.NewEdge(s.Models[testmodels.Path(t, testmodels.Draft4L)], 1, 0)
+	edge, err := drafter.NewEdge(s.Model(testmodels.Path(t, testmodels.Draft4L)), 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestFallbackReleasesUnverified(t *testing.T) {
 func TestDeviceKilledMidRequest(t *testing.T) {
 	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
 	s := start(t, services.UpConfig{Drafts: drafts, Devices: 2})
-	victim := s.Devices[0]
+	victim := s.Devices()[0]
 	prompt, _ := victim.Model().Tokenize("Once upon a time", true)
 	ctx, kill := context.WithCancel(context.Background())
 	n := 0
@@ -119,7 +119,7 @@ func TestDeviceKilledMidRequest(t *testing.T) {
 	victim.Close()
 
 	// The other device is unaffected.
-	other := runAll(t, &services.System{Generators: s.Generators[1:]}, prompts[:2], 32)
+	other := runOn(t, s.Generators()[1:], prompts[:2], 32)
 	for _, o := range other {
 		if len(o.tokens) == 0 {
 			t.Fatal("surviving device produced nothing")
@@ -130,14 +130,14 @@ func TestDeviceKilledMidRequest(t *testing.T) {
 	var di *jetstream.ConsumerInfo
 	var bi *jetstream.StreamInfo
 	idle := testwait.Eventually(5*time.Second, 50*time.Millisecond, func() bool {
-		dc, err := s.JS.Consumer(context.Background(), infra.StreamDrafts, "batcher-default")
+		dc, err := s.JS().Consumer(context.Background(), infra.StreamDrafts, "batcher-default")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if di, err = dc.Info(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		bs, err := s.JS.Stream(context.Background(), infra.StreamBatches)
+		bs, err := s.JS().Stream(context.Background(), infra.StreamBatches)
 		if err != nil {
 			t.Fatal(err)
 		}

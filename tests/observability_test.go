@@ -272,7 +272,7 @@ func TestMetricsScrape(t *testing.T) {
 		Devices: 2, Telemetry: tel,
 	})
 	addr := tel.MetricsAddr()
-	devs := []string{s.Devices[0].ID(), s.Devices[1].ID()}
+	devs := []string{s.Devices()[0].ID(), s.Devices()[1].ID()}
 	counters := []string{"sled_drafted_tokens_total", "sled_accepted_tokens_total", "sled_rounds_total", "sled_tokens_total", "sled_batches_total"}
 
 	stop := make(chan struct{})
@@ -319,7 +319,7 @@ func TestMetricsScrape(t *testing.T) {
 	m.Header.Set(events.HeaderID, "bad-1")
 	m.Header.Set(events.HeaderSource, "/test")
 	m.Data = []byte(`{"device_id":"device-bad"}`)
-	if _, err := s.JS.PublishMsg(ctx, m); err != nil {
+	if _, err := s.JS().PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 

@@ -50,13 +50,13 @@ func TestRealPairLosslessThroughAPI(t *testing.T) {
 		Verifier: verifier.Config{Threads: engine.DefaultThreads()},
 		Retry:    drafter.RetryPolicy{Timeout: 30 * time.Second},
 	})
-	tm := s.Target
+	tm := s.Target()
 	var codeRounds, codeAccepted int
 	for i, p := range realPrompts {
-		dev := s.Generators[i%len(s.Generators)].Name
+		dev := s.Generators()[i%len(s.Generators())].Name
 		n := maxTokens
 		zero := 0.0
-		client := &httpapi.Client{BaseURL: "http://" + s.HTTPAddr, Device: dev}
+		client := &httpapi.Client{BaseURL: "http://" + s.HTTPAddr(), Device: dev}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		resp, err := client.Chat(rctx, httpapi.ChatCompletionRequest{
 			Messages:  []httpapi.ChatMessage{{Role: "user", Content: httpapi.MessageContent(p.Text)}},

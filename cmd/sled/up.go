@@ -169,23 +169,23 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				return err
 			}
 			defer sys.Close()
-			fmt.Printf("sled up (%s mode) in %s: %d devices, API http://%s/v1", cfg.Mode, time.Since(start).Round(time.Millisecond), len(sys.Generators), sys.HTTPAddr)
-			if sys.URL != "" {
-				fmt.Printf(", NATS %s", sys.URL)
+			fmt.Printf("sled up (%s mode) in %s: %d devices, API http://%s/v1", cfg.Mode, time.Since(start).Round(time.Millisecond), len(sys.Generators()), sys.HTTPAddr())
+			if sys.URL() != "" {
+				fmt.Printf(", NATS %s", sys.URL())
 			}
 			if a := tel.MetricsAddr(); a != "" {
 				fmt.Printf(", metrics http://%s/metrics", a)
 			}
 			fmt.Println()
-			go sys.Summarize(ctx, summary, os.Stdout)
+			go summarize(ctx, sys, summary, os.Stdout)
 			if demo {
 				if err := runDemo(ctx, sys, demoText, pair.Chat); err != nil {
 					return err
 				}
 			}
-			fmt.Printf("serving; try: sled generate --url http://%s %q (Ctrl-C stops)\n", sys.HTTPAddr, demoText)
+			fmt.Printf("serving; try: sled generate --url http://%s %q (Ctrl-C stops)\n", sys.HTTPAddr(), demoText)
 			if pair.Chat {
-				fmt.Printf("or chat: curl -s %s/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Write a Go function that reverses a string.\"}],\"max_tokens\":128}'\n", sys.HTTPAddr)
+				fmt.Printf("or chat: curl -s %s/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Write a Go function that reverses a string.\"}],\"max_tokens\":128}'\n", sys.HTTPAddr())
 			}
 			<-ctx.Done()
 			return nil
@@ -214,7 +214,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 // runDemo generates one completion per device and prints it with its figures.
 // With chat, the prompt is the user's turn in the target's chat template.
 func runDemo(ctx context.Context, sys *services.System, prompt string, chat bool) error {
-	for i, d := range sys.Generators {
+	for i, d := range sys.Generators() {
 		m := d.Generator.Model()
 		var toks []engine.Token
 		var err error
