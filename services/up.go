@@ -145,9 +145,9 @@ func (s *System) Batcher() *batcher.Batcher {
 	return s.batcher
 }
 
-// Start runs the whole system in this process and returns once it serves. Close
-// stops it.
-func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
+// withDefaults fills zero fields with the documented defaults; it is
+// idempotent.
+func (cfg UpConfig) withDefaults() UpConfig {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeSLED
 	}
@@ -163,6 +163,16 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Devices <= 0 {
+		cfg.Devices = max(len(cfg.Drafts), 1)
+	}
+	return cfg
+}
+
+// Start runs the whole system in this process and returns once it serves. Close
+// stops it.
+func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
+	cfg = cfg.withDefaults()
 	switch cfg.Mode {
 	case ModeSLED, ModeEdge:
 		if len(cfg.Drafts) == 0 {
@@ -174,9 +184,6 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 	}
 	if cfg.Mode != ModeEdge && cfg.Target == "" {
 		return nil, fmt.Errorf("services: mode %s needs a target model", cfg.Mode)
-	}
-	if cfg.Devices <= 0 {
-		cfg.Devices = max(len(cfg.Drafts), 1)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s = &System{cfg: cfg, cancel: cancel, models: map[string]*engine.Model{}}
