@@ -21,6 +21,7 @@ import (
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // Config configures a Batcher. Zero fields take the documented defaults.
@@ -45,7 +46,7 @@ type Config struct {
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives the batcher's spans and metrics. Default: none.
-	Telemetry *infra.Telemetry
+	Telemetry *telemetry.Telemetry
 }
 
 // TracerName is the instrumentation scope of the batcher's spans.
@@ -77,9 +78,9 @@ type Batcher struct {
 	stats  Stats
 	wake   chan struct{}
 
-	tel       *infra.Telemetry
+	tel       *telemetry.Telemetry
 	tracer    trace.Tracer
-	m         *infra.Metrics
+	m         *telemetry.Metrics
 	poolAttrs metric.MeasurementOption            // pool
 	byPolicy  map[string]metric.MeasurementOption // pool, policy
 	byOutcome map[string]metric.MeasurementOption // pool, outcome
@@ -212,9 +213,9 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	rctx := b.tel.Extract(ctx, ev)
 	_, span := b.tracer.Start(rctx, "batcher.queue", trace.WithSpanKind(trace.SpanKindConsumer))
 	if span.IsRecording() {
-		span.SetAttributes(infra.EventAttrs(ev, msg.Subject(), "receive")...)
-		span.SetAttributes(infra.AttrDevice.String(d.DeviceID), infra.AttrSession.String(d.SessionID),
-			infra.AttrRound.Int64(int64(d.Round)), infra.AttrDrafted.Int(len(d.Draft)), infra.AttrPool.String(b.cfg.Pool))
+		span.SetAttributes(telemetry.EventAttrs(ev, msg.Subject(), "receive")...)
+		span.SetAttributes(telemetry.AttrDevice.String(d.DeviceID), telemetry.AttrSession.String(d.SessionID),
+			telemetry.AttrRound.Int64(int64(d.Round)), telemetry.AttrDrafted.Int(len(d.Draft)), telemetry.AttrPool.String(b.cfg.Pool))
 	}
 	if d.TraceParent == "" {
 		d.TraceParent, d.TraceState = ev.TraceParent, ev.TraceState
@@ -273,7 +274,7 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 func (b *Batcher) dropped(ctx context.Context, span trace.Span, outcome string) {
 	b.m.BatcherDrafts.Add(ctx, 1, b.byOutcome[outcome])
 	if span.IsRecording() {
-		span.SetAttributes(infra.AttrOutcome.String(outcome))
+		span.SetAttributes(telemetry.AttrOutcome.String(outcome))
 	}
 	span.End()
 }
@@ -382,7 +383,7 @@ func (b *Batcher) publish(ctx context.Context, worker, reason string, items []it
 	b.tel.Inject(ctx, ev)
 	_, err := b.pub.Publish(ctx, ev)
 	if span.IsRecording() {
-		span.SetAttributes(infra.EventAttrs(ev, batch.NATSSubject(), "send")...)
+		span.SetAttributes(telemetry.EventAttrs(ev, batch.NATSSubject(), "send")...)
 		if err != nil {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, "publish failed")
@@ -425,8 +426,8 @@ func (b *Batcher) startBatch(ctx context.Context, batch *events.VerifyBatch, ite
 	for _, it := range items {
 		b.m.QueueWait.Record(ctx, now.Sub(it.at).Seconds(), b.poolAttrs)
 		if it.span.IsRecording() {
-			it.span.SetAttributes(infra.AttrOutcome.String(OutcomeBatched), infra.AttrBatchID.String(batch.BatchID),
-				infra.AttrBatchPolicy.String(batch.Policy), infra.AttrBatchSize.Int(len(items)))
+			it.span.SetAttributes(telemetry.AttrOutcome.String(OutcomeBatched), telemetry.AttrBatchID.String(batch.BatchID),
+				telemetry.AttrBatchPolicy.String(batch.Policy), telemetry.AttrBatchSize.Int(len(items)))
 		}
 		it.span.End(trace.WithTimestamp(now))
 		if tracing && it.round.IsValid() {
@@ -436,9 +437,9 @@ func (b *Batcher) startBatch(ctx context.Context, batch *events.VerifyBatch, ite
 	ctx, span := b.tracer.Start(ctx, "batcher.batch", trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithLinks(links...), trace.WithTimestamp(now))
 	if span.IsRecording() {
-		span.SetAttributes(infra.AttrBatchID.String(batch.BatchID), infra.AttrBatchPolicy.String(batch.Policy),
-			infra.AttrBatchSize.Int(len(items)), infra.AttrPool.String(b.cfg.Pool), infra.AttrWorker.String(batch.Worker),
-			infra.AttrMsgBatchCount.Int(len(items)))
+		span.SetAttributes(telemetry.AttrBatchID.String(batch.BatchID), telemetry.AttrBatchPolicy.String(batch.Policy),
+			telemetry.AttrBatchSize.Int(len(items)), telemetry.AttrPool.String(b.cfg.Pool), telemetry.AttrWorker.String(batch.Worker),
+			telemetry.AttrMsgBatchCount.Int(len(items)))
 	}
 	return ctx, span
 }

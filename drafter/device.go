@@ -22,6 +22,7 @@ import (
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -58,7 +59,7 @@ type Config struct {
 	Logger *slog.Logger
 	// Telemetry receives the device's spans (one trace per round) and metrics.
 	// Default: none.
-	Telemetry *infra.Telemetry
+	Telemetry *telemetry.Telemetry
 	// ModelName is the draft_model label of the device's metrics. Default: the
 	// draft model file's base name without extension.
 	ModelName string
@@ -266,7 +267,7 @@ func (g *generation) run(ctx context.Context) error {
 		_, sp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.draft")
 		err := g.draft(ctx)
 		if sp.IsRecording() {
-			sp.SetAttributes(infra.AttrDrafted.Int(len(g.st.pending)))
+			sp.SetAttributes(telemetry.AttrDrafted.Int(len(g.st.pending)))
 		}
 		sp.End()
 		if err != nil {
@@ -330,7 +331,7 @@ func (g *generation) send(ctx context.Context) error {
 	defer cancel()
 	_, err := g.d.pub.Publish(pctx, e)
 	if sp.IsRecording() {
-		sp.SetAttributes(infra.EventAttrs(e, ev.NATSSubject(), "send")...)
+		sp.SetAttributes(telemetry.EventAttrs(e, ev.NATSSubject(), "send")...)
 		if err != nil {
 			sp.RecordError(err)
 			sp.SetStatus(codes.Error, "publish failed")
@@ -338,7 +339,7 @@ func (g *generation) send(ctx context.Context) error {
 	}
 	sp.End()
 	if g.rt.span.IsRecording() {
-		g.rt.span.SetAttributes(infra.AttrRound.Int64(int64(g.round)), infra.AttrDrafted.Int(len(st.pending)))
+		g.rt.span.SetAttributes(telemetry.AttrRound.Int64(int64(g.round)), telemetry.AttrDrafted.Int(len(st.pending)))
 	}
 	g.observeSent(ctx)
 	return err

@@ -14,8 +14,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
-	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/schemas"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // TracerName is the instrumentation scope of the device's spans.
@@ -50,9 +50,9 @@ type Activity struct {
 // so that recording a round allocates nothing when telemetry is off and
 // little when it is on.
 type observer struct {
-	tel    *infra.Telemetry
+	tel    *telemetry.Telemetry
 	tracer trace.Tracer
-	m      *infra.Metrics
+	m      *telemetry.Metrics
 	model  string
 
 	dev        metric.MeasurementOption // device, draft_model
@@ -71,7 +71,7 @@ func modelName(path string) string {
 	return strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 }
 
-func newObserver(tel *infra.Telemetry, device, model string) *observer {
+func newObserver(tel *telemetry.Telemetry, device, model string) *observer {
 	tel = tel.Or()
 	o := &observer{tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics, model: model, outcome: map[string]metric.MeasurementOption{}}
 	dm := attribute.String("draft_model", model)
@@ -126,8 +126,8 @@ func (g *generation) beginRound(ctx context.Context) {
 	}
 	g.rt.ctx, g.rt.span = o.tracer.Start(ctx, "sled.round", opts...)
 	if g.rt.span.IsRecording() {
-		g.rt.span.SetAttributes(infra.AttrDevice.String(g.d.cfg.DeviceID), infra.AttrSession.String(g.session),
-			infra.AttrDraftModel.String(o.model), infra.AttrPool.String(g.d.cfg.Pool))
+		g.rt.span.SetAttributes(telemetry.AttrDevice.String(g.d.cfg.DeviceID), telemetry.AttrSession.String(g.session),
+			telemetry.AttrDraftModel.String(o.model), telemetry.AttrPool.String(g.d.cfg.Pool))
 	}
 }
 
@@ -142,12 +142,12 @@ func (g *generation) endRound(outcome string, res *events.VerifyResult) {
 		return
 	}
 	if sp.IsRecording() {
-		sp.SetAttributes(infra.AttrRound.Int64(int64(g.round)), infra.AttrOutcome.String(outcome))
+		sp.SetAttributes(telemetry.AttrRound.Int64(int64(g.round)), telemetry.AttrOutcome.String(outcome))
 		if res != nil {
-			sp.SetAttributes(infra.AttrStatus.String(string(res.Status)), infra.AttrBatchID.String(res.BatchID),
-				infra.AttrBatchSize.Int(res.BatchSize))
+			sp.SetAttributes(telemetry.AttrStatus.String(string(res.Status)), telemetry.AttrBatchID.String(res.BatchID),
+				telemetry.AttrBatchSize.Int(res.BatchSize))
 			if res.Status == events.StatusOK {
-				sp.SetAttributes(infra.AttrAccepted.Int(res.Accepted))
+				sp.SetAttributes(telemetry.AttrAccepted.Int(res.Accepted))
 			}
 		}
 		if outcome != OutcomeOK {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // ErrPermanent marks a handler error that retrying cannot fix. Wrap it with
@@ -100,7 +101,7 @@ type ConsumerConfig struct {
 	// slog.Default()).
 	Logger *slog.Logger
 	// Telemetry counts rejected events and redeliveries (default: none).
-	Telemetry *Telemetry
+	Telemetry *telemetry.Telemetry
 }
 
 // Consumer defaults.
@@ -163,7 +164,7 @@ type Consumer struct {
 	cons  jetstream.Consumer
 	cfg   ConsumerConfig
 	pub   *Publisher
-	m     *Metrics
+	m     *telemetry.Metrics
 	attrs metric.MeasurementOption // consumer=<Durable>
 }
 

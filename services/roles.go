@@ -17,6 +17,7 @@ import (
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/verifier"
 )
 
@@ -61,7 +62,7 @@ type VerifierRole struct {
 	Verifier verifier.Config
 	Logger   *slog.Logger
 	// Telemetry receives spans and metrics (default none).
-	Telemetry *infra.Telemetry
+	Telemetry *telemetry.Telemetry
 }
 
 // RunVerifier runs one verifier worker until ctx ends.

@@ -26,6 +26,7 @@ import (
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/textgen"
 	"github.com/sled-project/sled/verifier"
 )
@@ -76,9 +77,9 @@ type UpConfig struct {
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives every role's spans and metrics (see
-	// infra.SetupTelemetry; the caller shuts it down after Close). Default:
+	// telemetry.Setup; the caller shuts it down after Close). Default:
 	// none.
-	Telemetry *infra.Telemetry
+	Telemetry *telemetry.Telemetry
 }
 
 // System is a running `sled up`. Its methods are safe for concurrent use; the

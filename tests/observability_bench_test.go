@@ -15,9 +15,9 @@ import (
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 
-	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // BenchmarkTelemetryOverhead measures what tracing and metrics cost: the same
@@ -46,10 +46,10 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 	collector := strings.TrimPrefix(sink.URL, "http://")
 	run := func(on, traces bool, ratio float64) (float64, float64) {
 		ctx := context.Background()
-		var tel *infra.Telemetry
+		var tel *telemetry.Telemetry
 		if on && !traces {
 			var err error
-			tel, err = infra.SetupTelemetry(ctx, infra.TelemetryConfig{MetricsAddr: "127.0.0.1:0"})
+			tel, err = telemetry.Setup(ctx, telemetry.Config{MetricsAddr: "127.0.0.1:0"})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -61,7 +61,7 @@ func BenchmarkTelemetryOverhead(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			tel, err = infra.SetupTelemetry(ctx, infra.TelemetryConfig{SpanExporter: exp, SampleRatio: ratio, MetricsAddr: "127.0.0.1:0"})
+			tel, err = telemetry.Setup(ctx, telemetry.Config{SpanExporter: exp, SampleRatio: ratio, MetricsAddr: "127.0.0.1:0"})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -20,10 +20,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sled-project/sled/events"
-	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -54,7 +54,7 @@ func hasLink(s tracetest.SpanStub, sc trace.SpanContext) bool {
 func TestTraceOneRound(t *testing.T) {
 	exp := tracetest.NewInMemoryExporter()
 	ctx := context.Background()
-	tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{SpanExporter: exp})
+	tel, err := telemetry.Setup(ctx, telemetry.Config{SpanExporter: exp})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestTraceOneRound(t *testing.T) {
 	rounds := byName["sled.round"]
 	var ok []tracetest.SpanStub
 	for _, r := range rounds {
-		if v, _ := attrOf(r, infra.AttrOutcome); v.AsString() == "ok" {
+		if v, _ := attrOf(r, telemetry.AttrOutcome); v.AsString() == "ok" {
 			ok = append(ok, r)
 		}
 	}
@@ -104,7 +104,7 @@ func TestTraceOneRound(t *testing.T) {
 			t.Fatalf("two rounds share trace %s", sc.TraceID())
 		}
 		traces[sc.TraceID()] = true
-		round, _ := attrOf(r, infra.AttrRound)
+		round, _ := attrOf(r, telemetry.AttrRound)
 		kids := map[string][]tracetest.SpanStub{}
 		for _, c := range children[sc.SpanID()] {
 			if c.SpanContext.TraceID() != sc.TraceID() {
@@ -118,33 +118,33 @@ func TestTraceOneRound(t *testing.T) {
 			}
 		}
 		pub := kids["drafter.publish"][0]
-		if v, _ := attrOf(pub, infra.AttrCEEventType); v.AsString() != events.TypeDraftReady {
+		if v, _ := attrOf(pub, telemetry.AttrCEEventType); v.AsString() != events.TypeDraftReady {
 			t.Fatalf("publish span event type %q", v.AsString())
 		}
-		if v, _ := attrOf(pub, infra.AttrMsgSystem); v.AsString() != "nats" {
+		if v, _ := attrOf(pub, telemetry.AttrMsgSystem); v.AsString() != "nats" {
 			t.Fatalf("publish span messaging.system %q", v.AsString())
 		}
 		var queue *tracetest.SpanStub
 		for i, q := range kids["batcher.queue"] {
-			if v, _ := attrOf(q, infra.AttrOutcome); v.AsString() == "batched" {
+			if v, _ := attrOf(q, telemetry.AttrOutcome); v.AsString() == "batched" {
 				queue = &kids["batcher.queue"][i]
 			}
 		}
 		if queue == nil {
 			t.Fatalf("round %d has no batched batcher.queue child (children: %v)", round.AsInt64(), names(children[sc.SpanID()]))
 		}
-		if r2, _ := attrOf(*queue, infra.AttrRound); r2.AsInt64() != round.AsInt64() {
+		if r2, _ := attrOf(*queue, telemetry.AttrRound); r2.AsInt64() != round.AsInt64() {
 			t.Fatalf("queue span of round %d says round %d", round.AsInt64(), r2.AsInt64())
 		}
 		ver := kids["verifier.verify"][0]
-		if v, _ := attrOf(ver, infra.AttrRound); v.AsInt64() != round.AsInt64() {
+		if v, _ := attrOf(ver, telemetry.AttrRound); v.AsInt64() != round.AsInt64() {
 			t.Fatalf("verify span of round %d says round %d", round.AsInt64(), v.AsInt64())
 		}
 		if queue.EndTime.After(ver.StartTime) || pub.StartTime.After(queue.StartTime) {
 			t.Fatalf("round %d: publish %v, queue %v-%v, verify from %v: out of order", round.AsInt64(), pub.StartTime, queue.StartTime, queue.EndTime, ver.StartTime)
 		}
-		ra, _ := attrOf(r, infra.AttrAccepted)
-		va, _ := attrOf(ver, infra.AttrAccepted)
+		ra, _ := attrOf(r, telemetry.AttrAccepted)
+		va, _ := attrOf(ver, telemetry.AttrAccepted)
 		if ra.AsInt64() != va.AsInt64() {
 			t.Fatalf("round %d: device says %d accepted, verifier %d", round.AsInt64(), ra.AsInt64(), va.AsInt64())
 		}
@@ -160,20 +160,20 @@ func TestTraceOneRound(t *testing.T) {
 		}
 		// The batch that carried the round: its batcher span links to the
 		// round, and the verifier's batch span is that span's child.
-		bid, _ := attrOf(*queue, infra.AttrBatchID)
-		if v, _ := attrOf(ver, infra.AttrBatchID); v.AsString() != bid.AsString() {
+		bid, _ := attrOf(*queue, telemetry.AttrBatchID)
+		if v, _ := attrOf(ver, telemetry.AttrBatchID); v.AsString() != bid.AsString() {
 			t.Fatalf("round %d queued in batch %s, verified in %s", round.AsInt64(), bid.AsString(), v.AsString())
 		}
 		var bb *tracetest.SpanStub
 		for i, b := range byName["batcher.batch"] {
-			if v, _ := attrOf(b, infra.AttrBatchID); v.AsString() == bid.AsString() {
+			if v, _ := attrOf(b, telemetry.AttrBatchID); v.AsString() == bid.AsString() {
 				bb = &byName["batcher.batch"][i]
 			}
 		}
 		if bb == nil || !hasLink(*bb, sc) || bb.Parent.IsValid() {
 			t.Fatalf("round %d: batcher.batch span of %s missing, a child, or not linked to the round", round.AsInt64(), bid.AsString())
 		}
-		if p, _ := attrOf(*bb, infra.AttrBatchPolicy); p.AsString() == "" {
+		if p, _ := attrOf(*bb, telemetry.AttrBatchPolicy); p.AsString() == "" {
 			t.Fatal("batch span without sled.batch.policy")
 		}
 		found := false
@@ -262,7 +262,7 @@ func (s scrape) sum(name string, want ...string) float64 {
 // server's batch, queue and verifier metrics and a rejected event counted.
 func TestMetricsScrape(t *testing.T) {
 	ctx := context.Background()
-	tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{MetricsAddr: "127.0.0.1:0"})
+	tel, err := telemetry.Setup(ctx, telemetry.Config{MetricsAddr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}

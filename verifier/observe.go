@@ -12,7 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
-	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // observeResult records one verdict's metrics.
@@ -74,10 +74,10 @@ func (w *Worker) startTrace(ctx context.Context, ev *events.Event, msg jetstream
 	_, tr.batch = w.tracer.Start(w.tel.Extract(ctx, ev), "verifier.batch",
 		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithLinks(links...))
 	if tr.batch.IsRecording() {
-		tr.batch.SetAttributes(infra.EventAttrs(ev, msg.Subject(), "process")...)
-		tr.batch.SetAttributes(infra.AttrBatchID.String(b.BatchID), infra.AttrBatchPolicy.String(b.Policy),
-			infra.AttrBatchSize.Int(len(drafts)), infra.AttrPool.String(w.cfg.Pool), infra.AttrWorker.String(w.cfg.Name),
-			infra.AttrMsgBatchCount.Int(len(b.Drafts)))
+		tr.batch.SetAttributes(telemetry.EventAttrs(ev, msg.Subject(), "process")...)
+		tr.batch.SetAttributes(telemetry.AttrBatchID.String(b.BatchID), telemetry.AttrBatchPolicy.String(b.Policy),
+			telemetry.AttrBatchSize.Int(len(drafts)), telemetry.AttrPool.String(w.cfg.Pool), telemetry.AttrWorker.String(w.cfg.Name),
+			telemetry.AttrMsgBatchCount.Int(len(b.Drafts)))
 	}
 	tr.verify = make([]trace.Span, len(drafts))
 	tr.publish = make([]trace.Span, len(drafts))
@@ -85,9 +85,9 @@ func (w *Worker) startTrace(ctx context.Context, ev *events.Event, msg jetstream
 		d := &drafts[i]
 		_, sp := w.tracer.Start(w.tel.ExtractDraft(ctx, d), "verifier.verify", trace.WithSpanKind(trace.SpanKindConsumer))
 		if sp.IsRecording() {
-			sp.SetAttributes(infra.AttrDevice.String(d.DeviceID), infra.AttrSession.String(d.SessionID),
-				infra.AttrRound.Int64(int64(d.Round)), infra.AttrDrafted.Int(len(d.Draft)),
-				infra.AttrBatchID.String(b.BatchID), infra.AttrBatchSize.Int(len(drafts)), infra.AttrWorker.String(w.cfg.Name))
+			sp.SetAttributes(telemetry.AttrDevice.String(d.DeviceID), telemetry.AttrSession.String(d.SessionID),
+				telemetry.AttrRound.Int64(int64(d.Round)), telemetry.AttrDrafted.Int(len(d.Draft)),
+				telemetry.AttrBatchID.String(b.BatchID), telemetry.AttrBatchSize.Int(len(drafts)), telemetry.AttrWorker.String(w.cfg.Name))
 		}
 		tr.verify[i] = sp
 	}
@@ -105,13 +105,13 @@ func (tr *batchTrace) verdict(i int, start, end time.Time, r *events.VerifyResul
 	vctx := trace.ContextWithSpan(context.Background(), sp)
 	_, dec := tr.w.tracer.Start(vctx, "verifier.decode", trace.WithTimestamp(start))
 	if dec.IsRecording() {
-		dec.SetAttributes(infra.AttrBatchSize.Int(len(tr.verify)))
+		dec.SetAttributes(telemetry.AttrBatchSize.Int(len(tr.verify)))
 	}
 	dec.End(trace.WithTimestamp(end))
 	if sp.IsRecording() {
-		sp.SetAttributes(infra.AttrStatus.String(string(r.Status)))
+		sp.SetAttributes(telemetry.AttrStatus.String(string(r.Status)))
 		if r.Status == events.StatusOK {
-			sp.SetAttributes(infra.AttrAccepted.Int(r.Accepted))
+			sp.SetAttributes(telemetry.AttrAccepted.Int(r.Accepted))
 		} else {
 			sp.SetStatus(codes.Error, r.Reason)
 		}
@@ -119,8 +119,8 @@ func (tr *batchTrace) verdict(i int, start, end time.Time, r *events.VerifyResul
 	tr.w.tel.Inject(vctx, rev)
 	_, pub := tr.w.tracer.Start(vctx, "verifier.publish", trace.WithSpanKind(trace.SpanKindProducer))
 	if pub.IsRecording() {
-		pub.SetAttributes(infra.AttrMsgSystem.String("nats"), infra.AttrMsgDest.String(r.NATSSubject()),
-			infra.AttrMsgOpType.String("send"), infra.AttrMsgID.String(r.MsgID()), infra.AttrCEEventType.String(rev.Type()))
+		pub.SetAttributes(telemetry.AttrMsgSystem.String("nats"), telemetry.AttrMsgDest.String(r.NATSSubject()),
+			telemetry.AttrMsgOpType.String("send"), telemetry.AttrMsgID.String(r.MsgID()), telemetry.AttrCEEventType.String(rev.Type()))
 	}
 	tr.publish[i] = pub
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // WorkerConfig configures RunWorker. Zero fields take the documented defaults.
@@ -37,7 +38,7 @@ type WorkerConfig struct {
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives the worker's spans and metrics. Default: none.
-	Telemetry *infra.Telemetry
+	Telemetry *telemetry.Telemetry
 }
 
 // TracerName is the instrumentation scope of the verifier's spans.
@@ -64,9 +65,9 @@ type Worker struct {
 	queue []delivery
 	ready chan struct{} // signalled when queue grows
 
-	tel      *infra.Telemetry
+	tel      *telemetry.Telemetry
 	tracer   trace.Tracer
-	m        *infra.Metrics
+	m        *telemetry.Metrics
 	attrs    metric.MeasurementOption                   // pool, worker
 	byStatus map[events.Status]metric.MeasurementOption // pool, worker, status
 	drafted  metric.MeasurementOption                   // pool, worker, kind=drafted

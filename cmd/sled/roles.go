@@ -10,9 +10,9 @@ import (
 
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
-	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/telemetry"
 )
 
 // The standalone roles: each runs one part of SLED and connects to a NATS server,
@@ -139,11 +139,11 @@ func (t *telemetryFlags) register(cmd *cobra.Command, metricsAddr string) {
 }
 
 // setup starts telemetry for service; the caller shuts it down.
-func (t *telemetryFlags) setup(ctx context.Context, service string) (*infra.Telemetry, error) {
+func (t *telemetryFlags) setup(ctx context.Context, service string) (*telemetry.Telemetry, error) {
 	if t.sample < 0 || t.sample > 1 {
 		return nil, fmt.Errorf("--trace-sample %v not in (0,1]", t.sample)
 	}
-	tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{
+	tel, err := telemetry.Setup(ctx, telemetry.Config{
 		ServiceName: service, Traces: t.traces, SampleRatio: t.sample, MetricsAddr: t.metricsAddr,
 	})
 	if err != nil {
@@ -155,7 +155,7 @@ func (t *telemetryFlags) setup(ctx context.Context, service string) (*infra.Tele
 	return tel, nil
 }
 
-func shutdownTelemetry(tel *infra.Telemetry) {
+func shutdownTelemetry(tel *telemetry.Telemetry) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := tel.Shutdown(ctx); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
+	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/textgen"
 	"github.com/sled-project/sled/verifier"
 )
@@ -156,7 +157,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				}
 			}
 			start := time.Now()
-			tel, err := infra.SetupTelemetry(ctx, infra.TelemetryConfig{
+			tel, err := telemetry.Setup(ctx, telemetry.Config{
 				ServiceName: "sled", Traces: tf.traces, SampleRatio: tf.sample, MetricsAddr: tf.metricsAddr,
 			})
 			if err != nil {

@@ -1,4 +1,9 @@
-package infra
+// Package telemetry is SLED's OpenTelemetry set-up, apart from messaging: the
+// tracer and meter providers (Setup), the metric instruments every role records
+// (Metrics), trace context carried in CloudEvents (Inject, Extract), and the span
+// attribute names, after OpenTelemetry's messaging and CloudEvents conventions.
+// A nil *Telemetry records nothing.
+package telemetry
 
 import (
 	"context"
@@ -32,7 +37,7 @@ import (
 	"github.com/sled-project/sled/events"
 )
 
-// Trace exporters of TelemetryConfig.Traces.
+// Trace exporters of Config.Traces.
 const (
 	TracesNone     = "none"      // no tracing (default): spans are no-ops
 	TracesStdout   = "stdout"    // pretty-printed JSON spans on standard output
@@ -41,9 +46,9 @@ const (
 	TracesOTLPHTTP = "otlp-http" // OTLP over HTTP (protobuf)
 )
 
-// TelemetryConfig configures SetupTelemetry. Zero fields take the documented
+// Config configures Setup. Zero fields take the documented
 // defaults.
-type TelemetryConfig struct {
+type Config struct {
 	// ServiceName is the service.name resource attribute, e.g. "sled" or
 	// "sled-verifier". OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override
 	// it. Default "sled".
@@ -97,14 +102,14 @@ var nopTelemetry = sync.OnceValue(func() *Telemetry {
 	}
 })
 
-// NopTelemetry returns a Telemetry that records nothing, at the cost of a
+// Nop returns a Telemetry that records nothing, at the cost of a
 // few no-op calls per round.
-func NopTelemetry() *Telemetry { return nopTelemetry() }
+func Nop() *Telemetry { return nopTelemetry() }
 
-// Or returns t, or NopTelemetry when t is nil.
+// Or returns t, or Nop when t is nil.
 func (t *Telemetry) Or() *Telemetry {
 	if t == nil {
-		return NopTelemetry()
+		return Nop()
 	}
 	return t
 }
@@ -217,11 +222,11 @@ func (c draftCarrier) Set(key, value string) {
 
 func (c draftCarrier) Keys() []string { return []string{"traceparent", "tracestate"} }
 
-// SetupTelemetry builds the tracer provider, the metric instruments and, with
+// Setup builds the tracer provider, the metric instruments and, with
 // cfg.MetricsAddr, starts the Prometheus /metrics endpoint. Shutdown flushes
 // and stops them. With the defaults (no exporter, no metrics address) it
 // returns a Telemetry that records nothing.
-func SetupTelemetry(ctx context.Context, cfg TelemetryConfig) (*Telemetry, error) {
+func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if cfg.ServiceName == "" {
 		cfg.ServiceName = "sled"
 	}

@@ -1,4 +1,4 @@
-package infra
+package telemetry
 
 import (
 	"go.opentelemetry.io/otel/metric"
