@@ -33,6 +33,12 @@ const (
 	ReasonContextLength = "context_length" // the session would outgrow SlotContext
 	ReasonNoSlot        = "no_slot"        // every slot is held by a session of the same batch
 	ReasonEngine        = "engine"         // the forward pass failed
+	// ReasonUnknownSession: the verifier holds no state for the session (new to
+	// it, evicted, or the verifier restarted): resend with the full prefix.
+	ReasonUnknownSession = "unknown_session"
+	// ReasonPrefixMismatch: the verifier's tokens of the session do not hash to
+	// the round's prefix: resend with the full prefix.
+	ReasonPrefixMismatch = "prefix_mismatch"
 )
 
 // Stats are cumulative counters of a Verifier.
@@ -140,7 +146,7 @@ func (v *Verifier) Verify(ctx context.Context, drafts []events.DraftReady) ([]ev
 		r := &results[i]
 		*r = events.VerifyResult{DeviceID: d.DeviceID, SessionID: d.SessionID, Round: d.Round, BatchSize: len(drafts)}
 		if pinned[sessionKey(d)] {
-			fail(r, events.StatusInvalid, "invalid", "a batch may hold one round per session")
+			fail(r, events.StatusInvalid, events.Reason(events.ErrInvalid), "a batch may hold one round per session")
 			continue
 		}
 		if j := v.plan(d, r, pinned); j != nil {
@@ -177,7 +183,7 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 	for _, set := range [][]int32{d.Committed, d.Draft, d.Prefix} {
 		for _, t := range set {
 			if !v.model.ValidToken(t) {
-				fail(r, events.StatusInvalid, "token_range", fmt.Sprintf("token %d outside the target vocabulary of %d", t, v.model.VocabSize()))
+				fail(r, events.StatusInvalid, events.Reason(events.ErrTokenRange), fmt.Sprintf("token %d outside the target vocabulary of %d", t, v.model.VocabSize()))
 				return nil
 			}
 		}
@@ -207,17 +213,17 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 			}
 		}
 		if d.Prefix == nil {
-			fail(r, events.StatusPrefixMismatch, "prefix_mismatch", fmt.Sprintf(
+			fail(r, events.StatusPrefixMismatch, ReasonPrefixMismatch, fmt.Sprintf(
 				"verifier holds %d tokens of this session that do not match prefix %d/%s: resend the full prefix", len(s.kv), d.PrefixLen, d.PrefixHash))
 			return nil
 		}
 	} else if d.Prefix == nil {
-		fail(r, events.StatusUnknownSession, "unknown_session", "no state for this session here: resend the full prefix")
+		fail(r, events.StatusUnknownSession, ReasonUnknownSession, "no state for this session here: resend the full prefix")
 		return nil
 	}
 	// Rebuild the session from the full prefix.
 	if len(d.Prefix) == 0 {
-		fail(r, events.StatusInvalid, "invalid", "empty prefix")
+		fail(r, events.StatusInvalid, events.Reason(events.ErrInvalid), "empty prefix")
 		return nil
 	}
 	s, _, keep := v.slots.assign(sessionKey(d), d.Prefix, pinned)
