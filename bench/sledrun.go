@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/verifier"
 )
 
@@ -71,54 +71,20 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	if t.Devices <= 0 || t.Profile.TokensPerSec <= 0 {
 		return nil, errors.New("bench: a SLED trial needs devices and a profile rate")
 	}
-	dir, err := os.MkdirTemp("", "sled-bench-nats-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	emb, err := infra.StartEmbedded(ctx, infra.EmbeddedConfig{Port: -1, StoreDir: dir})
-	if err != nil {
-		return nil, fmt.Errorf("bench: %w", err)
-	}
-	defer emb.Shutdown()
-	url := emb.ClientURL()
-	srvConn, js, err := infra.Connect(ctx, url, "bench-server")
-	if err != nil {
-		return nil, fmt.Errorf("bench: %w", err)
-	}
-	defer srvConn.Close()
-	if err := infra.ProvisionTopology(ctx, js, infra.Topology{}); err != nil {
-		return nil, fmt.Errorf("bench: %w", err)
-	}
 	log := e.Cfg.Logger
+	srv, err := services.StartServer(ctx, services.ServerConfig{
+		Target: e.Target, WorkerName: "bench-1", Batch: t.Batch, Logger: log,
+		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: e.Cfg.Threads},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	defer srv.Close()
+	url := srv.URL()
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-
-	b, err := batcher.New(srvConn, js, batcher.Config{Policy: t.Batch, VocabSize: e.Target.VocabSize(), Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = b.Run(runCtx) }()
-	v, err := verifier.New(e.Target, verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: e.Cfg.Threads})
-	if err != nil {
-		return nil, err
-	}
-	wConn, wjs, err := infra.Connect(ctx, url, "bench-verifier")
-	if err != nil {
-		v.Close()
-		return nil, fmt.Errorf("bench: %w", err)
-	}
-	defer wConn.Close()
-	w, err := verifier.NewWorker(v, wConn, wjs, verifier.WorkerConfig{Name: "bench-1", Logger: log})
-	if err != nil {
-		v.Close()
-		return nil, err
-	}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = w.Run(runCtx); v.Close() }()
 
 	fleet := &fleet{env: e, t: t}
 	for i := range devConns {
@@ -132,7 +98,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	}
 	// Wait for the worker's first heartbeat to reach the batcher, so the first
 	// batches are routed to it rather than to the shared subject.
-	for deadline := time.Now().Add(5 * time.Second); len(b.Workers()) == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(5 * time.Second); len(srv.Batcher().Workers()) == 0 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
 	start := time.Now()

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -87,10 +86,7 @@ type UpConfig struct {
 // read under their locks.
 type System struct {
 	cfg        UpConfig
-	emb        *infra.Embedded // nil with an external server
-	url        string          // NATS URL
-	conn       *nats.Conn
-	js         jetstream.JetStream
+	server     *Server // SLED mode only
 	target     *engine.Model
 	models     map[string]*engine.Model // every loaded model by path
 	central    *centralized.Server
@@ -98,31 +94,40 @@ type System struct {
 	edges      []*drafter.Edge
 	generators []httpapi.Device // what the API serves, in device order
 	api        *httpapi.Server
-	httpAddr   string               // the API's address when serving
-	natsCfg    infra.EmbeddedConfig // the embedded server's settings, port resolved
+	httpAddr   string // the API's address when serving
 
-	batcherRole  runner // the batcher (see StopBatcher)
-	verifierRole runner // the verifier worker (see StopVerifier)
-	mu           sync.Mutex
-	batcher      *batcher.Batcher
-	worker       *verifier.Worker
-
-	cancel      context.CancelFunc
-	wg          sync.WaitGroup
-	httpSrv     *http.Server
-	expiry      *infra.ExpiryWatcher
-	closeOnce   sync.Once
-	ownStoreDir string
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	httpSrv   *http.Server
+	closeOnce sync.Once
 }
 
-// URL is the NATS server's client URL ("" outside SLED mode).
-func (s *System) URL() string { return s.url }
+// Server is the SLED-mode server side (NATS, batcher, verifier worker), or nil.
+func (s *System) Server() *Server { return s.server }
 
-// Conn is the system's own NATS connection (nil outside SLED mode).
-func (s *System) Conn() *nats.Conn { return s.conn }
+// URL is the NATS server's client URL ("" outside SLED mode).
+func (s *System) URL() string {
+	if s.server == nil {
+		return ""
+	}
+	return s.server.URL()
+}
+
+// Conn is a NATS connection of the system (nil outside SLED mode).
+func (s *System) Conn() *nats.Conn {
+	if s.server == nil {
+		return nil
+	}
+	return s.server.Conn()
+}
 
 // JS is the JetStream context of Conn (nil outside SLED mode).
-func (s *System) JS() jetstream.JetStream { return s.js }
+func (s *System) JS() jetstream.JetStream {
+	if s.server == nil {
+		return nil
+	}
+	return s.server.JS()
+}
 
 // Target is the target model (nil in edge mode).
 func (s *System) Target() *engine.Model { return s.target }
@@ -139,11 +144,13 @@ func (s *System) Generators() []httpapi.Device { return s.generators }
 // HTTPAddr is the API's listen address, "" when it does not serve HTTP.
 func (s *System) HTTPAddr() string { return s.httpAddr }
 
-// Batcher is the running batcher, or nil (after StopBatcher).
+// Batcher is the running batcher, or nil (after StopBatcher, or outside SLED
+// mode).
 func (s *System) Batcher() *batcher.Batcher {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.batcher
+	if s.server == nil {
+		return nil
+	}
+	return s.server.Batcher()
 }
 
 // withDefaults fills zero fields with the documented defaults; it is
@@ -206,11 +213,6 @@ func Start(ctx context.Context, cfg UpConfig) (s *System, err error) {
 			s.cfg.Verifier.Threads = max(1, min(s.cfg.Verifier.Threads, engine.DefaultThreads()-cfg.Devices*cfg.DeviceThreads))
 		}
 	}
-	if cfg.Mode == ModeSLED {
-		if err := s.startNATS(ctx); err != nil {
-			return s, err
-		}
-	}
 	switch cfg.Mode {
 	case ModeSLED:
 		err = s.startSLED(ctx, runCtx)
@@ -264,48 +266,6 @@ func (s *System) loadModels() error {
 	return nil
 }
 
-func (s *System) startNATS(ctx context.Context) error {
-	s.url = s.cfg.NATSURL
-	if s.url == "" {
-		nc := s.cfg.NATS
-		if nc.Port == 0 {
-			nc.Port = -1
-		}
-		if nc.StoreDir == "" {
-			dir, err := os.MkdirTemp("", "sled-nats-")
-			if err != nil {
-				return err
-			}
-			nc.StoreDir, s.ownStoreDir = dir, dir
-		}
-		if nc.Logger == nil {
-			nc.Logger = s.cfg.Logger
-		}
-		emb, err := infra.StartEmbedded(ctx, nc)
-		if err != nil {
-			return fmt.Errorf("services: %w", err)
-		}
-		s.emb, s.url = emb, emb.ClientURL()
-		if a, ok := emb.Addr().(*net.TCPAddr); ok {
-			nc.Port = a.Port
-		}
-		s.natsCfg = nc
-	}
-	var err error
-	s.conn, s.js, err = infra.Connect(ctx, s.url, "sled-up")
-	if err != nil {
-		return fmt.Errorf("services: %w", err)
-	}
-	if err := infra.ProvisionTopology(ctx, s.js, infra.Topology{}); err != nil {
-		return fmt.Errorf("services: %w", err)
-	}
-	s.expiry, err = infra.WatchExpiries(ctx, s.conn, s.js, infra.ExpiryConfig{Logger: s.cfg.Logger})
-	if err != nil {
-		return fmt.Errorf("services: %w", err)
-	}
-	return nil
-}
-
 // spawn runs f in a goroutine that Close waits for.
 func (s *System) spawn(f func()) {
 	s.wg.Add(1)
@@ -328,15 +288,17 @@ func deviceName(i int, path string) string {
 }
 
 func (s *System) startSLED(ctx, runCtx context.Context) error {
-	if err := s.StartBatcher(); err != nil {
+	srv, err := StartServer(ctx, ServerConfig{
+		Target: s.target, Pool: s.cfg.Pool, WorkerName: s.cfg.WorkerName, Batch: s.cfg.Batch, Verifier: s.cfg.Verifier,
+		NATSURL: s.cfg.NATSURL, NATS: s.cfg.NATS, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry,
+	})
+	if err != nil {
 		return err
 	}
-	if err := s.StartVerifier(); err != nil {
-		return err
-	}
+	s.server = srv
 	for i := range s.cfg.Devices {
 		path := s.cfg.Drafts[i%len(s.cfg.Drafts)]
-		d, err := drafter.New(ctx, s.models[path], s.conn, s.js, drafter.Config{
+		d, err := drafter.New(ctx, s.models[path], srv.Conn(), srv.JS(), drafter.Config{
 			DeviceID: deviceName(i, path), Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			NoAsync: s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
@@ -415,27 +377,13 @@ func (s *System) Close() error {
 		for _, e := range s.edges {
 			e.Close()
 		}
-		s.StopVerifier()
-		s.StopBatcher()
+		if s.server != nil {
+			s.server.Close()
+		}
 		s.cancel()
 		s.wg.Wait()
 		if s.central != nil {
 			s.central.Close()
-		}
-		if s.expiry != nil {
-			s.expiry.Stop()
-		}
-		if s.conn != nil {
-			s.conn.Close()
-		}
-		s.mu.Lock()
-		emb := s.emb
-		s.mu.Unlock()
-		if emb != nil {
-			emb.Shutdown()
-		}
-		if s.ownStoreDir != "" {
-			os.RemoveAll(s.ownStoreDir)
 		}
 		for _, m := range s.models {
 			m.Close()

@@ -1,0 +1,277 @@
+package services
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/telemetry"
+	"github.com/sled-project/sled/verifier"
+)
+
+// ServerConfig configures StartServer. Zero fields take the documented defaults.
+type ServerConfig struct {
+	// Target is the target model. Required.
+	Target *engine.Model
+	// Pool is the verification pool. Default events.DefaultPool.
+	Pool string
+	// WorkerName names the verifier worker. Default "worker-1".
+	WorkerName string
+	// Batch is the batcher's policy (batcher's defaults).
+	Batch batcher.Policy
+	// Verifier configures the worker's verifier (verifier's defaults).
+	Verifier verifier.Config
+	// NATSURL connects to an external NATS server instead of starting one.
+	NATSURL string
+	// NATS configures the embedded server (a free port and a temporary store
+	// by default).
+	NATS infra.EmbeddedConfig
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Telemetry receives spans and metrics (default none).
+	Telemetry *telemetry.Telemetry
+}
+
+func (c ServerConfig) withDefaults() ServerConfig {
+	if c.Pool == "" {
+		c.Pool = events.DefaultPool
+	}
+	if c.WorkerName == "" {
+		c.WorkerName = "worker-1"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Server is the server side of SLED in one process: a NATS server (embedded,
+// or the one at NATSURL) with the streams provisioned, the batcher and one
+// verifier worker, each on its own connection. `sled up` and `sled bench` run
+// it; the fault hooks (StopBatcher, StartVerifier, RestartNATS, ...) stop a
+// part as a crash would and start its replacement. Safe for concurrent use.
+type Server struct {
+	cfg         ServerConfig
+	natsCfg     infra.EmbeddedConfig // the embedded server's settings, port resolved
+	url         string
+	conn        *nats.Conn // the batcher's, and the caller's
+	js          jetstream.JetStream
+	wconn       *nats.Conn // the verifier worker's
+	wjs         jetstream.JetStream
+	expiry      *infra.ExpiryWatcher
+	ownStoreDir string
+
+	batcherRole, verifierRole runner
+	mu                        sync.Mutex
+	emb                       *infra.Embedded // nil with an external server
+	batcher                   *batcher.Batcher
+	worker                    *verifier.Worker
+	closeOnce                 sync.Once
+}
+
+// StartServer starts a Server and returns once its batcher and worker run.
+// Close stops it.
+func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
+	cfg = cfg.withDefaults()
+	if cfg.Target == nil {
+		return nil, errors.New("services: a server needs a target model")
+	}
+	s = &Server{cfg: cfg}
+	defer func() {
+		if err != nil {
+			s.Close()
+			s = nil
+		}
+	}()
+	s.url = cfg.NATSURL
+	if s.url == "" {
+		nc := cfg.NATS
+		if nc.Port == 0 {
+			nc.Port = -1
+		}
+		if nc.StoreDir == "" {
+			dir, err := os.MkdirTemp("", "sled-nats-")
+			if err != nil {
+				return s, err
+			}
+			nc.StoreDir, s.ownStoreDir = dir, dir
+		}
+		if nc.Logger == nil {
+			nc.Logger = cfg.Logger
+		}
+		emb, err := infra.StartEmbedded(ctx, nc)
+		if err != nil {
+			return s, fmt.Errorf("services: %w", err)
+		}
+		s.emb, s.url = emb, emb.ClientURL()
+		if a, ok := emb.Addr().(*net.TCPAddr); ok {
+			nc.Port = a.Port
+		}
+		s.natsCfg = nc
+	}
+	if s.conn, s.js, err = infra.Connect(ctx, s.url, "sled-server"); err != nil {
+		return s, fmt.Errorf("services: %w", err)
+	}
+	if err := infra.ProvisionTopology(ctx, s.js, infra.Topology{}); err != nil {
+		return s, fmt.Errorf("services: %w", err)
+	}
+	if s.wconn, s.wjs, err = infra.Connect(ctx, s.url, "sled-verifier-"+cfg.WorkerName); err != nil {
+		return s, fmt.Errorf("services: %w", err)
+	}
+	if s.expiry, err = infra.WatchExpiries(ctx, s.conn, s.js, infra.ExpiryConfig{Logger: cfg.Logger}); err != nil {
+		return s, fmt.Errorf("services: %w", err)
+	}
+	if err := s.StartBatcher(); err != nil {
+		return s, err
+	}
+	if err := s.StartVerifier(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// URL is the NATS server's client URL.
+func (s *Server) URL() string { return s.url }
+
+// Conn is a connection to the NATS server the caller may use (the batcher's).
+func (s *Server) Conn() *nats.Conn { return s.conn }
+
+// JS is Conn's JetStream context.
+func (s *Server) JS() jetstream.JetStream { return s.js }
+
+// Batcher is the running batcher, or nil (after StopBatcher).
+func (s *Server) Batcher() *batcher.Batcher {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.batcher
+}
+
+// Verifier is the running worker's verifier, or nil (after StopVerifier).
+func (s *Server) Verifier() *verifier.Verifier {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.worker == nil {
+		return nil
+	}
+	return s.worker.Verifier()
+}
+
+// StartBatcher starts the batcher (again, after StopBatcher): a fresh one on the
+// same durable consumer, as a crashed batcher's replacement would be.
+func (s *Server) StartBatcher() error {
+	b, err := batcher.New(s.conn, s.js, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.cfg.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	if err != nil {
+		return err
+	}
+	if err := s.batcherRole.start(func(ctx context.Context) { _ = b.Run(ctx) }); err != nil {
+		return fmt.Errorf("services: batcher %w", err)
+	}
+	s.mu.Lock()
+	s.batcher = b
+	s.mu.Unlock()
+	return nil
+}
+
+// StopBatcher stops the batcher as a crash would: drafts it held unacknowledged
+// are redelivered to the next one.
+func (s *Server) StopBatcher() {
+	s.batcherRole.halt()
+	s.mu.Lock()
+	s.batcher = nil
+	s.mu.Unlock()
+}
+
+// StartVerifier starts the verifier worker (again, after StopVerifier): a fresh
+// verifier with empty KV slots under the configured worker name, as after a crash.
+func (s *Server) StartVerifier() error {
+	v, err := verifier.New(s.cfg.Target, s.cfg.Verifier)
+	if err != nil {
+		return err
+	}
+	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	if err != nil {
+		v.Close()
+		return err
+	}
+	err = s.verifierRole.start(func(ctx context.Context) {
+		_ = w.Run(ctx)
+		s.mu.Lock()
+		if s.worker == w {
+			s.worker = nil
+		}
+		s.mu.Unlock()
+		v.Close()
+	})
+	if err != nil {
+		v.Close()
+		return fmt.Errorf("services: verifier %w", err)
+	}
+	s.mu.Lock()
+	s.worker = w
+	s.mu.Unlock()
+	return nil
+}
+
+// StopVerifier stops the verifier worker and frees its verifier, as a crash would
+// (batches in flight are redelivered once a worker returns).
+func (s *Server) StopVerifier() { s.verifierRole.halt() }
+
+// RestartNATS shuts the embedded NATS server down and starts it again on the same
+// port and store, after down has passed: every client sees its server vanish and
+// reconnects. It fails with an external server.
+func (s *Server) RestartNATS(ctx context.Context, down time.Duration) error {
+	s.mu.Lock()
+	emb := s.emb
+	s.mu.Unlock()
+	if emb == nil {
+		return errors.New("services: no embedded NATS server to restart")
+	}
+	emb.Shutdown()
+	time.Sleep(down)
+	emb, err := infra.StartEmbedded(ctx, s.natsCfg)
+	if err != nil {
+		return fmt.Errorf("services: restart NATS: %w", err)
+	}
+	s.mu.Lock()
+	s.emb = emb
+	s.mu.Unlock()
+	return nil
+}
+
+// Close stops the worker, the batcher and the NATS server it started.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.StopVerifier()
+		s.StopBatcher()
+		if s.expiry != nil {
+			s.expiry.Stop()
+		}
+		for _, c := range []*nats.Conn{s.wconn, s.conn} {
+			if c != nil {
+				c.Close()
+			}
+		}
+		s.mu.Lock()
+		emb := s.emb
+		s.mu.Unlock()
+		if emb != nil {
+			emb.Shutdown()
+		}
+		if s.ownStoreDir != "" {
+			os.RemoveAll(s.ownStoreDir)
+		}
+	})
+	return nil
+}
