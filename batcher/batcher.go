@@ -73,8 +73,8 @@ type Batcher struct {
 
 	mu     sync.Mutex
 	router *Router
-	queues map[string]*queue    // worker ("" = shared) -> pending drafts
-	recent map[string]time.Time // device -> last draft
+	queues map[string]*queue // worker ("" = shared) -> pending drafts
+	recent Activity          // devices seen within ActiveWindow
 	stats  Stats
 	wake   chan struct{}
 
@@ -132,7 +132,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
 		cfg: cfg, nc: nc, js: js, pub: infra.NewPublisher(js, infra.PublisherConfig{}), source: "/sled/batcher/" + cfg.Pool,
 		prefix: cfg.Pool + "-" + hex.EncodeToString(rb[:]),
 		router: NewRouter(cfg.HeartbeatTimeout, 0),
-		queues: map[string]*queue{}, recent: map[string]time.Time{},
+		queues: map[string]*queue{}, recent: Activity{Window: cfg.ActiveWindow},
 		stats: Stats{ByReason: map[string]uint64{}}, wake: make(chan struct{}, 1),
 		tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
 		poolAttrs: metric.WithAttributeSet(attribute.NewSet(pool)),
@@ -230,7 +230,7 @@ func (b *Batcher) handle(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	}
 	b.mu.Lock()
 	b.stats.Drafts++
-	b.recent[d.DeviceID] = now
+	b.recent.Seen(d.DeviceID, now)
 	worker, moved := b.router.Route(d.SessionID, now)
 	if moved {
 		b.stats.Moved++
@@ -280,17 +280,7 @@ func (b *Batcher) dropped(ctx context.Context, span trace.Span, outcome string) 
 }
 
 // active counts devices seen within ActiveWindow (caller holds mu).
-func (b *Batcher) active(now time.Time) int {
-	n := 0
-	for s, t := range b.recent {
-		if now.Sub(t) <= b.cfg.ActiveWindow {
-			n++
-		} else {
-			delete(b.recent, s)
-		}
-	}
-	return n
-}
+func (b *Batcher) active(now time.Time) int { return b.recent.Count(now) }
 
 // flusher closes batches as the policy says.
 func (b *Batcher) flusher(ctx context.Context) {

@@ -80,3 +80,35 @@ func (p Policy) Drain(n, active int, age time.Duration) (sizes []int, reason str
 	}
 	return sizes, first, wait
 }
+
+// Activity counts the devices that sent a draft within Window: the fleet size
+// Policy's early close compares a queue with. A device with a round in flight
+// is active; one whose session ended drops out after Window. The zero value is
+// ready to use with a zero Window (nothing counts). Not safe for concurrent
+// use. batcher.Batcher and the simulator (bench/sim) both count with it.
+type Activity struct {
+	Window time.Duration
+	last   map[string]time.Time
+}
+
+// Seen records a draft from device at t.
+func (a *Activity) Seen(device string, t time.Time) {
+	if a.last == nil {
+		a.last = map[string]time.Time{}
+	}
+	a.last[device] = t
+}
+
+// Count is the number of devices seen within Window before now; it forgets
+// the others.
+func (a *Activity) Count(now time.Time) int {
+	n := 0
+	for d, t := range a.last {
+		if now.Sub(t) <= a.Window {
+			n++
+		} else {
+			delete(a.last, d)
+		}
+	}
+	return n
+}

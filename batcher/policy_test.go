@@ -101,3 +101,23 @@ func TestPolicyDrain(t *testing.T) {
 		}
 	}
 }
+
+func TestActivity(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	a := Activity{Window: time.Second}
+	if a.Count(t0) != 0 {
+		t.Fatal("empty activity counts devices")
+	}
+	a.Seen("d1", t0)
+	a.Seen("d2", t0.Add(500*time.Millisecond))
+	a.Seen("d1", t0.Add(900*time.Millisecond)) // d1 again: still one device
+	if n := a.Count(t0.Add(time.Second)); n != 2 {
+		t.Fatalf("count %d, want 2", n)
+	}
+	if n := a.Count(t0.Add(1600 * time.Millisecond)); n != 1 { // d2 last seen 1.1 s ago
+		t.Fatalf("count %d after d2's window, want 1", n)
+	}
+	if n := a.Count(t0.Add(3 * time.Second)); n != 0 {
+		t.Fatalf("count %d after every window, want 0", n)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"container/heap"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/sled-project/sled/batcher"
@@ -245,9 +246,8 @@ type device struct {
 	tokens int
 	// session state: pos tokens generated in the current session; fresh when
 	// the next round opens a session (it carries the prompt).
-	pos       int
-	fresh     bool
-	lastDraft float64 // when the batcher last saw a draft from it (-inf: never)
+	pos   int
+	fresh bool
 }
 
 // SLED simulates a SLED fleet. Each device drafts a round's tokens (an Erlang
@@ -286,19 +286,17 @@ func SLED(cfg Config) Result {
 	for i := range devs {
 		devs[i].rounds = cfg.Rounds(i)
 		devs[i].fresh = true
-		devs[i].lastDraft = -1e18
 		start(i)
 	}
-	window := cfg.ActiveWindow.Seconds()
-	active := func() int {
-		n := 0
-		for i := range devs {
-			if l.Now-devs[i].lastDraft <= window {
-				n++
-			}
-		}
-		return n
+	// The batcher's count of active devices, on the simulated clock.
+	activity := batcher.Activity{Window: cfg.ActiveWindow}
+	epoch := time.Unix(0, 0)
+	at := func(sec float64) time.Time { return epoch.Add(time.Duration(sec * float64(time.Second))) }
+	ids := make([]string, len(devs))
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
 	}
+	active := func() int { return activity.Count(at(l.Now)) }
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
 	var pending []int // drafts at the batcher
 	var oldest float64
@@ -373,7 +371,7 @@ func SLED(cfg Config) Result {
 			if len(pending) == 0 {
 				oldest = l.Now
 			}
-			devs[i].lastDraft = l.Now
+			activity.Seen(ids[i], at(l.Now))
 			pending = append(pending, i)
 			decide()
 		case evBatchTry:
