@@ -21,7 +21,7 @@ func sampleDraft(dev, sess string, round uint64) *DraftReady {
 		Committed:        prefix[4:],
 		Draft:            []int32{2599, 29973, 13, 306, 626, 2599, 1532, 29892},
 		DraftProbs:       []float32{0.91, 0.88, 0.97, 0.75, 0.66, 0.93, 0.81, 0.7},
-		Sampling:         Sampling{Temperature: 0.7, TopK: 40, TopP: 0.95, Seed: 42},
+		Sampling:         Sampling{Temperature: 0.7, Seed: 42},
 		VocabFingerprint: "llama:32000:abcdef01",
 		Deadline:         time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC),
 		Prefix:           prefix,
@@ -265,5 +265,19 @@ func TestPrefixHash(t *testing.T) {
 	}
 	if PrefixHash([]int32{1, 2}) == PrefixHash([]int32{2, 1}) {
 		t.Fatal("order-insensitive")
+	}
+}
+
+// Sampling parameters the system does not apply are refused, not ignored.
+func TestSamplingUnsupportedRefused(t *testing.T) {
+	for _, field := range []string{`"top_p":0.9`, `"top_k":40`} {
+		m := encodeT(t, sampleDraft("d1", "s1", 1))
+		data := strings.Replace(string(m.Data), `"sampling":{`, `"sampling":{`+field+`,`, 1)
+		if data == string(m.Data) {
+			t.Fatalf("sample draft has no sampling object: %s", m.Data)
+		}
+		if _, err := Decode(m.Subject, m.Header, []byte(data)); !errors.Is(err, ErrSchema) {
+			t.Errorf("sampling with %s: %v, want ErrSchema", field, err)
+		}
 	}
 }

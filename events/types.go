@@ -36,11 +36,11 @@ type Payload interface {
 
 // Sampling holds the decoding parameters of a session. Temperature 0 means
 // greedy decoding (exact argmax match); otherwise the verifier uses the
-// rejection-sampling rule with the draft distribution.
+// rejection-sampling rule with the draft distribution. There is no top-k or
+// top-p: the schema refuses them rather than let a producer believe they were
+// applied.
 type Sampling struct {
 	Temperature float32 `json:"temperature,omitempty"`
-	TopK        int     `json:"top_k,omitempty"`
-	TopP        float32 `json:"top_p,omitempty"`
 	Seed        uint64  `json:"seed,omitempty"`
 }
 
