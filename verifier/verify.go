@@ -15,17 +15,27 @@ import (
 type Config struct {
 	// Slots is how many device sessions keep a KV cache at once; the least recently
 	// used session is evicted beyond that and rebuilt from the device's full prefix
-	// when it returns (a resync). Default 16.
+	// when it returns (a resync). Default DefaultSlots.
 	Slots int
 	// SlotContext is the most positions one session may hold (prompt plus output).
 	// Default: the model's DefaultSlotContext.
 	SlotContext int
 	// BatchTokens is the most tokens evaluated in one forward pass. A batch with more
-	// (long prefixes after a resync) is evaluated in several passes. Default 512.
+	// (long prefixes after a resync) is evaluated in several passes. Default
+	// DefaultBatchTokens, at least MinBatchTokens.
 	BatchTokens int
 	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
 }
+
+// Defaults of Config.
+const (
+	DefaultSlots       = 16
+	DefaultBatchTokens = 512
+	// MinBatchTokens is the least BatchTokens: a pass must fit a whole draft
+	// (the schema's limit, 64 tokens) and the token before it.
+	MinBatchTokens = 128
+)
 
 // Result reasons a Verifier sets on non-ok results, beside those of events.Reason.
 const (
@@ -70,13 +80,12 @@ type Verifier struct {
 // New creates a verifier for target with its own llama.cpp context.
 func New(target *engine.Model, cfg Config) (*Verifier, error) {
 	if cfg.Slots <= 0 {
-		cfg.Slots = 16
+		cfg.Slots = DefaultSlots
 	}
 	if cfg.BatchTokens <= 0 {
-		cfg.BatchTokens = 512
+		cfg.BatchTokens = DefaultBatchTokens
 	}
-	// A pass must fit a whole draft (schema limit 64) and its first logits row.
-	cfg.BatchTokens = max(cfg.BatchTokens, 128)
+	cfg.BatchTokens = max(cfg.BatchTokens, MinBatchTokens)
 	ectx, err := target.NewContext(engine.ContextOptions{
 		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
 	})
@@ -358,6 +367,12 @@ func (v *Verifier) accept(j *job, rows [][]float32) {
 	v.stats.Drafts++
 	v.stats.DraftTokens += uint64(j.nDraft())
 	v.stats.Accepted += uint64(verdict.Accepted)
+	if j.res.EOS {
+		// The text ended: the device sends no more rounds of this session. Its
+		// slot is free at once, its cells kept for a session that starts the
+		// same way (a retry of this round resyncs and finds them).
+		v.slots.release(j.s.id)
+	}
 }
 
 func (v *Verifier) dropSession(s *session) {
@@ -365,8 +380,9 @@ func (v *Verifier) dropSession(s *session) {
 	v.slots.drop(s.id)
 }
 
-// Forget drops a device session's state (the device ended it). Its slot's cells
-// stay for a later session whose prefix starts the same way.
+// Forget drops a device session's state (the device ended it without an end of
+// text, which releases the session by itself). Its slot's cells stay for a
+// later session whose prefix starts the same way.
 func (v *Verifier) Forget(deviceID, sessionID string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -419,3 +419,58 @@ func TestVerifyPrefixReuse(t *testing.T) {
 		}
 	}
 }
+
+// A verdict that ends the text releases the session's slot at once, its cells
+// kept: the next session with the same prompt reuses them, and a retry of the
+// ended session's last round resyncs.
+func TestVerifyReleasesAtEndOfText(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 2, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	p, _ := m.Tokenize("Once upon a time", true)
+	ref := reference(t, m, p, 400)
+	if !m.IsEOG(ref[len(ref)-1]) {
+		t.Fatalf("the target's continuation has no end of text in %d tokens", len(ref))
+	}
+	d := newDevice(m, "a", p, ref)
+	var last events.DraftReady
+	for len(d.out()) < len(ref) {
+		last = d.draft(min(3, len(ref)-1-len(d.out())), false) // the end of text comes as the verifier's token
+		res, err := v.Verify(context.Background(), []events.DraftReady{last})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.apply(last, res[0]); err != nil {
+			t.Fatal(err)
+		}
+		if res[0].EOS != (len(d.out()) == len(ref)) {
+			t.Fatalf("EOS %v at %d of %d tokens", res[0].EOS, len(d.out()), len(ref))
+		}
+	}
+	if n := v.Sessions(); n != 0 {
+		t.Fatalf("%d sessions held after the end of text", n)
+	}
+	res, err := v.Verify(context.Background(), []events.DraftReady{last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Status != events.StatusUnknownSession {
+		t.Fatalf("retry of the last round: %s, want unknown_session", res[0].Status)
+	}
+	before := v.Stats().ReusedPrefixTokens
+	b := newDevice(m, "b", p, ref)
+	ev := b.draft(2, true)
+	res, err = v.Verify(context.Background(), []events.DraftReady{ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.apply(ev, res[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Stats().ReusedPrefixTokens - before; got != uint64(len(p)-1) {
+		t.Fatalf("the next session reused %d prompt tokens, want %d", got, len(p)-1)
+	}
+}

@@ -76,7 +76,7 @@ func benchCmd() *cobra.Command {
 	f.BoolVar(&o.Quick, "quick", false, "CI-sized sweeps and short trials")
 	f.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
 	f.StringVar(&o.PlotDir, "plot", "", "write PNG plots into this directory")
-	f.StringVar(&o.ModelDir, "models", "", "directory of the shared models (default $SLED_MODEL_DIR)")
+	f.StringVar(&o.ModelDir, "models", "", "directory of the shared models (default $SLED_MODEL_DIR or ../shared/models)")
 	f.StringVar(&o.Pair, "pair", "", "qwen (the real 1.5B target, acceptance of the 0.5B on it) or tiny (a synthetic --shape target, acceptance of the stories pair); default qwen when `make models` has fetched it")
 	f.StringVar(&o.Shape, "shape", "smollm-135m", "tiny pair: synthetic target shape (see `sled model shapes`)")
 	f.StringVar(&o.Type, "type", "", "target weight type: tiny pair F16 (default), Q8_0 or Q4_0; qwen pair Q4_K_M (default, as fetched), Q8_0, Q4_0, ...")

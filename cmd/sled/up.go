@@ -51,8 +51,8 @@ func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 	if server {
 		f.IntVar(&p.batchSize, "batch-size", batcher.DefaultSize, "static batch size")
 		f.DurationVar(&p.maxWait, "max-wait", batcher.DefaultMaxWait, "close a batch when its oldest draft waited this long")
-		f.IntVar(&p.slots, "slots", 16, "verifier KV slots (sessions held at once)")
-		f.IntVar(&p.batchTokens, "batch-tokens", 512, "most tokens per verifier forward pass")
+		f.IntVar(&p.slots, "slots", verifier.DefaultSlots, "verifier KV slots (sessions held at once)")
+		f.IntVar(&p.batchTokens, "batch-tokens", verifier.DefaultBatchTokens, "most tokens per verifier forward pass")
 		f.IntVar(&p.verifierThreads, "verifier-threads", 0, "verifier llama.cpp threads (default: the cores simulated devices leave)")
 	}
 }
