@@ -45,15 +45,25 @@ func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) *Publisher {
 // for drafts. It returns once the stream has stored it (or recognised it as
 // a duplicate: PubAck.Duplicate). opts are added to the publish options.
 func (p *Publisher) Publish(ctx context.Context, ev *events.Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	m, o, err := p.encode(ev, opts)
+	if err != nil {
+		return nil, err
+	}
+	return p.PublishMsg(ctx, m, o...)
+}
+
+// encode encodes ev and returns it with its publish options: the message id,
+// a TTL for drafts, then opts.
+func (p *Publisher) encode(ev *events.Event, opts []jetstream.PublishOpt) (*nats.Msg, []jetstream.PublishOpt, error) {
 	m, err := events.Encode(ev)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEncode, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrEncode, err)
 	}
 	o := []jetstream.PublishOpt{jetstream.WithMsgID(ev.Data.MsgID())}
 	if d, ok := ev.Data.(*events.DraftReady); ok {
 		o = append(o, jetstream.WithMsgTTL(p.draftTTL(d)))
 	}
-	return p.PublishMsg(ctx, m, append(o, opts...)...)
+	return m, append(o, opts...), nil
 }
 
 // ErrEncode wraps the encoder's error when Publish or PublishAsync is given an
@@ -65,15 +75,11 @@ var ErrEncode = errors.New("infra: event does not encode")
 // stream's ack. The caller bounds its wait on the future (a publish caught by a
 // server restart may never be acked).
 func (p *Publisher) PublishAsync(ev *events.Event, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
-	m, err := events.Encode(ev)
+	m, o, err := p.encode(ev, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEncode, err)
+		return nil, err
 	}
-	o := []jetstream.PublishOpt{jetstream.WithMsgID(ev.Data.MsgID())}
-	if d, ok := ev.Data.(*events.DraftReady); ok {
-		o = append(o, jetstream.WithMsgTTL(p.draftTTL(d)))
-	}
-	f, err := p.js.PublishMsgAsync(m, append(o, opts...)...)
+	f, err := p.js.PublishMsgAsync(m, o...)
 	if err != nil {
 		return nil, fmt.Errorf("infra: publish %s: %w", m.Subject, err)
 	}
