@@ -21,7 +21,8 @@ import (
 type Options struct {
 	// Quick runs CI-sized sweeps with short trials.
 	Quick bool
-	// ModelDir holds the shared models (stories260k*.gguf). Default $SLED_MODEL_DIR.
+	// ModelDir holds the shared models (stories260k*.gguf). Default
+	// services.DefaultModelDir(): $SLED_MODEL_DIR, else ../shared/models.
 	ModelDir string
 	// Pair selects the target and the acceptance source. modelcache.PairQwen: the
 	// real Qwen2.5-Coder 1.5B verifies, and the drafts follow the 0.5B's acceptance
@@ -79,7 +80,7 @@ var DefaultBatch = batcher.Policy{Size: 32, MaxWait: 20 * time.Millisecond}
 
 func (o Options) withDefaults() Options {
 	if o.ModelDir == "" {
-		o.ModelDir = os.Getenv("SLED_MODEL_DIR")
+		o.ModelDir = services.DefaultModelDir()
 	}
 	if o.Pair == "" {
 		o.Pair = modelcache.PairTiny

@@ -422,18 +422,27 @@ func TestVerifyPrefixReuse(t *testing.T) {
 
 // A verdict that ends the text releases the session's slot at once, its cells
 // kept: the next session with the same prompt reuses them, and a retry of the
-// ended session's last round resyncs.
+// ended session's last round resyncs. The TinyStories target never ends a text
+// greedily, so this runs on the real 1.5B with a chat prompt whose answer is short.
 func TestVerifyReleasesAtEndOfText(t *testing.T) {
-	m := loadTarget(t)
-	v, err := New(m, Config{Slots: 2, Threads: 1})
+	m, err := engine.LoadModel(testmodels.Real(t, testmodels.QwenTarget), engine.ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	v, err := New(m, Config{Slots: 2, SlotContext: 256})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.Close()
-	p, _ := m.Tokenize("Once upon a time", true)
-	ref := reference(t, m, p, 400)
+	text, _ := m.FormatChat([]engine.ChatMessage{{Role: "user", Content: "Reply with the single word: yes"}}, true)
+	p, err := m.TokenizeSpecial(text, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reference(t, m, p, 16)
 	if !m.IsEOG(ref[len(ref)-1]) {
-		t.Fatalf("the target's continuation has no end of text in %d tokens", len(ref))
+		t.Fatalf("the target's answer has no end of text in %d tokens: %v", len(ref), ref)
 	}
 	d := newDevice(m, "a", p, ref)
 	var last events.DraftReady
@@ -453,7 +462,9 @@ func TestVerifyReleasesAtEndOfText(t *testing.T) {
 	if n := v.Sessions(); n != 0 {
 		t.Fatalf("%d sessions held after the end of text", n)
 	}
-	res, err := v.Verify(context.Background(), []events.DraftReady{last})
+	retry := last
+	retry.Prefix = nil // a retry without the prefix (only a session's first round carries it)
+	res, err := v.Verify(context.Background(), []events.DraftReady{retry})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,7 +473,7 @@ func TestVerifyReleasesAtEndOfText(t *testing.T) {
 	}
 	before := v.Stats().ReusedPrefixTokens
 	b := newDevice(m, "b", p, ref)
-	ev := b.draft(2, true)
+	ev := b.draft(1, false)
 	res, err = v.Verify(context.Background(), []events.DraftReady{ev})
 	if err != nil {
 		t.Fatal(err)
