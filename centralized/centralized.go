@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/prefixcache"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -32,9 +33,9 @@ type Config struct {
 	// Default off: this server's passes are one token per decoding request, the
 	// shape a stream per slot serves in one micro-batch (gaps padded, see
 	// engine.ContextOptions.PassTokens), while in one cache that many requests
-	// come and go in, every token's attention scans every cell in use (measured on
-	// the smollm-135m shape, 16 requests restarting every 64 tokens: 36-38 ms per
-	// step with streams, 42-47 ms unified).
+	// come and go in, every token's attention scans every cell in use (16
+	// requests of 64 tokens, again and again, on the smollm-135m shape: 45-49 ms
+	// per step with streams, 54-56 unified; BenchmarkChurn).
 	UnifiedKV bool
 	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
@@ -120,15 +121,6 @@ func (s *Server) ReusedPromptTokens() uint64 {
 	return s.reused
 }
 
-// commonPrefix is the length of the longest common prefix of a and b.
-func commonPrefix(a, b []engine.Token) int {
-	n := 0
-	for n < len(a) && n < len(b) && a[n] == b[n] {
-		n++
-	}
-	return n
-}
-
 // Generate implements textgen.Generator.
 func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
 	if err := textgen.Validate(s.model, req, s.cfg.SlotContext); err != nil {
@@ -167,59 +159,35 @@ func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(te
 // with ctx's error.
 func (s *Server) Run(ctx context.Context) error {
 	active := make([]*request, 0, s.cfg.Slots)
-	free := make([]int, 0, s.cfg.Slots)
-	for i := s.cfg.Slots - 1; i >= 0; i-- {
-		free = append(free, i)
-	}
-	// cached[slot] lists the tokens whose KV cells a free slot still holds (the
-	// prompt cache); nil for a cleared slot or one in use.
-	cached := make([][]engine.Token, s.cfg.Slots)
-	lastUsed := make([]uint64, s.cfg.Slots) // pass count when the slot's request ended
+	// slots gives out the KV slots; a finished request's cells stay for the
+	// next request sharing their prefix (the prompt cache).
+	slots := prefixcache.New(s.cfg.Slots)
 	finish := func(r *request, reason string, err error) {
 		r.final.Tokens = r.tokens
 		r.final.FinishReason = reason
 		r.err = err
 		// Every prompt token fed and every generated token but the last is in
-		// the slot's cells; keep them for the next request unless told not to.
-		n := s.ectx.Len(r.slot)
-		if s.cfg.NoPromptCache || n == 0 {
-			_ = s.ectx.Clear(r.slot)
+		// the slot's cells; keep them for the next request, unless told not to
+		// or the request ended with an error (a failed pass leaves them in doubt).
+		var held []engine.Token
+		if n := s.ectx.Len(r.slot); n > 0 && !s.cfg.NoPromptCache && err == nil {
+			held = append(append(make([]engine.Token, 0, len(r.req.Prompt)+len(r.tokens)), r.req.Prompt[:r.fed]...), r.tokens...)
+			held = held[:min(n, len(held))]
 		} else {
-			seq := append(append(make([]engine.Token, 0, len(r.req.Prompt)+len(r.tokens)), r.req.Prompt[:r.fed]...), r.tokens...)
-			cached[r.slot] = seq[:min(n, len(seq))]
+			_ = s.ectx.Clear(r.slot)
 		}
-		lastUsed[r.slot] = s.Steps()
-		free = append(free, r.slot)
+		slots.Release(r.slot, held)
 		close(r.out)
 	}
-	// admit gives r the free slot sharing the longest prefix (two tokens or
-	// more: a BOS alone is no match) with its prompt, else the free slot used
-	// least recently, and drops the slot's cells past the shared prefix; at
-	// least the prompt's last token is evaluated again, for its logits.
+	// admit gives r a slot (prefixcache.Cache.Take) and drops the slot's cells
+	// past the prefix they share with r's prompt.
 	admit := func(r *request) {
-		best, keep := -1, 1
-		for i, slot := range free {
-			n := commonPrefix(cached[slot], r.req.Prompt)
-			if n > keep || (n == keep && best >= 0 && lastUsed[slot] < lastUsed[free[best]]) {
-				best, keep = i, n
-			}
-		}
-		if best < 0 {
+		slot, keep, _ := slots.Take(r.req.Prompt)
+		r.slot = slot
+		if err := s.ectx.Remove(slot, keep); err != nil {
 			keep = 0
-			for i, slot := range free {
-				if best < 0 || lastUsed[slot] < lastUsed[free[best]] {
-					best = i
-				}
-			}
+			_ = s.ectx.Clear(slot)
 		}
-		r.slot = free[best]
-		free = append(free[:best], free[best+1:]...)
-		keep = min(keep, len(r.req.Prompt)-1)
-		if err := s.ectx.Remove(r.slot, keep); err != nil {
-			keep = 0
-			_ = s.ectx.Clear(r.slot)
-		}
-		cached[r.slot] = nil
 		r.fed = keep
 		if keep > 0 {
 			s.mu.Lock()
@@ -234,7 +202,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	for {
 		// Admit new requests: block only when idle.
-		for len(free) > 0 {
+		for slots.Free() > 0 {
 			var r *request
 			if len(active) == 0 {
 				select {
@@ -287,9 +255,6 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			for _, r := range active {
 				finish(r, "", fmt.Errorf("centralized: forward pass: %w", err))
-				// A failed pass leaves the slot's cells in doubt: forget them.
-				_ = s.ectx.Clear(r.slot)
-				cached[r.slot] = nil
 			}
 			active = active[:0]
 			continue

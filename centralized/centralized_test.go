@@ -9,6 +9,7 @@ import (
 
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/prefixcache"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -68,7 +69,7 @@ func TestPromptCache(t *testing.T) {
 	base := tokenize(t, m, "Once upon a time, there was a little girl named Lily. She loved to play")
 	longer := tokenize(t, m, "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog")
 	other := tokenize(t, m, "The sun was hot and the big red ball rolled down the hill")
-	if commonPrefix(base, longer) < len(base)-1 {
+	if prefixcache.CommonPrefix(base, longer) < len(base)-1 {
 		t.Fatalf("test prompts: %v is not a prefix of %v", base, longer)
 	}
 
@@ -90,7 +91,7 @@ func TestPromptCache(t *testing.T) {
 		{"base", base, 0},
 		{"other", other, 0}, // shares only BOS with base: goes to the other slot
 		{"base", base, len(base) - 1},
-		{"longer", longer, commonPrefix(base, longer)},
+		{"longer", longer, prefixcache.CommonPrefix(base, longer)},
 	}
 	before := uint64(0)
 	for _, st := range steps {

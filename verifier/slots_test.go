@@ -8,26 +8,26 @@ import (
 
 func TestSlotTableLRU(t *testing.T) {
 	tb := newSlotTable(2)
-	a, _, _ := tb.assign("a", nil, nil)
-	b, _, _ := tb.assign("b", nil, nil)
+	a, _ := tb.assign("a", nil, nil)
+	b, _ := tb.assign("b", nil, nil)
 	if a.slot == b.slot {
 		t.Fatal("two sessions share a slot")
 	}
 	tb.get("a") // b is now least recently used
-	c, ev, _ := tb.assign("c", nil, nil)
-	if ev == nil || ev.id != "b" || c.slot != b.slot {
-		t.Fatalf("evicted %+v, c in slot %d", ev, c.slot)
+	c, _ := tb.assign("c", nil, nil)
+	if tb.evictions != 1 || c.slot != b.slot {
+		t.Fatalf("evictions %d, c in slot %d; want b (slot %d) evicted", tb.evictions, c.slot, b.slot)
 	}
-	if tb.get("b") != nil {
-		t.Fatal("evicted session still present")
+	if tb.get("b") != nil || tb.get("a") == nil {
+		t.Fatal("evicted another session than the least recently used b")
 	}
 	// Pinned sessions are never evicted.
-	if s, _, _ := tb.assign("d", nil, map[string]bool{"a": true, "c": true}); s != nil {
+	if s, _ := tb.assign("d", nil, map[string]bool{"a": true, "c": true}); s != nil {
 		t.Fatal("assigned a slot held by a pinned session")
 	}
 	tb.drop("a")
-	if s, ev, _ := tb.assign("d", nil, nil); s == nil || ev != nil || s.slot != a.slot {
-		t.Fatalf("freed slot not reused: %+v %+v", s, ev)
+	if s, _ := tb.assign("d", nil, nil); s == nil || tb.evictions != 1 || s.slot != a.slot {
+		t.Fatalf("freed slot not reused: %+v, evictions %d", s, tb.evictions)
 	}
 	if tb.evictions != 1 || tb.len() != 2 {
 		t.Fatalf("evictions %d len %d", tb.evictions, tb.len())
@@ -46,34 +46,34 @@ func toks(xs ...int) []engine.Token {
 // prefix matches them, and always evaluates its last prefix token again.
 func TestSlotTablePrefixReuse(t *testing.T) {
 	tb := newSlotTable(3)
-	a, _, keep := tb.assign("a", toks(1, 5, 6, 7, 8), nil)
+	a, keep := tb.assign("a", toks(1, 5, 6, 7, 8), nil)
 	if keep != 0 {
 		t.Fatalf("empty table: keep %d", keep)
 	}
 	a.kv = toks(1, 5, 6, 7, 8, 9)
-	b, _, _ := tb.assign("b", toks(1, 2, 3), nil)
+	b, _ := tb.assign("b", toks(1, 2, 3), nil)
 	b.kv = toks(1, 2, 3, 4)
 	tb.release("a")
 	tb.release("b")
 
 	// The free slot sharing the longest prefix wins, whatever the free order.
-	c, ev, keep := tb.assign("c", toks(1, 5, 6, 2), nil)
-	if ev != nil || c.slot != a.slot || keep != 3 {
-		t.Fatalf("c: slot %d (a's %d), evicted %v, keep %d; want a's slot, keep 3", c.slot, a.slot, ev, keep)
+	c, keep := tb.assign("c", toks(1, 5, 6, 2), nil)
+	if tb.evictions != 0 || c.slot != a.slot || keep != 3 {
+		t.Fatalf("c: slot %d (a's %d), evictions %d, keep %d; want a's slot, keep 3", c.slot, a.slot, tb.evictions, keep)
 	}
 	// A prefix wholly in the cells still evaluates its last token.
-	d, _, keep := tb.assign("d", toks(1, 2, 3), nil)
+	d, keep := tb.assign("d", toks(1, 2, 3), nil)
 	if d.slot != b.slot || keep != 2 {
 		t.Fatalf("d: slot %d (b's %d), keep %d; want b's slot, keep 2", d.slot, b.slot, keep)
 	}
 	// A BOS alone is no match; a dropped (cleared) slot has no residue.
-	e, _, keep := tb.assign("e", toks(1, 9, 9), nil)
+	e, keep := tb.assign("e", toks(1, 9, 9), nil)
 	if keep != 0 || e.slot == c.slot || e.slot == d.slot {
 		t.Fatalf("e: slot %d, keep %d", e.slot, keep)
 	}
 	d.kv = toks(1, 2, 3, 4, 5)
 	tb.drop("d")
-	f, _, keep := tb.assign("f", toks(1, 2, 3, 4), nil)
+	f, keep := tb.assign("f", toks(1, 2, 3, 4), nil)
 	if f.slot != d.slot || keep != 0 {
 		t.Fatalf("f: slot %d, keep %d after drop; want d's slot, keep 0", f.slot, keep)
 	}
@@ -81,13 +81,13 @@ func TestSlotTablePrefixReuse(t *testing.T) {
 	c.kv = toks(1, 5, 6, 2, 2)
 	tb.get("e")
 	tb.get("f")
-	g, ev, keep := tb.assign("g", toks(1, 5, 6, 2, 2, 2, 2), nil)
-	if ev == nil || ev.id != "c" || g.slot != c.slot || keep != 5 {
-		t.Fatalf("g: evicted %v, slot %d, keep %d; want c evicted, keep 5", ev, g.slot, keep)
+	g, keep := tb.assign("g", toks(1, 5, 6, 2, 2, 2, 2), nil)
+	if tb.evictions != 1 || tb.get("c") != nil || g.slot != c.slot || keep != 5 {
+		t.Fatalf("g: evictions %d, slot %d, keep %d; want c evicted, keep 5", tb.evictions, g.slot, keep)
 	}
 	// A session resyncing keeps what of its own cells still matches.
 	g.kv = toks(1, 5, 6, 2, 2, 2, 2)
-	if s, _, keep := tb.assign("g", toks(1, 5, 6, 3), nil); s != g || keep != 3 {
+	if s, keep := tb.assign("g", toks(1, 5, 6, 3), nil); s != g || keep != 3 {
 		t.Fatalf("resync of g: %v keep %d, want keep 3", s, keep)
 	}
 }

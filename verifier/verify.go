@@ -235,7 +235,7 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 		fail(r, events.StatusInvalid, events.Reason(events.ErrInvalid), "empty prefix")
 		return nil
 	}
-	s, _, keep := v.slots.assign(sessionKey(d), d.Prefix, pinned)
+	s, keep := v.slots.assign(sessionKey(d), d.Prefix, pinned)
 	if s == nil {
 		fail(r, events.StatusOverloaded, ReasonNoSlot, fmt.Sprintf("all %d slots hold sessions of this batch", v.cfg.Slots))
 		return nil

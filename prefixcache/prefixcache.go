@@ -1,0 +1,96 @@
+// Package prefixcache decides which free KV slot a new sequence gets, by the
+// tokens the slots' cells still hold: the free slot sharing the longest prefix
+// with the new sequence's tokens, so that only the rest is evaluated (a prompt
+// or prefix cache: every request of a chat model starts with its template's
+// system turn). The centralized server and the verifier both give out their
+// slots with it. It is pure: it does no I/O and touches no KV cache.
+package prefixcache
+
+import "github.com/sled-project/sled/engine"
+
+// MinMatch is the shortest shared prefix that makes a slot a match: a
+// beginning-of-sequence token alone is no reason to evict another slot's cells.
+const MinMatch = 2
+
+// Cache tracks a fixed number of slots: which are free and what a free slot's
+// cells still hold. It is not safe for concurrent use.
+type Cache struct {
+	free  []int // free slots, in no particular order
+	held  map[int][]engine.Token
+	freed map[int]uint64 // clock when a slot was freed; never-used slots are 0
+	clock uint64
+}
+
+// New returns a Cache of slots 0 to n-1, all free and empty.
+func New(n int) *Cache {
+	c := &Cache{held: map[int][]engine.Token{}, freed: map[int]uint64{}}
+	for i := range n {
+		c.free = append(c.free, i)
+	}
+	return c
+}
+
+// Free is the number of free slots.
+func (c *Cache) Free() int { return len(c.free) }
+
+// Release frees slot, whose cells hold held (nil or empty: nothing worth
+// reusing, the caller cleared them). Releasing a free slot updates what it holds.
+func (c *Cache) Release(slot int, held []engine.Token) {
+	c.clock++
+	c.freed[slot] = c.clock
+	if len(held) > 0 {
+		c.held[slot] = held
+	} else {
+		delete(c.held, slot)
+	}
+	for _, f := range c.free {
+		if f == slot {
+			return
+		}
+	}
+	c.free = append(c.free, slot)
+}
+
+// Take gives a sequence that starts with tokens a free slot: the one whose
+// cells share the longest prefix with tokens (MinMatch or more), else the one
+// freed longest ago. keep is how many of the slot's first cells already hold
+// tokens[:keep] (see Reusable); the caller drops the cells past keep. ok is
+// false when no slot is free.
+func (c *Cache) Take(tokens []engine.Token) (slot, keep int, ok bool) {
+	if len(c.free) == 0 {
+		return 0, 0, false
+	}
+	best, match := -1, 0
+	for i, f := range c.free {
+		n := CommonPrefix(c.held[f], tokens)
+		if n < MinMatch {
+			n = 0 // no match: only the age counts
+		}
+		if best < 0 || n > match || (n == match && c.freed[f] < c.freed[c.free[best]]) {
+			best, match = i, n
+		}
+	}
+	slot = c.free[best]
+	c.free = append(c.free[:best], c.free[best+1:]...)
+	if match > 0 {
+		keep = Reusable(c.held[slot], tokens)
+	}
+	delete(c.held, slot)
+	return slot, keep, true
+}
+
+// Reusable is how many cells holding held serve a sequence that starts with
+// tokens: their common prefix, but at most len(tokens)-1, so that the last
+// token is evaluated again for its logits.
+func Reusable(held, tokens []engine.Token) int {
+	return max(0, min(CommonPrefix(held, tokens), len(tokens)-1))
+}
+
+// CommonPrefix is the length of the longest common prefix of a and b.
+func CommonPrefix(a, b []engine.Token) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
