@@ -14,11 +14,15 @@
 #                  inputs, not a duration, so a loaded machine cannot time the run out).
 
 GO             ?= go
+# On CPUs with AMX (Sapphire Rapids and later) -march=native makes ggml-cpu.cpp reference its AMX
+# buffer type, whose source (ggml-cpu/amx) the ollama module's cgo package does not compile: the link
+# fails. AMX stays off; AVX-512 (VNNI, BF16) stays on.
+NO_AMX         := $(shell $(CC) -march=native -Q --help=target 2>/dev/null | grep -qE '^[[:space:]]+-mamx-int8[[:space:]]+\[enabled\]' && echo -mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 MODELS         ?= qwen
 ifeq ($(PORTABLE),1)
 CGO_OPT        ?= -O3 -march=x86-64-v3
 else ifeq ($(shell uname -m),x86_64)
-CGO_OPT        ?= -O3 -march=native -DSLED_CPU=$(shell $(CC) -march=native -Q --help=target 2>/dev/null | grep -E '^ +-m.*\[enabled\]' | cksum | cut -d' ' -f1)
+CGO_OPT        ?= -O3 -march=native $(NO_AMX) -DSLED_CPU=$(shell $(CC) -march=native -Q --help=target 2>/dev/null | grep -E '^ +-m.*\[enabled\]' | cksum | cut -d' ' -f1)
 else
 CGO_OPT        ?= -O3 -mcpu=native -DSLED_CPU=$(shell $(CC) -mcpu=native -Q --help=target 2>/dev/null | grep -E '^ +-m.*\[enabled\]' | cksum | cut -d' ' -f1)
 endif
