@@ -265,14 +265,18 @@ func (s *Server) Run(ctx context.Context) error {
 		for i, r := range owners {
 			var next engine.Token
 			if r.rng != nil {
-				r.probs = engine.Softmax(r.probs, rows[i], r.req.Temperature)
+				r.probs = engine.Distribution(r.probs, rows[i], r.req.Temperature, r.req.TopP)
 				next = engine.Sample(r.rng, r.probs)
 			} else {
 				next = engine.Argmax(rows[i])
 			}
 			r.tokens = append(r.tokens, next)
 			r.last = next
-			r.out <- textgen.Chunk{Tokens: []engine.Token{next}}
+			c := textgen.Chunk{Tokens: []engine.Token{next}}
+			if r.req.Logprobs {
+				c.Logprobs = []textgen.Logprob{textgen.LogprobAt(rows[i], next, r.req.TopLogprobs)}
+			}
+			r.out <- c
 		}
 		// Retire finished requests.
 		kept := active[:0]

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -316,7 +317,8 @@ func (g *generation) send(ctx context.Context) error {
 	ev := DraftRound{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: g.round,
 		Committed: st.committed, Sent: st.sent, Draft: st.pending, Probs: st.probs, WithPrefix: st.needPrefix,
-		Sampling:         events.Sampling{Temperature: g.req.Temperature, Seed: g.req.Seed},
+		Sampling:         events.Sampling{Temperature: g.req.Temperature, TopP: g.req.TopP, Seed: g.req.Seed},
+		Logprobs:         g.req.Logprobs, TopLogprobs: g.req.TopLogprobs,
 		VocabFingerprint: g.d.model.Fingerprint(), Timeout: g.d.cfg.Retry.Timeout,
 	}.Event(time.Now())
 	e := events.New(g.d.source, ev)
@@ -505,27 +507,58 @@ func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool,
 	g.stats.Rounds++
 	g.stats.Drafted += drafted
 	g.stats.Accepted += res.Accepted
-	return g.commit(out, false, res.EOS)
+	var lps []textgen.Logprob
+	if g.req.Logprobs {
+		if len(res.Logprobs) != len(out) {
+			return true, fmt.Errorf("%w: the verdict carries %d logprobs for %d tokens", ErrRejected, len(res.Logprobs), len(out))
+		}
+		lps = make([]textgen.Logprob, len(out))
+		for i, lp := range res.Logprobs {
+			lps[i] = textgen.Logprob{Token: out[i], Logprob: lp.Logprob}
+			for _, a := range lp.Top {
+				lps[i].Top = append(lps[i].Top, engine.TopLogprob{Token: a.Token, Logprob: a.Logprob})
+			}
+		}
+	}
+	return g.commit(out, lps, false, res.EOS)
 }
 
 // release commits the pending drafts unverified (fallback mode); the tokens
 // drafted ahead become the next draft.
 func (g *generation) release(ahead []engine.Token, aheadProbs []float32) (bool, error) {
+	probs := append([]float32(nil), g.st.probs...) // the released drafts' confidences
 	out := g.st.release(ahead, aheadProbs)
 	g.d.cfg.Logger.Warn("releasing unverified drafts", "session", g.session, "tokens", len(out))
-	return g.commit(out, true, false)
+	var lps []textgen.Logprob
+	if g.req.Logprobs {
+		// No target figures exist for these tokens: the draft model's own
+		// confidence stands in, marked as the draft's.
+		lps = make([]textgen.Logprob, len(out))
+		for i, t := range out {
+			p := float32(math.SmallestNonzeroFloat32) // finite: JSON has no -Inf
+			if i < len(probs) {
+				p = max(probs[i], p)
+			}
+			lps[i] = textgen.Logprob{Token: t, Logprob: float32(math.Log(float64(p))), Draft: true}
+		}
+	}
+	return g.commit(out, lps, true, false)
 }
 
 // commit commits out (see roundState.commit), emits what was kept, and reports
 // whether the generation is done.
-func (g *generation) commit(out []engine.Token, unverified, eos bool) (bool, error) {
+func (g *generation) commit(out []engine.Token, lps []textgen.Logprob, unverified, eos bool) (bool, error) {
 	out, finish := g.st.commit(out, unverified, eos)
 	g.observeTokens(len(out), unverified)
 	if unverified {
 		g.stats.Unverified += len(out)
 	}
 	if len(out) > 0 {
-		if err := g.emit(textgen.Chunk{Tokens: append([]engine.Token(nil), out...), Unverified: unverified}); err != nil {
+		c := textgen.Chunk{Tokens: append([]engine.Token(nil), out...), Unverified: unverified}
+		if lps != nil {
+			c.Logprobs = lps[:len(out)] // commit keeps a prefix of out
+		}
+		if err := g.emit(c); err != nil {
 			return true, err
 		}
 	}

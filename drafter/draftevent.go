@@ -25,6 +25,9 @@ type DraftRound struct {
 	// the session (the first round, or a resync).
 	WithPrefix bool
 	Sampling   events.Sampling
+	// Logprobs and TopLogprobs ask for the target's logprobs of the outcome.
+	Logprobs    bool
+	TopLogprobs int
 	// VocabFingerprint is the draft model's (engine.Model.Fingerprint).
 	VocabFingerprint string
 	// Timeout is how long the device waits for the verdict: the event's deadline
@@ -42,6 +45,8 @@ func (r DraftRound) Event(now time.Time) *events.DraftReady {
 		Draft:            append([]int32{}, r.Draft...),
 		DraftProbs:       append([]float32{}, r.Probs...),
 		Sampling:         r.Sampling,
+		Logprobs:         r.Logprobs,
+		TopLogprobs:      r.TopLogprobs,
 		VocabFingerprint: r.VocabFingerprint,
 		Deadline:         now.Add(r.Timeout),
 	}

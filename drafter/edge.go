@@ -66,13 +66,18 @@ func (e *Edge) Generate(ctx context.Context, req textgen.Request, emit func(text
 	for len(res.Tokens) < req.MaxTokens && len(req.Prompt)+len(res.Tokens) < e.maxCtx {
 		var t engine.Token
 		if rng != nil {
-			probs = engine.Softmax(probs, e.ds.logits, req.Temperature)
+			probs = engine.Distribution(probs, e.ds.logits, req.Temperature, req.TopP)
 			t = engine.Sample(rng, probs)
 		} else {
 			t, _ = e.ds.peek()
 		}
 		res.Tokens = append(res.Tokens, t)
-		if err := emit(textgen.Chunk{Tokens: []engine.Token{t}}); err != nil {
+		c := textgen.Chunk{Tokens: []engine.Token{t}}
+		if req.Logprobs {
+			// An edge-only device's text is its own model's: so are the logprobs.
+			c.Logprobs = []textgen.Logprob{textgen.LogprobAt(e.ds.logits, t, req.TopLogprobs)}
+		}
+		if err := emit(c); err != nil {
 			if errors.Is(err, textgen.ErrStop) {
 				res.FinishReason = textgen.FinishStop
 				return res, nil

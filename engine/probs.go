@@ -113,3 +113,96 @@ func Sample(r *rand.Rand, p []float32) Token {
 	}
 	return Token(len(p) - 1)
 }
+
+// Nucleus keeps the smallest set of most likely tokens of the distribution p whose
+// probabilities sum to at least topP (top-p, "nucleus" sampling), zeroes the rest
+// and renormalises p in place; it returns p. topP <= 0 or >= 1 leaves p as it is.
+// At least the most likely token is always kept. Ties at the boundary are kept in
+// token id order, so the result is a pure function of p and topP.
+func Nucleus(p []float32, topP float32) []float32 {
+	if topP <= 0 || topP >= 1 || len(p) == 0 {
+		return p
+	}
+	idx := make([]int32, len(p))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortStableFunc(idx, func(a, b int32) int {
+		switch {
+		case p[a] > p[b]:
+			return -1
+		case p[a] < p[b]:
+			return 1
+		}
+		return 0
+	})
+	var mass float64
+	keep := len(idx)
+	for i, t := range idx {
+		mass += float64(p[t])
+		if mass >= float64(topP) {
+			keep = i + 1
+			break
+		}
+	}
+	for _, t := range idx[keep:] {
+		p[t] = 0
+	}
+	inv := 1 / mass
+	for _, t := range idx[:keep] {
+		p[t] = float32(float64(p[t]) * inv)
+	}
+	return p
+}
+
+// Distribution writes the sampling distribution of logits at temperature temp
+// with top-p truncation (see Softmax and Nucleus) into dst and returns it. Every
+// sampler in SLED (the verifier's rejection rule, the centralized server, an
+// edge-only device) draws from this one definition, so that a seed means the
+// same distribution everywhere.
+func Distribution(dst, logits []float32, temp, topP float32) []float32 {
+	return Nucleus(Softmax(dst, logits, temp), topP)
+}
+
+// TopLogprob is a token and its log-probability.
+type TopLogprob struct {
+	Token   Token
+	Logprob float32
+}
+
+// Logprobs returns the natural-log probability of token t under logits (the raw
+// distribution: temperature 1, no truncation) and the n most likely tokens with
+// theirs, most likely first (ties to the lower id). n <= 0 returns no
+// alternatives.
+func Logprobs(logits []float32, t Token, n int) (float32, []TopLogprob) {
+	max := logits[Argmax(logits)]
+	var sum float64
+	for _, v := range logits {
+		sum += math.Exp(float64(v - max))
+	}
+	lse := float64(max) + math.Log(sum)
+	lp := float32(float64(logits[t]) - lse)
+	if n <= 0 {
+		return lp, nil
+	}
+	n = min(n, len(logits))
+	// Keep the n best by insertion into a short sorted list: O(V*n) with n <= 20.
+	top := make([]TopLogprob, 0, n+1)
+	for i, v := range logits {
+		if len(top) == n && v <= logits[top[n-1].Token] {
+			continue
+		}
+		j := len(top)
+		for j > 0 && v > logits[top[j-1].Token] {
+			j--
+		}
+		top = slices.Insert(top, j, TopLogprob{Token: Token(i)})
+		if len(top) > n {
+			top = top[:n]
+		}
+	}
+	for i := range top {
+		top[i].Logprob = float32(float64(logits[top[i].Token]) - lse)
+	}
+	return lp, top
+}

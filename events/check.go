@@ -62,6 +62,12 @@ func (d *DraftReady) check(vocab int) error {
 		return fmt.Errorf("%w: prefix_hash %q is not 16 hex digits", ErrInvalid, truncate(d.PrefixHash, 32))
 	case d.TraceParent != "" && !validTraceParent(d.TraceParent):
 		return fmt.Errorf("%w: traceparent %q is not a W3C trace context", ErrInvalid, truncate(d.TraceParent, 64))
+	case d.TopLogprobs < 0 || d.TopLogprobs > MaxTopLogprobs:
+		return fmt.Errorf("%w: top_logprobs %d not in [0,%d]", ErrInvalid, d.TopLogprobs, MaxTopLogprobs)
+	case d.TopLogprobs > 0 && !d.Logprobs:
+		return fmt.Errorf("%w: top_logprobs without logprobs", ErrInvalid)
+	case !(d.Sampling.TopP >= 0 && d.Sampling.TopP <= 1):
+		return fmt.Errorf("%w: sampling.top_p %v not in [0,1]", ErrSchema, d.Sampling.TopP)
 	case len(d.TraceState) > 512:
 		return fmt.Errorf("%w: tracestate is %d bytes, limit 512", ErrInvalid, len(d.TraceState))
 	}
@@ -150,6 +156,22 @@ func (r *VerifyResult) check(vocab int) error {
 		}
 		if r.Accepted < 0 || r.Accepted > schemas.MaxDraftTokens {
 			return fmt.Errorf("%w: accepted %d not in [0,%d]", ErrInvalid, r.Accepted, schemas.MaxDraftTokens)
+		}
+		if len(r.Logprobs) != 0 && len(r.Logprobs) != r.Accepted+1 {
+			return fmt.Errorf("%w: %d logprobs for %d output tokens", ErrInvalid, len(r.Logprobs), r.Accepted+1)
+		}
+		for i, lp := range r.Logprobs {
+			if !(lp.Logprob <= 0) || len(lp.Top) > MaxTopLogprobs {
+				return fmt.Errorf("%w: logprobs[%d]: logprob %v, %d alternatives", ErrSchema, i, lp.Logprob, len(lp.Top))
+			}
+			for j, tl := range lp.Top {
+				if err := checkTokens(fmt.Sprintf("logprobs[%d].top[%d].token", i, j), []int32{tl.Token}, vocab); err != nil {
+					return err
+				}
+				if !(tl.Logprob <= 0) {
+					return fmt.Errorf("%w: logprobs[%d].top[%d].logprob %v is not <= 0", ErrSchema, i, j, tl.Logprob)
+				}
+			}
 		}
 		return checkTokens("token", []int32{r.Token}, vocab)
 	case StatusUnknownSession, StatusPrefixMismatch, StatusInvalid, StatusOverloaded, StatusExpired:

@@ -268,9 +268,10 @@ func TestPrefixHash(t *testing.T) {
 	}
 }
 
-// Sampling parameters the system does not apply are refused, not ignored.
+// Sampling parameters the system does not apply (and out-of-range ones) are
+// refused, not ignored.
 func TestSamplingUnsupportedRefused(t *testing.T) {
-	for _, field := range []string{`"top_p":0.9`, `"top_k":40`} {
+	for _, field := range []string{`"top_k":40`, `"top_p":1.5`, `"min_p":0.1`} {
 		m := encodeT(t, sampleDraft("d1", "s1", 1))
 		data := strings.Replace(string(m.Data), `"sampling":{`, `"sampling":{`+field+`,`, 1)
 		if data == string(m.Data) {
@@ -279,5 +280,52 @@ func TestSamplingUnsupportedRefused(t *testing.T) {
 		if _, err := Decode(m.Subject, m.Header, []byte(data)); !errors.Is(err, ErrSchema) {
 			t.Errorf("sampling with %s: %v, want ErrSchema", field, err)
 		}
+	}
+}
+
+// top_p is carried; logprobs are asked for in a draft and returned, aligned with
+// the round's output, in its result; inconsistent figures are refused.
+func TestLogprobsAndTopP(t *testing.T) {
+	d := sampleDraft("d1", "s1", 1)
+	d.Sampling = Sampling{Temperature: 0.7, TopP: 0.9, Seed: 3}
+	d.Logprobs, d.TopLogprobs = true, 2
+	m := encodeT(t, d)
+	e, err := Decode(m.Subject, m.Header, m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.Data.(*DraftReady)
+	if got.Sampling != d.Sampling || !got.Logprobs || got.TopLogprobs != 2 {
+		t.Fatalf("round trip lost fields: %+v %v %d", got.Sampling, got.Logprobs, got.TopLogprobs)
+	}
+	bad := *d
+	bad.TopLogprobs = MaxTopLogprobs + 1
+	if _, err := Encode(New("test", &bad)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("top_logprobs %d: %v, want ErrInvalid", bad.TopLogprobs, err)
+	}
+	bad.Logprobs, bad.TopLogprobs = false, 1
+	if _, err := Encode(New("test", &bad)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("top_logprobs without logprobs: %v, want ErrInvalid", err)
+	}
+
+	r := &VerifyResult{DeviceID: "d1", SessionID: "s1", Round: 1, Status: StatusOK, Accepted: 1, Token: 5,
+		Logprobs: []TokenLogprob{{Logprob: -0.1, Top: []TopLogprob{{Token: 4, Logprob: -0.1}}}, {Logprob: -2}}}
+	m = encodeT(t, r)
+	e, err = Decode(m.Subject, m.Header, m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lp := e.Data.(*VerifyResult).Logprobs; len(lp) != 2 || lp[0].Top[0].Token != 4 || lp[1].Logprob != -2 {
+		t.Fatalf("result logprobs after round trip: %+v", lp)
+	}
+	short := *r
+	short.Logprobs = r.Logprobs[:1]
+	if _, err := Encode(New("test", &short)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("1 logprob for 2 output tokens: %v, want ErrInvalid", err)
+	}
+	pos := *r
+	pos.Logprobs = []TokenLogprob{{Logprob: 0.5}, {Logprob: -1}}
+	if _, err := Encode(New("test", &pos)); err == nil {
+		t.Error("a positive logprob was accepted")
 	}
 }

@@ -36,12 +36,31 @@ type Payload interface {
 
 // Sampling holds the decoding parameters of a session. Temperature 0 means
 // greedy decoding (exact argmax match); otherwise the verifier uses the
-// rejection-sampling rule with the draft distribution. There is no top-k or
-// top-p: the schema refuses them rather than let a producer believe they were
-// applied.
+// rejection-sampling rule with the draft distribution against the target's
+// distribution at Temperature truncated to TopP (engine.Distribution). TopP 0
+// or 1 means no truncation. There is no top-k: the schema refuses it rather than
+// let a producer believe it was applied.
 type Sampling struct {
 	Temperature float32 `json:"temperature,omitempty"`
+	TopP        float32 `json:"top_p,omitempty"`
 	Seed        uint64  `json:"seed,omitempty"`
+}
+
+// MaxTopLogprobs bounds DraftReady.TopLogprobs.
+const MaxTopLogprobs = 20
+
+// TokenLogprob is the target's log-probability of one output token (natural
+// log, raw distribution: temperature 1, no truncation), with the most likely
+// alternatives at its position when asked for.
+type TokenLogprob struct {
+	Logprob float32      `json:"logprob"`
+	Top     []TopLogprob `json:"top,omitempty"`
+}
+
+// TopLogprob is an alternative token at a position and its log-probability.
+type TopLogprob struct {
+	Token   int32   `json:"token"`
+	Logprob float32 `json:"logprob"`
 }
 
 // TopK is the draft model's truncated distribution at one draft position:
@@ -77,6 +96,11 @@ type DraftReady struct {
 	DraftProbs       []float32 `json:"draft_probs"`
 	TopK             []TopK    `json:"top_k,omitempty"`
 	Sampling         Sampling  `json:"sampling"`
+	// Logprobs asks the verifier for the target's log-probability of every
+	// token of the round's outcome (VerifyResult.Logprobs), with TopLogprobs
+	// (0..MaxTopLogprobs) alternatives at each position.
+	Logprobs         bool      `json:"logprobs,omitempty"`
+	TopLogprobs      int       `json:"top_logprobs,omitempty"`
 	VocabFingerprint string    `json:"vocab_fingerprint"`
 	Deadline         time.Time `json:"deadline"`
 	Prefix           []int32   `json:"prefix,omitempty"`
@@ -179,6 +203,10 @@ type VerifyResult struct {
 	ServerTiming ServerTiming `json:"server_timing"`
 	BatchID      string       `json:"batch_id,omitempty"`
 	BatchSize    int          `json:"batch_size,omitempty"`
+	// Logprobs, when the draft asked for them (DraftReady.Logprobs), holds
+	// Accepted+1 entries: the target's figures for each accepted draft token
+	// and for Token, in order.
+	Logprobs []TokenLogprob `json:"logprobs,omitempty"`
 }
 
 // EventType implements [Payload].

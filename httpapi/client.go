@@ -58,6 +58,17 @@ func (c *Client) Complete(ctx context.Context, req CompletionRequest, onText fun
 		if f := ch.Choices[0].FinishReason; f != nil {
 			out.Choices[0].FinishReason = f
 		}
+		if lp := ch.Choices[0].Logprobs; lp != nil {
+			all := out.Choices[0].Logprobs
+			if all == nil {
+				all = &CompletionLogprobs{}
+				out.Choices[0].Logprobs = all
+			}
+			all.Tokens = append(all.Tokens, lp.Tokens...)
+			all.TokenLogprobs = append(all.TokenLogprobs, lp.TokenLogprobs...)
+			all.TopLogprobs = append(all.TopLogprobs, lp.TopLogprobs...)
+			all.TextOffset = append(all.TextOffset, lp.TextOffset...)
+		}
 		return ch.Choices[0].Text
 	})
 	if err != nil {
@@ -70,7 +81,8 @@ func (c *Client) Complete(ctx context.Context, req CompletionRequest, onText fun
 	return out, nil
 }
 
-// Chat runs a chat completion; onText works as in Complete. A streamed response is
+// Chat runs a chat completion; onText works as in Complete (a stream's logprobs
+// are assembled too). A streamed response is
 // returned assembled into a ChatCompletion.
 func (c *Client) Chat(ctx context.Context, req ChatCompletionRequest, onText func(string) error) (*ChatCompletion, error) {
 	req.Stream = onText != nil
@@ -93,6 +105,12 @@ func (c *Client) Chat(ctx context.Context, req ChatCompletionRequest, onText fun
 		}
 		if f := ch.Choices[0].FinishReason; f != nil {
 			out.Choices[0].FinishReason = *f
+		}
+		if lp := ch.Choices[0].Logprobs; lp != nil {
+			if out.Choices[0].Logprobs == nil {
+				out.Choices[0].Logprobs = &ChatLogprobs{Refusal: []ChatTokenLogprob{}}
+			}
+			out.Choices[0].Logprobs.Content = append(out.Choices[0].Logprobs.Content, lp.Content...)
 		}
 		return ch.Choices[0].Delta.Content
 	})

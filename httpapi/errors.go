@@ -22,6 +22,7 @@ const (
 	CodeRequestTooLarge       = "request_too_large"
 	CodeMethodNotAllowed      = "method_not_allowed"
 	CodeNotFound              = "not_found"
+	CodeInvalidUTF8           = "invalid_utf8"
 )
 
 // APIError is an OpenAI-style error: the "error" object of an error response body.

@@ -19,22 +19,55 @@ type params struct {
 	maxTokens   int  // resolved by fit
 	explicitMax bool // the request gave max_tokens
 	temperature float32
+	topP        float32
 	seed        uint64
 	stops       []string
+	logprobs    bool
+	topLogprobs int
 }
 
-// parseParams validates the settings both endpoints share and picks the device.
-func (s *Server) parseParams(r *http.Request, model string, maxTokens *int, temperature *float64, stop StopSequences, seed *int64, n *int) (*params, *APIError) {
+// settings are the generation settings every endpoint (OpenAI's and Ollama's)
+// shares, as the request gave them; nil means absent.
+type settings struct {
+	model       string
+	maxTokens   *int
+	maxParam    string // the name of the max-tokens field, for errors
+	temperature *float64
+	topP        *float64
+	stop        StopSequences
+	seed        *int64
+	n           *int
+	logprobs    bool
+	topLogprobs int
+	topParam    string // the name of the top-logprobs field, for errors
+}
+
+// parseParams validates the settings and picks the device.
+func (s *Server) parseParams(r *http.Request, in settings) (*params, *APIError) {
 	p := &params{}
+	model, maxTokens, temperature, stop, seed, n := in.model, in.maxTokens, in.temperature, in.stop, in.seed, in.n
 	if n != nil && *n != 1 {
 		return nil, invalid("n", "n must be 1: one choice per request is supported, got %d", *n)
 	}
+	maxParam := in.maxParam
+	if maxParam == "" {
+		maxParam = "max_tokens"
+	}
+	topP, e := checkTopP(in.topP)
+	if e != nil {
+		return nil, e
+	}
+	p.topP = topP
+	if e := checkLogprobs(in.topParam, in.logprobs, in.topLogprobs); e != nil {
+		return nil, e
+	}
+	p.logprobs, p.topLogprobs = in.logprobs, in.topLogprobs
 	if maxTokens != nil {
 		switch {
 		case *maxTokens <= 0:
-			return nil, invalid("max_tokens", "max_tokens must be positive, got %d", *maxTokens)
+			return nil, invalid(maxParam, "%s must be positive, got %d", maxParam, *maxTokens)
 		case *maxTokens > s.cfg.MaxTokensLimit:
-			return nil, invalid("max_tokens", "max_tokens is %d, more than this server's limit of %d", *maxTokens, s.cfg.MaxTokensLimit)
+			return nil, invalid(maxParam, "%s is %d, more than this server's limit of %d", maxParam, *maxTokens, s.cfg.MaxTokensLimit)
 		}
 		p.maxTokens, p.explicitMax = *maxTokens, true
 	}
@@ -96,10 +129,11 @@ func (s *Server) fit(p *params, param string, promptTokens int, m *engine.Model)
 
 // outcome is a finished generation, seen as text.
 type outcome struct {
-	text   string
-	finish string
-	result textgen.Result
-	spans  [][2]int
+	text     string
+	finish   string
+	result   textgen.Result
+	spans    [][2]int
+	logprobs []tokenLogprob // when asked for: every output token's
 }
 
 func (o *outcome) usage(promptTokens int) *Usage {
@@ -117,30 +151,43 @@ func (o *outcome) stats(device string) *Stats {
 }
 
 // generate runs prompt on device p.dev. onText, if not nil, is called with each run
-// of text as soon as it is final (no stop string can claim it any more); an error
+// of text as soon as it is final (no stop string can claim it any more), and with
+// the logprobs of the tokens that run released when they were asked for; an error
 // from onText aborts the generation and is returned.
-func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token, onText func(string) error) (*outcome, error) {
+func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token, onText func(string, []tokenLogprob) error) (*outcome, error) {
 	gen := s.devices[p.dev].Generator
-	ts := gen.Model().NewTextStream()
+	m := gen.Model()
+	ts := m.NewTextStream()
 	ta := newTextAssembler(p.stops)
+	var all []tokenLogprob
+	flush := func(text string) error {
+		lps := ta.takeLogprobs()
+		all = append(all, lps...)
+		if onText == nil || text == "" && len(lps) == 0 {
+			return nil
+		}
+		return onText(text, lps)
+	}
 	emit := func(c textgen.Chunk) error {
 		stopped := false
-		for _, t := range c.Tokens {
+		for i, t := range c.Tokens {
+			if p.logprobs && i < len(c.Logprobs) {
+				ta.addLogprob(c.Logprobs[i], m.Piece(t))
+			}
 			if stopped = ta.add(ts.Add(t), c.Unverified); stopped {
 				break
 			}
 		}
-		if out := ta.release(); out != "" && onText != nil {
-			if err := onText(out); err != nil {
-				return err
-			}
+		if err := flush(ta.release()); err != nil {
+			return err
 		}
 		if stopped {
 			return textgen.ErrStop
 		}
 		return nil
 	}
-	req := textgen.Request{Prompt: prompt, MaxTokens: p.maxTokens, Temperature: p.temperature, Seed: p.seed}
+	req := textgen.Request{Prompt: prompt, MaxTokens: p.maxTokens, Temperature: p.temperature, TopP: p.topP, Seed: p.seed,
+		Logprobs: p.logprobs, TopLogprobs: p.topLogprobs}
 	res, err := gen.Generate(ctx, req, emit)
 	if err != nil {
 		return nil, err
@@ -151,12 +198,10 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 	} else if ta.add(ts.Flush(), false) {
 		finish = textgen.FinishStop
 	}
-	if out := ta.finish(); out != "" && onText != nil {
-		if err := onText(out); err != nil {
-			return nil, err
-		}
+	if err := flush(ta.finish()); err != nil {
+		return nil, err
 	}
-	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans()}, nil
+	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans(), logprobs: all}, nil
 }
 
 // generationError maps an error from Generate to an API error; nil when the

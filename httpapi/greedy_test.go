@@ -117,7 +117,11 @@ func (g *greedyGen) Generate(ctx context.Context, req textgen.Request, emit func
 		if g.started != nil && len(res.Tokens) == 1 {
 			g.started <- struct{}{}
 		}
-		if err := emit(textgen.Chunk{Tokens: []engine.Token{t}, Unverified: unverified}); err != nil {
+		c := textgen.Chunk{Tokens: []engine.Token{t}, Unverified: unverified}
+		if req.Logprobs {
+			c.Logprobs = []textgen.Logprob{textgen.LogprobAt(logits, t, req.TopLogprobs)}
+		}
+		if err := emit(c); err != nil {
 			if errors.Is(err, textgen.ErrStop) {
 				res.FinishReason = textgen.FinishStop
 				return res, nil

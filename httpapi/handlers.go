@@ -11,7 +11,7 @@ import (
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	began := time.Now()
 	var req CompletionRequest
-	if e := s.decodeBody(w, r, &req); e != nil {
+	if e := s.decodeBody(w, r, &req, completionFields); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -23,7 +23,12 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("echo", "echo is not supported"))
 		return
 	}
-	p, e := s.parseParams(r, req.Model, req.MaxTokens, req.Temperature, req.Stop, req.Seed, req.N)
+	in := settings{model: req.Model, maxTokens: req.MaxTokens, temperature: req.Temperature, topP: req.TopP,
+		stop: req.Stop, seed: req.Seed, n: req.N, topParam: "logprobs"}
+	if req.Logprobs != nil {
+		in.logprobs, in.topLogprobs = true, *req.Logprobs
+	}
+	p, e := s.parseParams(r, in)
 	if e != nil {
 		writeError(w, e)
 		return
@@ -52,9 +57,13 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	}
 
 	id, created := newID("cmpl-"), time.Now().Unix()
-	chunk := func(text string, finish *string) *Completion {
-		return &Completion{ID: id, Object: "text_completion", Created: created, Model: s.cfg.ModelName,
+	chunk := func(text string, finish *string, lps []tokenLogprob) *Completion {
+		c := &Completion{ID: id, Object: "text_completion", Created: created, Model: s.ModelName(),
 			Choices: []CompletionChoice{{Index: 0, Text: text, FinishReason: finish}}}
+		if p.logprobs {
+			c.Choices[0].Logprobs = completionLogprobs(m, lps)
+		}
+		return c
 	}
 	if !req.Stream {
 		out, err := s.generate(r.Context(), p, prompt, nil)
@@ -62,21 +71,22 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, nil, dev.Name, len(prompt), began, err)
 			return
 		}
-		resp := chunk(out.text, &out.finish)
+		resp := chunk(out.text, &out.finish, out.logprobs)
 		resp.Usage, resp.SLED = out.usage(len(prompt)), out.stats(dev.Name)
 		writeJSON(w, http.StatusOK, resp)
 		s.logRequest(r, dev.Name, http.StatusOK, len(prompt), out, began, nil)
 		return
 	}
 	es := newEventStream(w)
-	out, err := s.generate(r.Context(), p, prompt, func(text string) error {
-		return es.send(chunk(text, nil))
+	out, err := s.generate(r.Context(), p, prompt, func(text string, lps []tokenLogprob) error {
+		return es.send(chunk(text, nil, lps))
 	})
 	if err != nil {
 		s.fail(w, r, es, dev.Name, len(prompt), began, err)
 		return
 	}
-	last := chunk("", &out.finish)
+	last := chunk("", &out.finish, nil)
+	last.Choices[0].Logprobs = nil
 	last.Usage, last.SLED = out.usage(len(prompt)), out.stats(dev.Name)
 	if err := es.send(last); err == nil {
 		err = es.done()
@@ -90,7 +100,7 @@ var chatRoles = map[string]bool{"system": true, "developer": true, "user": true,
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	began := time.Now()
 	var req ChatCompletionRequest
-	if e := s.decodeBody(w, r, &req); e != nil {
+	if e := s.decodeBody(w, r, &req, chatFields); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -106,11 +116,15 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		}
 		msgs[i] = engine.ChatMessage{Role: msg.Role, Content: string(msg.Content)}
 	}
-	maxTokens := req.MaxTokens
+	in := settings{model: req.Model, maxTokens: req.MaxTokens, temperature: req.Temperature, topP: req.TopP,
+		stop: req.Stop, seed: req.Seed, n: req.N, logprobs: req.Logprobs, topParam: "top_logprobs"}
 	if req.MaxCompletionTokens != nil {
-		maxTokens = req.MaxCompletionTokens
+		in.maxTokens, in.maxParam = req.MaxCompletionTokens, "max_completion_tokens"
 	}
-	p, e := s.parseParams(r, req.Model, maxTokens, req.Temperature, req.Stop, req.Seed, req.N)
+	if req.TopLogprobs != nil {
+		in.topLogprobs = *req.TopLogprobs
+	}
+	p, e := s.parseParams(r, in)
 	if e != nil {
 		writeError(w, e)
 		return
@@ -134,29 +148,35 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, nil, dev.Name, len(prompt), began, err)
 			return
 		}
-		resp := &ChatCompletion{ID: id, Object: "chat.completion", Created: created, Model: s.cfg.ModelName,
+		resp := &ChatCompletion{ID: id, Object: "chat.completion", Created: created, Model: s.ModelName(),
 			Choices: []ChatChoice{{Index: 0, Message: ChatMessage{Role: "assistant", Content: MessageContent(out.text)}, FinishReason: out.finish}},
 			Usage:   out.usage(len(prompt)), SLED: out.stats(dev.Name)}
+		if p.logprobs {
+			resp.Choices[0].Logprobs = chatLogprobs(m, out.logprobs)
+		}
 		writeJSON(w, http.StatusOK, resp)
 		s.logRequest(r, dev.Name, http.StatusOK, len(prompt), out, began, nil)
 		return
 	}
 	es := newEventStream(w)
 	role := "assistant" // sent with the first delta only
-	chunk := func(text string, finish *string) *ChatCompletionChunk {
-		c := &ChatCompletionChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.cfg.ModelName,
+	chunk := func(text string, finish *string, lps []tokenLogprob) *ChatCompletionChunk {
+		c := &ChatCompletionChunk{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.ModelName(),
 			Choices: []ChatChunkChoice{{Index: 0, Delta: ChatDelta{Role: role, Content: text}, FinishReason: finish}}}
+		if len(lps) > 0 {
+			c.Choices[0].Logprobs = chatLogprobs(m, lps)
+		}
 		role = ""
 		return c
 	}
-	out, err := s.generate(r.Context(), p, prompt, func(text string) error {
-		return es.send(chunk(text, nil))
+	out, err := s.generate(r.Context(), p, prompt, func(text string, lps []tokenLogprob) error {
+		return es.send(chunk(text, nil, lps))
 	})
 	if err != nil {
 		s.fail(w, r, es, dev.Name, len(prompt), began, err)
 		return
 	}
-	last := chunk("", &out.finish)
+	last := chunk("", &out.finish, nil)
 	last.Usage, last.SLED = out.usage(len(prompt)), out.stats(dev.Name)
 	if err := es.send(last); err == nil {
 		err = es.done()
@@ -197,4 +217,47 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, es *eventStream, d
 		writeError(w, e)
 	}
 	s.logRequest(r, device, e.StatusCode, promptTokens, nil, began, err)
+}
+
+// chatLogprobs converts token logprobs to the chat API's shape.
+func chatLogprobs(m *engine.Model, lps []tokenLogprob) *ChatLogprobs {
+	out := &ChatLogprobs{Content: make([]ChatTokenLogprob, len(lps)), Refusal: []ChatTokenLogprob{}}
+	for i, lp := range lps {
+		c := ChatTokenLogprob{Token: string(lp.piece), Logprob: float64(lp.Logprob.Logprob), Bytes: byteInts(lp.piece), TopLogprobs: []TopLogprob{}}
+		for _, a := range lp.Top {
+			piece := m.Piece(a.Token)
+			c.TopLogprobs = append(c.TopLogprobs, TopLogprob{Token: string(piece), Logprob: float64(a.Logprob), Bytes: byteInts(piece)})
+		}
+		out.Content[i] = c
+	}
+	return out
+}
+
+// completionLogprobs converts token logprobs to the completions API's shape.
+// Alternatives whose texts coincide keep the likeliest (the shape is a map by
+// text).
+func completionLogprobs(m *engine.Model, lps []tokenLogprob) *CompletionLogprobs {
+	out := &CompletionLogprobs{Tokens: []string{}, TokenLogprobs: []float64{}, TopLogprobs: []map[string]float64{}, TextOffset: []int{}}
+	for _, lp := range lps {
+		out.Tokens = append(out.Tokens, string(lp.piece))
+		out.TokenLogprobs = append(out.TokenLogprobs, float64(lp.Logprob.Logprob))
+		out.TextOffset = append(out.TextOffset, lp.offset)
+		top := make(map[string]float64, len(lp.Top))
+		for _, a := range lp.Top {
+			k := string(m.Piece(a.Token))
+			if _, dup := top[k]; !dup {
+				top[k] = float64(a.Logprob)
+			}
+		}
+		out.TopLogprobs = append(out.TopLogprobs, top)
+	}
+	return out
+}
+
+func byteInts(b []byte) []int {
+	out := make([]int, len(b))
+	for i, c := range b {
+		out[i] = int(c)
+	}
+	return out
 }

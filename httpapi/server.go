@@ -7,8 +7,12 @@
 //
 //	POST /v1/completions        text completion (stream or not)
 //	POST /v1/chat/completions   chat completion (stream or not)
-//	GET  /v1/models             the served model id
-//	GET  /healthz               device names and health
+//	GET  /v1/models             the served model id and the devices serving it
+//	GET  /v1/models/{id}        the same, for one id (the model's or a device's)
+//	GET  /healthz, /health, /readyz
+//	                            readiness: 200 when every device can serve, else 503
+//	POST /api/generate, /api/chat; GET /api/tags, /api/ps, /api/version; POST /api/show
+//	                            Ollama's API (see ollama.go)
 //
 // Requests are spread over the devices round-robin, or pinned to one with the
 // X-SLED-Device header (or by naming a device as the model). Responses have
@@ -20,6 +24,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -33,6 +38,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sled-project/sled/textgen"
 )
@@ -55,6 +61,22 @@ type Device struct {
 	Generator textgen.Generator
 }
 
+// TargetNamer may be implemented by a device's Generator whose output is decided
+// by another model (a speculative device: the target that verifies its drafts).
+// TargetModel returns that model's id, or "" while it is not known (a standalone
+// device learns it from the verifiers' heartbeats).
+type TargetNamer interface {
+	TargetModel() string
+}
+
+// ModelID is the model id a model file is served under: its file name without
+// the extension. Every SLED front end names a target this way, so that one
+// target has one id whether it is served by `sled up` or a standalone device.
+func ModelID(path string) string {
+	base := filepath.Base(path)
+	return strings.TrimSuffix(base, filepath.Ext(base))
+}
+
 // HealthChecker may be implemented by a device's Generator to report its health in
 // GET /healthz. A nil error means healthy. Generators that do not implement it are
 // reported healthy.
@@ -68,8 +90,9 @@ type Config struct {
 	// names. Their generators should share one vocabulary: the prompt is tokenized
 	// with the chosen device's model.
 	Devices []Device
-	// ModelName is the model id the API serves. Default: the first device's model
-	// file name without its extension.
+	// ModelName is the model id the API serves. Default: the target model's id as
+	// the first device that knows it reports it (TargetNamer), else the first
+	// device's model's ModelID.
 	ModelName string
 	// MaxPromptTokens bounds a prompt's tokens. Default: no bound beyond the model's
 	// context (its training context length minus max_tokens).
@@ -113,10 +136,6 @@ func New(cfg Config) *Server {
 		}
 		s.byName[d.Name] = i
 	}
-	if cfg.ModelName == "" {
-		base := filepath.Base(cfg.Devices[0].Generator.Model().Info().Path)
-		cfg.ModelName = strings.TrimSuffix(base, filepath.Ext(base))
-	}
 	if cfg.MaxTokensLimit <= 0 {
 		cfg.MaxTokensLimit = DefaultMaxTokensLimit
 	}
@@ -134,8 +153,20 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// ModelName is the model id the server serves.
-func (s *Server) ModelName() string { return s.cfg.ModelName }
+// ModelName is the model id the server serves (see Config.ModelName).
+func (s *Server) ModelName() string {
+	if s.cfg.ModelName != "" {
+		return s.cfg.ModelName
+	}
+	for _, d := range s.devices {
+		if tn, ok := d.Generator.(TargetNamer); ok {
+			if id := tn.TargetModel(); id != "" {
+				return id
+			}
+		}
+	}
+	return ModelID(s.devices[0].Generator.Model().Info().Path)
+}
 
 type route struct {
 	method  string
@@ -147,7 +178,12 @@ var routes = map[string]route{
 	"/v1/chat/completions": {http.MethodPost, (*Server).handleChat},
 	"/v1/models":           {http.MethodGet, (*Server).handleModels},
 	"/healthz":             {http.MethodGet, (*Server).handleHealth},
+	"/health":              {http.MethodGet, (*Server).handleHealth},
+	"/readyz":              {http.MethodGet, (*Server).handleHealth},
 }
+
+// modelRoute serves GET /v1/models/{id}.
+var modelRoute = route{http.MethodGet, (*Server).handleModel}
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -161,7 +197,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, &APIError{StatusCode: http.StatusInternalServerError, Type: TypeServer, Message: "internal error"})
 		}
 	}()
-	rt, ok := routes[strings.TrimSuffix(r.URL.Path, "/")]
+	path := strings.TrimSuffix(r.URL.Path, "/")
+	rt, ok := routes[path]
+	if !ok && strings.HasPrefix(path, "/v1/models/") {
+		rt, ok = modelRoute, true
+	}
 	if !ok {
 		writeError(w, &APIError{StatusCode: http.StatusNotFound, Type: TypeInvalidRequest, Code: CodeNotFound,
 			Message: fmt.Sprintf("unknown route %s %s", r.Method, r.URL.Path)})
@@ -176,13 +216,36 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.handler(s, w, r)
 }
 
-func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
-	list := ModelList{Object: "list", Data: []ModelObject{{ID: s.cfg.ModelName, Object: "model", Created: s.created, OwnedBy: "sled"}}}
-	writeJSON(w, http.StatusOK, list)
+func (s *Server) modelObject() ModelObject {
+	o := ModelObject{ID: s.ModelName(), Object: "model", Created: s.created, OwnedBy: "sled", SLED: &ModelDevices{}}
+	for _, d := range s.devices {
+		_, spec := d.Generator.(TargetNamer)
+		o.SLED.Devices = append(o.SLED.Devices, ModelDevice{Name: d.Name, Model: ModelID(d.Generator.Model().Info().Path), Speculative: spec})
+	}
+	return o
 }
 
+func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, ModelList{Object: "list", Data: []ModelObject{s.modelObject()}})
+}
+
+// handleModel serves GET /v1/models/{id}: the served model, by its id or by the
+// name of one of its devices (which the model field also takes).
+func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
+	id := strings.TrimPrefix(strings.TrimSuffix(r.URL.Path, "/"), "/v1/models/")
+	if _, dev := s.byName[id]; id != s.ModelName() && !dev {
+		writeError(w, &APIError{StatusCode: http.StatusNotFound, Type: TypeInvalidRequest, Param: "model", Code: CodeModelNotFound,
+			Message: fmt.Sprintf("the model %q does not exist; this server serves %q", id, s.ModelName())})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.modelObject())
+}
+
+// handleHealth serves /healthz, /health and /readyz: 200 when every device can
+// serve (a speculative device needs a live verifier), else 503, so that a load
+// balancer sends no request that would wait for a verifier that is not there.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
-	h := Health{OK: true, Model: s.cfg.ModelName}
+	h := Health{OK: true, Status: "ok", Model: s.ModelName()}
 	for _, d := range s.devices {
 		dh := DeviceHealth{Name: d.Name, OK: true}
 		if hc, ok := d.Generator.(HealthChecker); ok {
@@ -194,52 +257,71 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	status := http.StatusOK
 	if !h.OK {
-		status = http.StatusServiceUnavailable
+		status, h.Status = http.StatusServiceUnavailable, "unavailable"
 	}
 	writeJSON(w, status, h)
 }
 
-// decodeBody reads r's JSON body into v. The content type is not checked: clients
-// that send JSON as text/plain are served too.
-func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) *APIError {
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	dec := json.NewDecoder(body)
-	err := dec.Decode(v)
-	if err == nil {
-		// Nothing but white space may follow the object.
-		if _, err2 := dec.Token(); err2 != io.EOF {
-			err = errors.New("unexpected data after the JSON object")
-			if mb := new(http.MaxBytesError); errors.As(err2, &mb) {
-				err = err2
-			}
-		}
-	}
-	if err == nil {
-		return nil
-	}
+// readBody reads r's body, bounded by Config.MaxBodyBytes, and checks that it is
+// UTF-8 (JSON's encoding: Go's decoder would turn bad bytes into U+FFFD and
+// generate from a prompt the client never sent).
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *APIError) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if mb := new(http.MaxBytesError); errors.As(err, &mb) {
-		return &APIError{StatusCode: http.StatusRequestEntityTooLarge, Type: TypeInvalidRequest, Code: CodeRequestTooLarge,
+		return nil, &APIError{StatusCode: http.StatusRequestEntityTooLarge, Type: TypeInvalidRequest, Code: CodeRequestTooLarge,
 			Message: fmt.Sprintf("the request body is larger than %d bytes", mb.Limit)}
 	}
-	if errors.Is(err, io.EOF) {
-		return invalid("", "the request body is empty; send a JSON object")
+	if err != nil {
+		return nil, invalid("", "reading the request body: %v", err)
 	}
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) && te.Field != "" {
-		return invalid(te.Field, "%s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, invalid("", "the request body is empty; send a JSON object")
 	}
-	return invalid("", "invalid JSON body: %v", err)
+	if !utf8.Valid(body) {
+		at := 0
+		for at < len(body) {
+			r, n := utf8.DecodeRune(body[at:])
+			if r == utf8.RuneError && n <= 1 {
+				break
+			}
+			at += n
+		}
+		return nil, &APIError{StatusCode: http.StatusBadRequest, Type: TypeInvalidRequest, Code: CodeInvalidUTF8,
+			Message: fmt.Sprintf("the request body is not valid UTF-8 (bad byte 0x%02x at offset %d)", body[at], at)}
+	}
+	return body, nil
+}
+
+// decodeBody reads r's JSON body into v and refuses any field that rules do not
+// serve (checkFields); nil rules check no fields. The content type is not
+// checked: clients that send JSON as text/plain are served too.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, rules map[string]fieldRule) *APIError {
+	body, e := s.readBody(w, r)
+	if e != nil {
+		return e
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return invalid(te.Field, "%s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+		}
+		return invalid("", "invalid JSON body: %v", err)
+	}
+	if rules != nil {
+		return checkFields(body, rules)
+	}
+	return nil
 }
 
 // pickDevice chooses the device for a request: the one the header names, else the
 // one the model field names, else the next one round-robin.
 func (s *Server) pickDevice(r *http.Request, model string) (int, *APIError) {
 	pin := r.Header.Get(DeviceHeader)
-	if model != "" && model != s.cfg.ModelName {
+	if name := s.ModelName(); model != "" && model != name && model != name+":latest" {
 		i, ok := s.byName[model]
 		if !ok {
 			return 0, &APIError{StatusCode: http.StatusNotFound, Type: TypeInvalidRequest, Param: "model", Code: CodeModelNotFound,
-				Message: fmt.Sprintf("the model %q does not exist; this server serves %q", model, s.cfg.ModelName)}
+				Message: fmt.Sprintf("the model %q does not exist; this server serves %q", model, s.ModelName())}
 		}
 		if pin != "" && pin != model {
 			return 0, invalid("model", "the model names device %q but the %s header names %q", model, DeviceHeader, pin)

@@ -6,8 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -395,9 +397,25 @@ func TestBadRequests(t *testing.T) {
 		{name: "missing role", path: C, body: `{"messages":[{"content":"hi"}]}`, status: invalid},
 		{name: "image content", path: C, body: `{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}`, status: invalid},
 		{name: "chat temperature", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"temperature":9}`, status: invalid, param: "temperature"},
-		{name: "chat max_completion_tokens zero", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":0}`, status: invalid, param: "max_tokens"},
+		{name: "chat max_completion_tokens zero", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":0}`, status: invalid, param: "max_completion_tokens"},
 		{name: "chat prompt too long", path: C, body: `{"messages":[{"role":"user","content":"` + long + `"}]}`, status: invalid, code: "context_length_exceeded"},
 		{name: "chat stream bad model", path: C, body: `{"model":"x","stream":true,"messages":[{"role":"user","content":"hi"}]}`, status: notFound, code: "model_not_found"},
+		// Parameters are honoured or refused by name, never dropped.
+		{name: "presence_penalty", path: P, body: `{"prompt":"x","presence_penalty":0.5}`, status: invalid, param: "presence_penalty"},
+		{name: "frequency_penalty", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"frequency_penalty":-1}`, status: invalid, param: "frequency_penalty"},
+		{name: "response_format json", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}`, status: invalid, param: "response_format"},
+		{name: "tools", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}`, status: invalid, param: "tools"},
+		{name: "logit_bias", path: P, body: `{"prompt":"x","logit_bias":{"5":100}}`, status: invalid, param: "logit_bias"},
+		{name: "best_of", path: P, body: `{"prompt":"x","best_of":3}`, status: invalid, param: "best_of"},
+		{name: "unknown field", path: P, body: `{"prompt":"x","top_a":0.1}`, status: invalid, param: "top_a"},
+		{name: "top_k", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"top_k":40}`, status: invalid, param: "top_k"},
+		{name: "top_p over one", path: P, body: `{"prompt":"x","top_p":1.5}`, status: invalid, param: "top_p"},
+		{name: "top_logprobs without logprobs", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"top_logprobs":3}`, status: invalid, param: "top_logprobs"},
+		{name: "top_logprobs over limit", path: C, body: `{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":21}`, status: invalid, param: "top_logprobs"},
+		{name: "completion logprobs negative", path: P, body: `{"prompt":"x","logprobs":-1}`, status: invalid, param: "logprobs"},
+		{name: "invalid UTF-8 prompt", path: P, body: "{\"prompt\":\"caf\xe9\"}", status: invalid, code: "invalid_utf8"},
+		{name: "invalid UTF-8 message", path: C, body: "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", status: invalid, code: "invalid_utf8"},
+		{name: "unknown model by id", method: http.MethodGet, path: "/v1/models/gpt-4", status: notFound, code: "model_not_found"},
 		{name: "GET completions", method: http.MethodGet, path: P, status: http.StatusMethodNotAllowed},
 		{name: "DELETE models", method: http.MethodDelete, path: "/v1/models", status: http.StatusMethodNotAllowed},
 		{name: "POST healthz", path: "/healthz", body: `{}`, status: http.StatusMethodNotAllowed},
@@ -595,8 +613,18 @@ func TestClientDisconnectStopsGeneration(t *testing.T) {
 	}
 }
 
-func TestUnknownFieldsAndContentTypeAccepted(t *testing.T) {
+// Fields whose values ask for nothing are accepted, whatever the content type.
+func TestNeutralFieldsAndContentTypeAccepted(t *testing.T) {
 	f := newFixture(t, nil)
+	for path, body := range map[string]string{
+		"/v1/chat/completions": `{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"presence_penalty":0,"frequency_penalty":0.0,` +
+			`"tools":[],"tool_choice":"none","response_format":{"type":"text"},"logit_bias":null,"store":false,"parallel_tool_calls":true}`,
+		"/v1/completions": `{"prompt":"x","max_tokens":2,"best_of":1,"suffix":"","presence_penalty":0}`,
+	} {
+		if status, b := f.post(t, path, body); status != http.StatusOK {
+			t.Errorf("%s with neutral fields: %d %s", path, status, b)
+		}
+	}
 	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/completions",
 		bytes.NewReader([]byte(`{"prompt":"Once upon a time","max_tokens":3,"top_p":0.9,"logit_bias":{},"user":"u","stream_options":{"include_usage":true}}`)))
 	req.Header.Set("Content-Type", "text/plain")
@@ -612,5 +640,118 @@ func TestUnknownFieldsAndContentTypeAccepted(t *testing.T) {
 	out := complete(t, f, httpapi.CompletionRequest{Prompt: httpapi.TextPrompt(onceUpon), Temperature: ptr(0.0)})
 	if out.Usage.CompletionTokens == 0 || out.Usage.TotalTokens > 512 {
 		t.Errorf("usage %+v", out.Usage)
+	}
+}
+
+// Logprobs are the deciding model's, one per output token, aligned with the text,
+// the same streamed or not, and cut with the text by a stop string.
+func TestLogprobs(t *testing.T) {
+	f := newFixture(t, nil)
+	req := httpapi.CompletionRequest{Prompt: httpapi.TextPrompt(onceUpon), MaxTokens: ptr(12), Logprobs: ptr(3)}
+	out := complete(t, f, req)
+	lp := out.Choices[0].Logprobs
+	if lp == nil || len(lp.Tokens) != out.Usage.CompletionTokens {
+		t.Fatalf("logprobs %+v for %d tokens", lp, out.Usage.CompletionTokens)
+	}
+	text := strings.Join(lp.Tokens, "")
+	if text != out.Choices[0].Text {
+		t.Errorf("tokens join to %q, text %q", text, out.Choices[0].Text)
+	}
+	offset := 0
+	for i := range lp.Tokens {
+		if lp.TextOffset[i] != offset {
+			t.Errorf("token %d: text_offset %d, want %d", i, lp.TextOffset[i], offset)
+		}
+		offset += len([]rune(lp.Tokens[i]))
+		// Greedy: the chosen token is the likeliest, so it heads the alternatives.
+		best, bestLP := "", math.Inf(-1)
+		for tok, v := range lp.TopLogprobs[i] {
+			if v > bestLP {
+				best, bestLP = tok, v
+			}
+		}
+		if len(lp.TopLogprobs[i]) == 0 || len(lp.TopLogprobs[i]) > 3 || best != lp.Tokens[i] ||
+			math.Abs(bestLP-lp.TokenLogprobs[i]) > 1e-6 || lp.TokenLogprobs[i] > 0 {
+			t.Errorf("token %d %q: logprob %v, top %v", i, lp.Tokens[i], lp.TokenLogprobs[i], lp.TopLogprobs[i])
+		}
+	}
+	// Streamed, the chunks' logprobs concatenate to the same.
+	_, streamed := streamComplete(t, f, req)
+	if sl := streamed.Choices[0].Logprobs; sl == nil || fmt.Sprint(sl.TokenLogprobs) != fmt.Sprint(lp.TokenLogprobs) ||
+		fmt.Sprint(sl.TextOffset) != fmt.Sprint(lp.TextOffset) || fmt.Sprint(sl.Tokens) != fmt.Sprint(lp.Tokens) {
+		t.Errorf("streamed logprobs %+v, non-streamed %+v", sl, lp)
+	}
+
+	// Chat: the same figures in the chat shape; bytes are the token's bytes.
+	status, b := f.post(t, "/v1/chat/completions", `{"messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":6,"logprobs":true,"top_logprobs":2}`)
+	if status != http.StatusOK {
+		t.Fatalf("chat: %d %s", status, b)
+	}
+	var chat httpapi.ChatCompletion
+	if err := json.Unmarshal(b, &chat); err != nil {
+		t.Fatal(err)
+	}
+	cl := chat.Choices[0].Logprobs
+	if cl == nil || len(cl.Content) != chat.Usage.CompletionTokens {
+		t.Fatalf("chat logprobs %+v for %d tokens", cl, chat.Usage.CompletionTokens)
+	}
+	var joined []byte
+	for i, c := range cl.Content {
+		for _, x := range c.Bytes {
+			joined = append(joined, byte(x))
+		}
+		if len(c.TopLogprobs) != 2 || c.TopLogprobs[0].Logprob != c.Logprob || c.TopLogprobs[1].Logprob > c.Logprob {
+			t.Errorf("chat token %d: %+v", i, c)
+		}
+	}
+	if string(joined) != string(chat.Choices[0].Message.Content) {
+		t.Errorf("chat token bytes join to %q, content %q", joined, chat.Choices[0].Message.Content)
+	}
+
+	// A stop string: no logprobs for tokens whose text is cut away.
+	full := out.Choices[0].Text
+	stop := strings.Fields(full)[2]
+	req = httpapi.CompletionRequest{Prompt: httpapi.TextPrompt(onceUpon), MaxTokens: ptr(12), Logprobs: ptr(0), Stop: httpapi.StopSequences{stop}}
+	cut := complete(t, f, req)
+	cl2 := cut.Choices[0].Logprobs
+	if joined := strings.Join(cl2.Tokens, ""); !strings.HasPrefix(joined, cut.Choices[0].Text) || len(cl2.Tokens) >= len(lp.Tokens) ||
+		!strings.Contains(joined, stop) && joined != cut.Choices[0].Text {
+		t.Errorf("stop %q: text %q, logprob tokens %q", stop, cut.Choices[0].Text, cl2.Tokens)
+	}
+	for i := range cl2.Tokens {
+		if cl2.TokenLogprobs[i] != lp.TokenLogprobs[i] || len(cl2.TopLogprobs[i]) != 0 {
+			t.Errorf("stop: token %d logprob %v (want %v), top %v", i, cl2.TokenLogprobs[i], lp.TokenLogprobs[i], cl2.TopLogprobs[i])
+		}
+	}
+}
+
+// GET /v1/models/{id} answers for the model id and the device names, and lists
+// the devices.
+func TestModelByID(t *testing.T) {
+	f := newFixture(t, nil, "dev0", "dev1")
+	for _, id := range []string{"stories", "dev1"} {
+		resp, err := http.Get(f.srv.URL + "/v1/models/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m httpapi.ModelObject
+		err = json.NewDecoder(resp.Body).Decode(&m)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || m.ID != "stories" || m.Object != "model" || m.SLED == nil || len(m.SLED.Devices) != 2 ||
+			m.SLED.Devices[1].Name != "dev1" || m.SLED.Devices[1].Model == "" {
+			t.Errorf("GET /v1/models/%s: %d %+v %v", id, resp.StatusCode, m, err)
+		}
+	}
+	for _, path := range []string{"/health", "/readyz"} {
+		resp, err := http.Get(f.srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h httpapi.Health
+		json.NewDecoder(resp.Body).Decode(&h)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || h.Status != "ok" || len(h.Devices) != 2 {
+			t.Errorf("%s: %d %+v", path, resp.StatusCode, h)
+		}
 	}
 }

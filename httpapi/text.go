@@ -3,6 +3,8 @@ package httpapi
 import (
 	"strings"
 	"unicode/utf8"
+
+	"github.com/sled-project/sled/textgen"
 )
 
 // textAssembler builds a generation's text from detokenized pieces: it finds stop
@@ -16,7 +18,20 @@ type textAssembler struct {
 	buf      []byte   // all text so far (truncated before a stop string once found)
 	released int      // bytes of buf handed out by release
 	spans    [][2]int // unverified byte ranges of buf, sorted, merged
-	stopped  bool
+	stopped  bool     // no more text: a stop string was found, or finish was called
+	cut      bool     // a stop string was found
+	runes    int      // code points added (before any cut)
+
+	lps   []tokenLogprob // logprobs of the tokens added, when asked for
+	lpOut int            // lps handed out by takeLogprobs
+}
+
+// tokenLogprob is one token's logprob with where its text starts.
+type tokenLogprob struct {
+	textgen.Logprob
+	piece  []byte // the token's own bytes (may be part of a character)
+	start  int    // byte offset of its text in buf
+	offset int    // code point offset of its text
 }
 
 func newTextAssembler(stops []string) *textAssembler {
@@ -38,6 +53,7 @@ func (a *textAssembler) add(piece string, unverified bool) (stopped bool) {
 	}
 	old := len(a.buf)
 	a.buf = append(a.buf, piece...)
+	a.runes += utf8.RuneCountInString(piece)
 	if unverified {
 		if n := len(a.spans); n > 0 && a.spans[n-1][1] == old {
 			a.spans[n-1][1] = len(a.buf)
@@ -57,8 +73,31 @@ func (a *textAssembler) add(piece string, unverified bool) (stopped bool) {
 		return false
 	}
 	a.buf = a.buf[:cut]
-	a.stopped = true
+	a.stopped, a.cut = true, true
 	return true
+}
+
+// addLogprob records the logprob of the token whose text add receives next (call
+// it before that add). piece is the token's own bytes.
+func (a *textAssembler) addLogprob(lp textgen.Logprob, piece []byte) {
+	if a.stopped {
+		return
+	}
+	a.lps = append(a.lps, tokenLogprob{Logprob: lp, piece: piece, start: len(a.buf), offset: a.runes})
+}
+
+// takeLogprobs returns the logprobs of the tokens whose text has been released and
+// that were not taken yet. Once finished, it returns the rest: every token's,
+// unless a stop string cut the text, when the tokens wholly after the cut have
+// none (their text is not in the output).
+func (a *textAssembler) takeLogprobs() []tokenLogprob {
+	k := a.lpOut
+	for k < len(a.lps) && (a.lps[k].start < a.released || a.stopped && !a.cut && a.released == len(a.buf)) {
+		k++
+	}
+	out := a.lps[a.lpOut:k]
+	a.lpOut = k
+	return out
 }
 
 // release returns the text that can no longer become part of a stop string and has

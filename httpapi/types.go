@@ -40,6 +40,14 @@ type CompletionRequest struct {
 	N *int `json:"n,omitempty"`
 	// Echo is not supported: true is refused.
 	Echo bool `json:"echo,omitempty"`
+	// TopP in [0, 1] truncates sampling to the nucleus (ignored when greedy).
+	TopP *float64 `json:"top_p,omitempty"`
+	// Logprobs, when set, asks for each token's log-probability and this many
+	// (0 to MaxTopLogprobs) alternatives per position, from the target model's
+	// verification logits.
+	Logprobs *int `json:"logprobs,omitempty"`
+	// User is logged with the request.
+	User string `json:"user,omitempty"`
 }
 
 // ChatCompletionRequest is the body of POST /v1/chat/completions.
@@ -56,6 +64,12 @@ type ChatCompletionRequest struct {
 	StreamOptions       *StreamOptions `json:"stream_options,omitempty"`
 	Seed                *int64         `json:"seed,omitempty"`
 	N                   *int           `json:"n,omitempty"`
+	TopP                *float64       `json:"top_p,omitempty"`
+	// Logprobs asks for each token's log-probability (the target model's, from its
+	// verification logits), with TopLogprobs (0 to MaxTopLogprobs) alternatives.
+	Logprobs    bool   `json:"logprobs,omitempty"`
+	TopLogprobs *int   `json:"top_logprobs,omitempty"`
+	User        string `json:"user,omitempty"`
 }
 
 // StreamOptions is OpenAI's stream_options.
@@ -227,10 +241,43 @@ type Completion struct {
 
 // CompletionChoice is a choice of a Completion.
 type CompletionChoice struct {
-	Index        int     `json:"index"`
-	Text         string  `json:"text"`
-	Logprobs     any     `json:"logprobs"`      // always null
-	FinishReason *string `json:"finish_reason"` // "stop" or "length"; null while streaming
+	Index        int                 `json:"index"`
+	Text         string              `json:"text"`
+	Logprobs     *CompletionLogprobs `json:"logprobs"`      // null unless asked for
+	FinishReason *string             `json:"finish_reason"` // "stop" or "length"; null while streaming
+}
+
+// CompletionLogprobs are the legacy completions API's logprobs: parallel arrays,
+// one entry per token. TextOffset is each token's offset in the choice's text, in
+// Unicode code points (for a stream, in the concatenation of its texts).
+type CompletionLogprobs struct {
+	Tokens        []string             `json:"tokens"`
+	TokenLogprobs []float64            `json:"token_logprobs"`
+	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
+	TextOffset    []int                `json:"text_offset"`
+}
+
+// ChatLogprobs are a chat choice's logprobs.
+type ChatLogprobs struct {
+	Content []ChatTokenLogprob `json:"content"`
+	Refusal []ChatTokenLogprob `json:"refusal"` // always empty
+}
+
+// ChatTokenLogprob is one token's log-probability (natural log) and the most
+// likely alternatives at its position. Token is the token's text; Bytes its exact
+// bytes (a token may hold part of a character).
+type ChatTokenLogprob struct {
+	Token       string       `json:"token"`
+	Logprob     float64      `json:"logprob"`
+	Bytes       []int        `json:"bytes"`
+	TopLogprobs []TopLogprob `json:"top_logprobs"`
+}
+
+// TopLogprob is an alternative token at a position.
+type TopLogprob struct {
+	Token   string  `json:"token"`
+	Logprob float64 `json:"logprob"`
+	Bytes   []int   `json:"bytes"`
 }
 
 // ChatCompletion is the response of POST /v1/chat/completions without streaming.
@@ -246,9 +293,10 @@ type ChatCompletion struct {
 
 // ChatChoice is a choice of a ChatCompletion.
 type ChatChoice struct {
-	Index        int         `json:"index"`
-	Message      ChatMessage `json:"message"`
-	FinishReason string      `json:"finish_reason"`
+	Index        int           `json:"index"`
+	Message      ChatMessage   `json:"message"`
+	Logprobs     *ChatLogprobs `json:"logprobs"`
+	FinishReason string        `json:"finish_reason"`
 }
 
 // ChatCompletionChunk is one streamed event of POST /v1/chat/completions. The last
@@ -265,9 +313,10 @@ type ChatCompletionChunk struct {
 
 // ChatChunkChoice is a choice of a ChatCompletionChunk.
 type ChatChunkChoice struct {
-	Index        int       `json:"index"`
-	Delta        ChatDelta `json:"delta"`
-	FinishReason *string   `json:"finish_reason"`
+	Index        int           `json:"index"`
+	Delta        ChatDelta     `json:"delta"`
+	Logprobs     *ChatLogprobs `json:"logprobs"`
+	FinishReason *string       `json:"finish_reason"`
 }
 
 // ChatDelta is the new part of the assistant's message; Role is set on the first
@@ -283,17 +332,38 @@ type ModelList struct {
 	Data   []ModelObject `json:"data"`
 }
 
-// ModelObject describes a served model id.
+// ModelObject describes a served model id: the target model. SLED lists the
+// devices that serve it, whose names the X-SLED-Device header (or the model
+// field) takes to pin a request.
 type ModelObject struct {
-	ID      string `json:"id"`
-	Object  string `json:"object"` // "model"
-	Created int64  `json:"created"`
-	OwnedBy string `json:"owned_by"`
+	ID      string        `json:"id"`
+	Object  string        `json:"object"` // "model"
+	Created int64         `json:"created"`
+	OwnedBy string        `json:"owned_by"`
+	SLED    *ModelDevices `json:"sled,omitempty"`
 }
 
-// Health is the response of GET /healthz.
+// ModelDevices is the "sled" object of a ModelObject.
+type ModelDevices struct {
+	Devices []ModelDevice `json:"devices"`
+}
+
+// ModelDevice is one device serving a model: its name and the model it runs
+// (its draft model, or for an edge-only device the model that writes its text).
+type ModelDevice struct {
+	Name  string `json:"name"`
+	Model string `json:"model"`
+	// Speculative is false for a device that generates alone (edge-only or the
+	// centralized baseline's server).
+	Speculative bool `json:"speculative"`
+}
+
+// Health is the response of GET /healthz, /health and /readyz.
 type Health struct {
-	OK      bool           `json:"ok"`
+	OK bool `json:"ok"`
+	// Status is "ok" when every device can serve, "unavailable" otherwise (the
+	// llama-server and vLLM shape load balancers probe).
+	Status  string         `json:"status"`
 	Model   string         `json:"model"`
 	Devices []DeviceHealth `json:"devices"`
 }

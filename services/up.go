@@ -343,7 +343,7 @@ func (s *System) startEdge() error {
 func (s *System) serveHTTP(runCtx context.Context) error {
 	name := ""
 	if s.target != nil {
-		name = strings.TrimSuffix(filepath.Base(s.cfg.Target), filepath.Ext(s.cfg.Target))
+		name = httpapi.ModelID(s.cfg.Target)
 	}
 	s.api = httpapi.New(httpapi.Config{Devices: s.generators, ModelName: name, Logger: s.cfg.Logger})
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)

@@ -22,8 +22,34 @@ type Request struct {
 	MaxTokens int
 	// Temperature 0 means greedy decoding (the lossless default); > 0 samples.
 	Temperature float32
+	// TopP, in (0, 1], truncates sampling to the smallest set of most likely
+	// tokens whose probability reaches it (engine.Nucleus). 0 or 1: no truncation.
+	// Ignored when greedy.
+	TopP float32
 	// Seed makes sampling reproducible.
 	Seed uint64
+	// Logprobs asks for each generated token's log-probability under the model
+	// that decides the output (for speculative decoding: the target, from its
+	// verification logits), in Chunk.Logprobs, and TopLogprobs (0 to
+	// MaxTopLogprobs) for that many most likely alternatives at each position.
+	Logprobs    bool
+	TopLogprobs int
+}
+
+// MaxTopLogprobs bounds Request.TopLogprobs (OpenAI's limit).
+const MaxTopLogprobs = 20
+
+// Logprob is one generated token's log-probability (natural log, under the raw
+// distribution: temperature 1, no truncation) and the most likely alternatives at
+// its position, most likely first.
+type Logprob struct {
+	Token   engine.Token
+	Logprob float32
+	Top     []engine.TopLogprob
+	// Draft marks a figure of the draft model's, not the target's: a token
+	// released unverified (fallback mode), whose Logprob is the draft's own
+	// confidence and which has no alternatives.
+	Draft bool
 }
 
 // Chunk is a run of newly generated tokens, in order.
@@ -32,6 +58,9 @@ type Chunk struct {
 	// Unverified marks tokens a device released without the target's verification
 	// (fallback mode, after repeated verification timeouts). Never set in strict mode.
 	Unverified bool
+	// Logprobs, when the request asked for them, holds one entry per token of
+	// Tokens, in order; nil otherwise.
+	Logprobs []Logprob
 }
 
 // Stats are the speculative-decoding figures of one generation. Generators that do
@@ -91,6 +120,12 @@ func Validate(model *engine.Model, req Request, ctxLen int) error {
 		return fmt.Errorf("%w: max_tokens must be positive, got %d", ErrInvalidRequest, req.MaxTokens)
 	case req.Temperature < 0:
 		return fmt.Errorf("%w: negative temperature %v", ErrInvalidRequest, req.Temperature)
+	case !(req.TopP >= 0 && req.TopP <= 1):
+		return fmt.Errorf("%w: top_p must be in [0, 1], got %v", ErrInvalidRequest, req.TopP)
+	case req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs:
+		return fmt.Errorf("%w: top_logprobs must be in [0, %d], got %d", ErrInvalidRequest, MaxTopLogprobs, req.TopLogprobs)
+	case req.TopLogprobs > 0 && !req.Logprobs:
+		return fmt.Errorf("%w: top_logprobs needs logprobs", ErrInvalidRequest)
 	case len(req.Prompt) >= ctxLen:
 		return fmt.Errorf("%w: prompt of %d tokens does not fit the context of %d", ErrInvalidRequest, len(req.Prompt), ctxLen)
 	}
@@ -100,4 +135,12 @@ func Validate(model *engine.Model, req Request, ctxLen int) error {
 		}
 	}
 	return nil
+}
+
+// LogprobAt is the Logprob of token t chosen from the logits row, with top
+// alternatives: what a generator that owns the deciding model's logits puts in
+// Chunk.Logprobs.
+func LogprobAt(row []float32, t engine.Token, top int) Logprob {
+	lp, alts := engine.Logprobs(row, t, top)
+	return Logprob{Token: t, Logprob: min(lp, 0), Top: alts}
 }

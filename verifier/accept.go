@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
 )
 
 // AcceptInput is what the acceptance rule sees for one sequence of a batch.
@@ -24,6 +25,10 @@ type AcceptInput struct {
 	Target [][]float32
 	// Temperature 0 selects greedy acceptance; > 0 selects speculative sampling.
 	Temperature float32
+	// TopP truncates the target's distribution when sampling (engine.Nucleus);
+	// 0 or 1: none. The rule stays exact for the truncated distribution: it is the
+	// p of the rejection rule.
+	TopP float32
 	// Rand drives speculative sampling; unused when greedy.
 	Rand *rand.Rand
 }
@@ -40,7 +45,7 @@ type Verdict struct {
 // model's own: with Temperature 0, token for token the target's greedy decoding
 // (accept while the draft token is the target's argmax; Next is the target's
 // argmax at the first disagreement); with Temperature > 0, a sample from the
-// target's distribution (the rejection rule of Leviathan et al., 2023: accept
+// target's distribution at Temperature truncated to TopP (the rejection rule of Leviathan et al., 2023: accept
 // Draft[i] with probability min(1, p(x)/q(x)); on rejection sample Next from
 // norm(max(0, p-q)); if all are accepted sample the bonus token from p).
 //
@@ -64,7 +69,7 @@ func acceptGreedy(in AcceptInput) Verdict {
 func acceptSampling(in AcceptInput) Verdict {
 	var p []float32
 	for i, d := range in.Draft {
-		p = engine.Softmax(p, in.Target[i], in.Temperature)
+		p = engine.Distribution(p, in.Target[i], in.Temperature, in.TopP)
 		q := draftDist(in, i)
 		qd := q[d]
 		if qd <= 0 {
@@ -98,7 +103,7 @@ func acceptSampling(in AcceptInput) Verdict {
 		}
 		return Verdict{Accepted: i, Next: last}
 	}
-	p = engine.Softmax(p, in.Target[len(in.Draft)], in.Temperature)
+	p = engine.Distribution(p, in.Target[len(in.Draft)], in.Temperature, in.TopP)
 	return Verdict{Accepted: len(in.Draft), Next: engine.Sample(in.Rand, p)}
 }
 
@@ -116,4 +121,22 @@ func draftDist(in AcceptInput, i int) map[engine.Token]float32 {
 		prob = in.DraftProbs[i]
 	}
 	return map[engine.Token]float32{in.Draft[i]: prob}
+}
+
+// OutcomeLogprobs is the target's log-probability of each token of a round's
+// outcome (the accepted draft tokens, then the correction or bonus token), with
+// the top alternatives at each position: rows[i] is the logits row the i-th
+// output token was chosen from (AcceptInput.Target). It is what a verify.result
+// carries when the draft asks for logprobs, taken from the raw rows (temperature
+// 1, no truncation), as vLLM and OpenAI report them.
+func OutcomeLogprobs(rows [][]float32, out []engine.Token, top int) []events.TokenLogprob {
+	lps := make([]events.TokenLogprob, len(out))
+	for i, t := range out {
+		lp, alts := engine.Logprobs(rows[i], t, top)
+		lps[i].Logprob = min(lp, 0)
+		for _, a := range alts {
+			lps[i].Top = append(lps[i].Top, events.TopLogprob{Token: a.Token, Logprob: min(a.Logprob, 0)})
+		}
+	}
+	return lps
 }

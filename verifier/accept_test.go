@@ -102,3 +102,53 @@ func TestAcceptSamplingGreedyDrafter(t *testing.T) {
 		}
 	}
 }
+
+// With top_p the emitted tokens follow the truncated target distribution: a token
+// outside the nucleus is never emitted, even when the drafter proposes it.
+func TestAcceptSamplingTopP(t *testing.T) {
+	logits := []float32{0.5, 2, 1, -1}
+	const temp, topP = 0.8, 0.8
+	p := engine.Distribution(nil, logits, temp, topP)
+	if p[3] != 0 || p[0] != 0 {
+		t.Fatalf("test premise: nucleus %v should drop tokens 0 and 3", p)
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	const N = 200000
+	counts := make([]int, len(p))
+	point := [][]engine.TokenProb{{{Token: 3, Prob: 1}}} // proposes a token outside the nucleus
+	for range N {
+		v := Accept(AcceptInput{Draft: []engine.Token{3}, DraftDists: point, Target: [][]float32{logits, logits},
+			Temperature: temp, TopP: topP, Rand: r})
+		first := v.Next
+		if v.Accepted == 1 {
+			first = 3
+		}
+		counts[first]++
+	}
+	for i, pi := range p {
+		if got := float64(counts[i]) / N; math.Abs(got-float64(pi)) > 0.006 {
+			t.Errorf("token %d: frequency %.4f, truncated target probability %.4f", i, got, pi)
+		}
+	}
+}
+
+func TestOutcomeLogprobs(t *testing.T) {
+	const V = 8
+	rows := [][]float32{row(V, 3), row(V, 5)}
+	lps := OutcomeLogprobs(rows, []engine.Token{3, 2}, 2)
+	if len(lps) != 2 {
+		t.Fatalf("%d entries, want 2", len(lps))
+	}
+	for i, tok := range []engine.Token{3, 2} {
+		want := math.Log(float64(engine.Prob(rows[i], tok)))
+		if math.Abs(float64(lps[i].Logprob)-want) > 1e-4 {
+			t.Errorf("entry %d: logprob %v, want %v", i, lps[i].Logprob, want)
+		}
+		if len(lps[i].Top) != 2 || lps[i].Top[0].Token != engine.Argmax(rows[i]) {
+			t.Errorf("entry %d: top %+v, want the argmax first", i, lps[i].Top)
+		}
+	}
+	if lps := OutcomeLogprobs(rows[:1], []engine.Token{3}, 0); len(lps) != 1 || lps[0].Top != nil {
+		t.Errorf("top 0: %+v", lps)
+	}
+}

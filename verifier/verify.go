@@ -340,7 +340,7 @@ func (v *Verifier) pass(ctx context.Context, group []*job, partial map[*job]int)
 
 func (v *Verifier) accept(j *job, rows [][]float32) {
 	d := j.d
-	in := AcceptInput{Draft: d.Draft, DraftProbs: d.DraftProbs, Target: rows, Temperature: d.Sampling.Temperature}
+	in := AcceptInput{Draft: d.Draft, DraftProbs: d.DraftProbs, Target: rows, Temperature: d.Sampling.Temperature, TopP: d.Sampling.TopP}
 	if in.Temperature > 0 {
 		in.Rand = rand.New(rand.NewPCG(d.Sampling.Seed, d.Round))
 		for _, tk := range d.TopK {
@@ -352,6 +352,10 @@ func (v *Verifier) accept(j *job, rows [][]float32) {
 		}
 	}
 	verdict := Accept(in)
+	if d.Logprobs {
+		out := append(append(make([]engine.Token, 0, verdict.Accepted+1), d.Draft[:verdict.Accepted]...), verdict.Next)
+		j.res.Logprobs = OutcomeLogprobs(rows, out, d.TopLogprobs)
+	}
 	j.done = len(j.feed)
 	keep := len(j.feed) - j.nDraft() + verdict.Accepted
 	j.s.kv = append(j.s.kv[:j.base], j.feed[:keep]...)
