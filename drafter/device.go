@@ -317,8 +317,8 @@ func (g *generation) send(ctx context.Context) error {
 	ev := DraftRound{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: g.round,
 		Committed: st.committed, Sent: st.sent, Draft: st.pending, Probs: st.probs, WithPrefix: st.needPrefix,
-		Sampling:         events.Sampling{Temperature: g.req.Temperature, TopP: g.req.TopP, Seed: g.req.Seed},
-		Logprobs:         g.req.Logprobs, TopLogprobs: g.req.TopLogprobs,
+		Sampling: events.Sampling{Temperature: g.req.Temperature, TopP: g.req.TopP, Seed: g.req.Seed},
+		Logprobs: g.req.Logprobs, TopLogprobs: g.req.TopLogprobs,
 		VocabFingerprint: g.d.model.Fingerprint(), Timeout: g.d.cfg.Retry.Timeout,
 	}.Event(time.Now())
 	e := events.New(g.d.source, ev)

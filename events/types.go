@@ -85,17 +85,17 @@ type TopK struct {
 // message id is "<session>.<round>", so a re-publish of the same round is
 // stored once.
 type DraftReady struct {
-	DeviceID         string    `json:"device_id"`
-	SessionID        string    `json:"session_id"`
-	Round            uint64    `json:"round"`
-	Pool             string    `json:"pool"`
-	PrefixLen        int       `json:"prefix_len"`
-	PrefixHash       string    `json:"prefix_hash"`
-	Committed        []int32   `json:"committed"`
-	Draft            []int32   `json:"draft"`
-	DraftProbs       []float32 `json:"draft_probs"`
-	TopK             []TopK    `json:"top_k,omitempty"`
-	Sampling         Sampling  `json:"sampling"`
+	DeviceID   string    `json:"device_id"`
+	SessionID  string    `json:"session_id"`
+	Round      uint64    `json:"round"`
+	Pool       string    `json:"pool"`
+	PrefixLen  int       `json:"prefix_len"`
+	PrefixHash string    `json:"prefix_hash"`
+	Committed  []int32   `json:"committed"`
+	Draft      []int32   `json:"draft"`
+	DraftProbs []float32 `json:"draft_probs"`
+	TopK       []TopK    `json:"top_k,omitempty"`
+	Sampling   Sampling  `json:"sampling"`
 	// Logprobs asks the verifier for the target's log-probability of every
 	// token of the round's outcome (VerifyResult.Logprobs), with TopLogprobs
 	// (0..MaxTopLogprobs) alternatives at each position.

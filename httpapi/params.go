@@ -50,7 +50,7 @@ var completionFields = map[string]fieldRule{
 	"model": honoured, "prompt": honoured, "max_tokens": honoured, "temperature": honoured,
 	"top_p": honoured, "stop": honoured, "stream": honoured, "stream_options": honoured,
 	"seed": honoured, "n": honoured, "echo": honoured, "logprobs": honoured,
-	"user": honoured, // logged with the request
+	"user":             honoured, // logged with the request
 	"presence_penalty": neutral("0"), "frequency_penalty": neutral("0"), "best_of": neutral("1"),
 	"logit_bias": neutral("{}"), "suffix": neutral(`""`),
 }
@@ -65,7 +65,7 @@ var chatFields = map[string]fieldRule{
 	"response_format": neutral(`{"type":"text"}`), "tools": neutral("[]"), "tool_choice": neutral(`"none"`),
 	"functions": neutral("[]"), "function_call": neutral(`"none"`),
 	"parallel_tool_calls": neutral("true", "false"), // means nothing without tools
-	"store": neutral("false"), "modalities": neutral(`["text"]`),
+	"store":               neutral("false"), "modalities": neutral(`["text"]`),
 }
 
 // checkFields refuses the first field of body (a JSON object) that rules do not
