@@ -40,6 +40,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -94,6 +95,13 @@ type Config struct {
 	// the first device that knows it reports it (TargetNamer), else the first
 	// device's model's ModelID.
 	ModelName string
+	// Target describes the target model, for Ollama's /api/tags, /api/show and
+	// /api/ps (size, family, quantization). Optional: a standalone device, which
+	// does not load the target, describes its own model instead.
+	Target *engine.Info
+	// ModelDigest is the target's Ollama digest ("sha256:..."), when it was
+	// loaded from an Ollama model store. Optional.
+	ModelDigest string
 	// MaxPromptTokens bounds a prompt's tokens. Default: no bound beyond the model's
 	// context (its training context length minus max_tokens).
 	MaxPromptTokens int
@@ -180,6 +188,13 @@ var routes = map[string]route{
 	"/healthz":             {http.MethodGet, (*Server).handleHealth},
 	"/health":              {http.MethodGet, (*Server).handleHealth},
 	"/readyz":              {http.MethodGet, (*Server).handleHealth},
+	// Ollama's API (ollama.go).
+	"/api/generate": {http.MethodPost, (*Server).handleOllamaGenerate},
+	"/api/chat":     {http.MethodPost, (*Server).handleOllamaChat},
+	"/api/tags":     {http.MethodGet, (*Server).handleOllamaTags},
+	"/api/show":     {http.MethodPost, (*Server).handleOllamaShow},
+	"/api/ps":       {http.MethodGet, (*Server).handleOllamaPS},
+	"/api/version":  {http.MethodGet, (*Server).handleOllamaVersion},
 }
 
 // modelRoute serves GET /v1/models/{id}.

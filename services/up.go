@@ -341,11 +341,12 @@ func (s *System) startEdge() error {
 }
 
 func (s *System) serveHTTP(runCtx context.Context) error {
-	name := ""
+	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger}
 	if s.target != nil {
-		name = httpapi.ModelID(s.cfg.Target)
+		info := s.target.Info()
+		cfg.ModelName, cfg.Target = httpapi.ModelID(s.cfg.Target), &info
 	}
-	s.api = httpapi.New(httpapi.Config{Devices: s.generators, ModelName: name, Logger: s.cfg.Logger})
+	s.api = httpapi.New(cfg)
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("services: listen %s: %w", s.cfg.HTTPAddr, err)
