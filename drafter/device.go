@@ -7,11 +7,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,6 +37,16 @@ var ErrRejected = errors.New("drafter: verification request rejected")
 // ErrNoProgress is returned in strict mode when no round succeeded within
 // RetryPolicy.MaxWait.
 var ErrNoProgress = errors.New("drafter: no verification result in time")
+
+// ErrNoVerifier is returned by Generate in strict mode, and by Health, when no
+// verifier of the device's pool has sent a heartbeat within
+// Config.VerifierTimeout: the request cannot be served, and says so at once
+// rather than wait for rounds nobody will answer.
+var ErrNoVerifier = errors.New("drafter: no live verifier for the pool")
+
+// DefaultVerifierTimeout is Config.VerifierTimeout's default: the batcher's
+// heartbeat timeout, six verifier heartbeats.
+const DefaultVerifierTimeout = 3 * time.Second
 
 // Config configures a Device. Zero fields take the documented defaults.
 type Config struct {
@@ -64,6 +76,10 @@ type Config struct {
 	// ModelName is the draft_model label of the device's metrics. Default: the
 	// draft model file's base name without extension.
 	ModelName string
+	// VerifierTimeout: the device counts its pool as served while a verifier
+	// heartbeat came within it (Health, and Generate's first check). Default
+	// DefaultVerifierTimeout.
+	VerifierTimeout time.Duration
 }
 
 // Device is one edge device: a draft model and a NATS connection. It implements
@@ -86,6 +102,12 @@ type Device struct {
 
 	wmu     sync.Mutex
 	waiters map[string]chan *events.VerifyResult
+
+	hbSub    *nats.Subscription
+	lastBeat atomic.Int64           // unix nanoseconds of the pool's latest verifier heartbeat
+	target   atomic.Pointer[string] // the target's model id, as the heartbeats name it
+	beat     chan struct{}          // closed at the first heartbeat
+	beatOnce sync.Once
 }
 
 // New starts a device on draft, publishing through js and receiving results on nc.
@@ -112,6 +134,9 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 	if cfg.ModelName == "" {
 		cfg.ModelName = modelName(draft.Info().Path)
 	}
+	if cfg.VerifierTimeout <= 0 {
+		cfg.VerifierTimeout = DefaultVerifierTimeout
+	}
 	ds, err := newDraftState(draft, cfg.Threads, cfg.MaxContext)
 	if err != nil {
 		return nil, fmt.Errorf("drafter: %w", err)
@@ -123,10 +148,17 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		source:  "/sled/device/" + cfg.DeviceID,
 		waiters: make(map[string]chan *events.VerifyResult),
 		obs:     newObserver(cfg.Telemetry, cfg.DeviceID, cfg.ModelName),
+		beat:    make(chan struct{}),
 	}
 	d.closing, d.close = context.WithCancel(context.Background())
 	d.sub, err = nc.Subscribe(events.ResultSubject(cfg.DeviceID), d.onResult)
 	if err != nil {
+		ds.close()
+		return nil, fmt.Errorf("drafter: subscribe: %w", err)
+	}
+	d.hbSub, err = nc.Subscribe(events.HeartbeatFilter(cfg.Pool), d.onHeartbeat)
+	if err != nil {
+		_ = d.sub.Unsubscribe()
 		ds.close()
 		return nil, fmt.Errorf("drafter: subscribe: %w", err)
 	}
@@ -142,6 +174,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 func (d *Device) Close() error {
 	d.close()
 	_ = d.sub.Unsubscribe()
+	_ = d.hbSub.Unsubscribe()
 	d.gen.Lock()
 	defer d.gen.Unlock()
 	return d.ds.close()
@@ -158,6 +191,76 @@ func (d *Device) Config() Config { return d.cfg }
 
 // Activity returns the device's cumulative counts, e.g. for a live summary.
 func (d *Device) Activity() Activity { return d.obs.activity() }
+
+// onHeartbeat records a verifier heartbeat of the device's pool.
+func (d *Device) onHeartbeat(m *nats.Msg) {
+	var h events.Heartbeat
+	if err := json.Unmarshal(m.Data, &h); err != nil || h.Pool != d.cfg.Pool {
+		return
+	}
+	d.lastBeat.Store(time.Now().UnixNano())
+	if h.Model != "" {
+		if cur := d.target.Load(); cur == nil || *cur != h.Model {
+			d.target.Store(&h.Model)
+		}
+	}
+	d.beatOnce.Do(func() { close(d.beat) })
+}
+
+// TargetModel is the target's model id as the pool's verifiers announce it; ""
+// before the first heartbeat. It implements httpapi.TargetNamer.
+func (d *Device) TargetModel() string {
+	if p := d.target.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// Health reports whether the device can serve verified text: nil while a
+// verifier heartbeat came within Config.VerifierTimeout, else an error wrapping
+// ErrNoVerifier. A device in fallback mode serves without one, so it is healthy
+// as long as it is open.
+func (d *Device) Health(context.Context) error {
+	if d.closing.Err() != nil {
+		return fmt.Errorf("drafter: device %s is closed", d.cfg.DeviceID)
+	}
+	if d.cfg.Retry.Fallback {
+		return nil
+	}
+	return d.verifierAlive()
+}
+
+func (d *Device) verifierAlive() error {
+	last := d.lastBeat.Load()
+	if last == 0 {
+		return fmt.Errorf("%w %q: no heartbeat seen yet (%w)", ErrNoVerifier, d.cfg.Pool, textgen.ErrUnavailable)
+	}
+	if age := time.Since(time.Unix(0, last)); age > d.cfg.VerifierTimeout {
+		return fmt.Errorf("%w %q: the last heartbeat was %s ago (%w)", ErrNoVerifier, d.cfg.Pool, age.Round(time.Millisecond), textgen.ErrUnavailable)
+	}
+	return nil
+}
+
+// awaitVerifier returns nil at once while the pool is served; a device that has
+// not heard a heartbeat yet (it just started) waits for one up to
+// VerifierTimeout. In fallback mode it never waits.
+func (d *Device) awaitVerifier(ctx context.Context) error {
+	if d.cfg.Retry.Fallback || d.verifierAlive() == nil {
+		return nil
+	}
+	if d.lastBeat.Load() == 0 {
+		t := time.NewTimer(d.cfg.VerifierTimeout)
+		defer t.Stop()
+		select {
+		case <-d.beat:
+			return nil
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return d.verifierAlive()
+}
 
 // onResult dispatches a verify.result to the generation waiting for it. Results of
 // sessions nobody waits for (a finished or abandoned generation) are dropped.
@@ -192,6 +295,9 @@ func newSessionID() string {
 // documentation for the protocol.
 func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
 	if err := textgen.Validate(d.model, req, d.cfg.MaxContext); err != nil {
+		return textgen.Result{}, err
+	}
+	if err := d.awaitVerifier(ctx); err != nil {
 		return textgen.Result{}, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -356,7 +462,7 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 	var aheadProbs []float32
 	for {
 		if retry.MaxWait > 0 && time.Since(g.lastOK) > retry.MaxWait {
-			return nil, fmt.Errorf("%w: %s without a verdict", ErrNoProgress, retry.MaxWait)
+			return nil, fmt.Errorf("%w: %s without a verdict (%w)", ErrNoProgress, retry.MaxWait, textgen.ErrUnavailable)
 		}
 		failed := false
 		if err := g.send(ctx); err != nil {

@@ -22,4 +22,7 @@ type Heartbeat struct {
 	Sessions int       `json:"sessions"` // sessions holding a KV slot
 	Slots    int       `json:"slots"`    // KV slots in all
 	Time     time.Time `json:"time"`
+	// Model is the id the worker's target model is served under (devices that
+	// front an API name the model by it). Optional.
+	Model string `json:"model,omitempty"`
 }

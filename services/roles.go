@@ -59,7 +59,11 @@ type VerifierRole struct {
 	Target   string // target model file (required)
 	Pool     string
 	Name     string // worker name (required)
-	Verifier verifier.Config
+	// ModelName is the id the target is served under (announced in heartbeats,
+	// which devices name the model by). Default: the target file's name without
+	// its extension.
+	ModelName string
+	Verifier  verifier.Config
 	Logger   *slog.Logger
 	// Telemetry receives spans and metrics (default none).
 	Telemetry *telemetry.Telemetry
@@ -87,7 +91,7 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 		return err
 	}
 	defer v.Close()
-	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Logger: r.Logger, Telemetry: r.Telemetry})
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Model: r.ModelName, Logger: r.Logger, Telemetry: r.Telemetry})
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,9 @@ type ServerConfig struct {
 	Pool string
 	// WorkerName names the verifier worker. Default "worker-1".
 	WorkerName string
+	// ModelName is the id the target is served under, announced in the worker's
+	// heartbeats. Default: the target file's name without its extension.
+	ModelName string
 	// Batch is the batcher's policy (batcher's defaults).
 	Batch batcher.Policy
 	// Verifier configures the worker's verifier (verifier's defaults).
@@ -200,7 +203,7 @@ func (s *Server) StartVerifier() error {
 	if err != nil {
 		return err
 	}
-	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Model: s.cfg.ModelName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		v.Close()
 		return err

@@ -43,6 +43,13 @@ type UpConfig struct {
 	Mode string
 	// Target is the target model file. Required for sled and centralized modes.
 	Target string
+	// ModelName is the id the API serves the target under. Default
+	// httpapi.ModelID(Target); a model from an Ollama store is served under its
+	// Ollama name (ModelRef.ID).
+	ModelName string
+	// ModelDigest is the target's digest when it came from an Ollama store
+	// (Ollama's /api/tags reports it). Optional.
+	ModelDigest string
 	// Drafts are the draft model files, one per device, reused round-robin when
 	// Devices is larger. Required for sled and edge modes.
 	Drafts []string
@@ -289,7 +296,7 @@ func deviceName(i int, path string) string {
 
 func (s *System) startSLED(ctx, runCtx context.Context) error {
 	srv, err := StartServer(ctx, ServerConfig{
-		Target: s.target, Pool: s.cfg.Pool, WorkerName: s.cfg.WorkerName, Batch: s.cfg.Batch, Verifier: s.cfg.Verifier,
+		Target: s.target, Pool: s.cfg.Pool, WorkerName: s.cfg.WorkerName, ModelName: s.modelName(), Batch: s.cfg.Batch, Verifier: s.cfg.Verifier,
 		NATSURL: s.cfg.NATSURL, NATS: s.cfg.NATS, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 	})
 	if err != nil {
@@ -340,11 +347,19 @@ func (s *System) startEdge() error {
 	return nil
 }
 
+// modelName is the id the target is served under.
+func (s *System) modelName() string {
+	if s.cfg.ModelName != "" {
+		return s.cfg.ModelName
+	}
+	return httpapi.ModelID(s.cfg.Target)
+}
+
 func (s *System) serveHTTP(runCtx context.Context) error {
-	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger}
+	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger, ModelDigest: s.cfg.ModelDigest}
 	if s.target != nil {
 		info := s.target.Info()
-		cfg.ModelName, cfg.Target = httpapi.ModelID(s.cfg.Target), &info
+		cfg.ModelName, cfg.Target = s.modelName(), &info
 	}
 	s.api = httpapi.New(cfg)
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)

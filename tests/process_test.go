@@ -15,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/internal/testwait"
+	"github.com/sled-project/sled/ollamastore"
+	"github.com/sled-project/sled/services"
 )
 
 // freePort returns a loopback port nobody listens on right now.
@@ -75,7 +78,21 @@ func TestRolesAsProcesses(t *testing.T) {
 		}
 		return err == nil
 	})
-	startProc("verifier", "verifier", "--nats", url, "--target", testmodels.Target, "--verifier-threads", "1")
+	// The target comes from an Ollama model store, by its Ollama name: the
+	// verifier reads the blob in place and announces the name in its
+	// heartbeats, and the standalone device serves the model under it.
+	store := t.TempDir()
+	const ollamaName = "stories:260k"
+	put, err := ollamastore.Put(store, ollamaName, testmodels.Path(t, testmodels.Target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := services.ResolveModel(context.Background(), ollamaName, services.FindOptions{OllamaDir: store, NoFetch: true})
+	if err != nil || ref.Path != put.Path || ref.ID != ollamaName || ref.Digest != put.Digest {
+		t.Fatalf("ResolveModel(%q) = %+v, %v; the store holds %+v", ollamaName, ref, err, put)
+	}
+	t.Setenv("OLLAMA_MODELS", store) // the processes inherit it
+	startProc("verifier", "verifier", "--nats", url, "--target", ollamaName, "--verifier-threads", "1")
 	startProc("batcher", "batcher", "--nats", url)
 	startProc("drafter", "drafter", "--nats", url, "--draft", testmodels.Draft4L, "--id", "edge-1", "--http", fmt.Sprintf("127.0.0.1:%d", httpPort), "--threads", "1")
 	api := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
@@ -117,6 +134,19 @@ func TestRolesAsProcesses(t *testing.T) {
 	t.Logf("four processes: %q from %s in %d rounds (%d draft tokens accepted)", got.Choices[0].Text, got.SLED.Device, got.SLED.Rounds, got.SLED.Accepted)
 	if got.SLED.Device != "edge-1" || got.SLED.Rounds == 0 || got.SLED.Rounds >= 30 {
 		t.Fatalf("sled figures %+v", got.SLED)
+	}
+	// The device serves the target's id, learned from the verifier.
+	var served struct {
+		Data []httpapi.ModelObject `json:"data"`
+	}
+	if r, err := http.Get(api + "/v1/models"); err != nil {
+		t.Fatal(err)
+	} else {
+		json.NewDecoder(r.Body).Decode(&served)
+		r.Body.Close()
+	}
+	if len(served.Data) != 1 || served.Data[0].ID != ollamaName || served.Data[0].SLED == nil || served.Data[0].SLED.Devices[0].Name != "edge-1" {
+		t.Errorf("the standalone device serves %+v, want the target's id %q", served.Data, ollamaName)
 	}
 	// Graceful shutdown: every role exits cleanly on SIGTERM, the server last.
 	for i := len(procs) - 1; i >= 0; i-- {

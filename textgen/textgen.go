@@ -92,6 +92,11 @@ type Result struct {
 // generator returns the tokens so far with FinishStop.
 var ErrStop = errors.New("textgen: stop")
 
+// ErrUnavailable wraps the errors of a generator that cannot serve now, through
+// no fault of the request (a device with no live verifier, say); front ends
+// answer 503 so that a client or load balancer retries elsewhere or later.
+var ErrUnavailable = errors.New("textgen: unavailable")
+
 // ErrInvalidRequest wraps every error about a bad Request (empty prompt, invalid
 // token, MaxTokens <= 0, prompt longer than the context).
 var ErrInvalidRequest = errors.New("textgen: invalid request")

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,8 +30,13 @@ type WorkerConfig struct {
 	// sled.batch.<pool>.<name>, and a restarted worker with the same name picks up
 	// what its predecessor left. Required; a valid id.
 	Name string
-	// Heartbeat is the interval of liveness reports to batchers. Default 500ms.
+	// Heartbeat is the interval of liveness reports to batchers and devices.
+	// Default 500ms.
 	Heartbeat time.Duration
+	// Model is the id the target is served under, announced in heartbeats so
+	// that every device names it alike. Default: the target file's name without
+	// its extension.
+	Model string
 	// AckWait: a batch not acknowledged within it (a crashed worker) is delivered
 	// again. Default 30s.
 	AckWait time.Duration
@@ -92,6 +99,10 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		cfg.Logger = slog.Default()
 	}
 	cfg.Logger = cfg.Logger.With("worker", cfg.Name)
+	if cfg.Model == "" {
+		base := filepath.Base(v.model.Info().Path)
+		cfg.Model = strings.TrimSuffix(base, filepath.Ext(base))
+	}
 	tel := cfg.Telemetry.Or()
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
 	w := &Worker{
@@ -157,6 +168,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer wg.Done()
 		t := time.NewTicker(w.cfg.Heartbeat)
 		defer t.Stop()
+		w.heartbeat() // at once: devices waiting for a verifier need not wait a tick
 		for {
 			select {
 			case <-ctx.Done():
@@ -173,7 +185,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 func (w *Worker) heartbeat() {
 	cfg := w.v.Config()
-	data, _ := json.Marshal(events.Heartbeat{Worker: w.cfg.Name, Pool: w.cfg.Pool, Sessions: w.v.Sessions(), Slots: cfg.Slots, Time: time.Now()})
+	data, _ := json.Marshal(events.Heartbeat{Worker: w.cfg.Name, Pool: w.cfg.Pool, Sessions: w.v.Sessions(), Slots: cfg.Slots, Time: time.Now(), Model: w.cfg.Model})
 	if err := w.nc.Publish(events.HeartbeatSubject(w.cfg.Pool, w.cfg.Name), data); err != nil {
 		w.cfg.Logger.Debug("heartbeat", "err", err)
 	}

@@ -37,7 +37,7 @@ func init() {
 				if models == "" {
 					models = modelDir()
 				}
-				path, err := findModel(cmd.Context(), models, target)
+				ref, err := resolveModel(cmd.Context(), models, target)
 				if err != nil {
 					return err
 				}
@@ -47,13 +47,13 @@ func init() {
 				}
 				defer shutdownTelemetry(tel)
 				return services.RunVerifier(cmd.Context(), services.VerifierRole{
-					Conn: conn, Target: path, Pool: p.pool, Name: name, Verifier: p.verifier(), Telemetry: tel,
+					Conn: conn, Target: ref.Path, ModelName: ref.ID, Pool: p.pool, Name: name, Verifier: p.verifier(), Telemetry: tel,
 				})
 			},
 		}
 		connFlags(cmd)
 		cmd.Flags().StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
-		cmd.Flags().StringVar(&target, "target", defaultPair().Target, "target model: a file, a file in --models, or a catalogue name (fetched on first use)")
+		cmd.Flags().StringVar(&target, "target", defaultPair().Target, "target model: a file, a file in --models, a catalogue name (fetched on first use), or an Ollama model name")
 		cmd.Flags().StringVar(&name, "name", "worker-1", "worker name; a restarted worker with the same name resumes its batches")
 		p.register(cmd, false, true)
 		tf.register(cmd, "127.0.0.1:9465")
@@ -114,7 +114,7 @@ func init() {
 		}
 		connFlags(cmd)
 		cmd.Flags().StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
-		cmd.Flags().StringVar(&draft, "draft", defaultPair().Drafts[0], "draft model: a file, a file in --models, a catalogue name (fetched on first use), NAME@TYPE requantized")
+		cmd.Flags().StringVar(&draft, "draft", defaultPair().Drafts[0], "draft model: a file, a file in --models, a catalogue name (fetched on first use), an Ollama model name, NAME@TYPE requantized")
 		cmd.Flags().StringVar(&id, "id", "device-1", "device id (letters, digits, - and _)")
 		cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 		cmd.Flags().IntVar(&threads, "threads", 0, "llama.cpp threads (default: all cores, at most 8)")

@@ -78,11 +78,18 @@ func (p *policyFlags) batch() batcher.Policy {
 // ../shared/models next to the working directory.
 func modelDir() string { return services.DefaultModelDir() }
 
-// findModel resolves a model argument (see services.FindModel): NAME@TYPE, a path,
-// a file in dir, or a catalogue model, fetched into the cache on first use with
-// progress on stderr.
+// findModel resolves a model argument (see services.ResolveModel): NAME@TYPE, a
+// path, a file in dir, a catalogue model (fetched into the cache on first use
+// with progress on stderr), or an Ollama model name in the Ollama store
+// ($OLLAMA_MODELS or ~/.ollama/models), read in place.
 func findModel(ctx context.Context, dir, name string) (string, error) {
-	return services.FindModel(ctx, name, services.FindOptions{Dir: dir, Progress: os.Stderr})
+	ref, err := resolveModel(ctx, dir, name)
+	return ref.Path, err
+}
+
+// resolveModel is findModel with the id the model is served under.
+func resolveModel(ctx context.Context, dir, name string) (services.ModelRef, error) {
+	return services.ResolveModel(ctx, name, services.FindOptions{Dir: dir, Progress: os.Stderr})
 }
 
 func init() {
@@ -143,9 +150,11 @@ TinyStories set in the model directory). --target and --draft override it.`,
 			}
 			var err error
 			if mode != services.ModeEdge {
-				if cfg.Target, err = findModel(ctx, models, target); err != nil {
+				ref, err := resolveModel(ctx, models, target)
+				if err != nil {
 					return err
 				}
+				cfg.Target, cfg.ModelName, cfg.ModelDigest = ref.Path, ref.ID, ref.Digest
 			}
 			if mode != services.ModeCentralized {
 				for _, d := range drafts {
@@ -196,7 +205,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 	f.StringVar(&mode, "mode", services.ModeSLED, "sled, centralized (server generates every token) or edge (drafts only)")
 	f.StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
 	f.StringVar(&pairName, "pair", modelcache.DefaultPair, "model pair: qwen (real models, fetched on first use) or tiny (the 260K-parameter test set)")
-	f.StringVar(&target, "target", "", "target model: a file, a file in --models, or a catalogue name (default: the pair's)")
+	f.StringVar(&target, "target", "", "target model: a file, a file in --models, a catalogue name, or an Ollama model name such as qwen2.5-coder:1.5b (default: the pair's)")
 	f.StringArrayVar(&drafts, "draft", nil,
 		"draft model, repeatable; devices use them round-robin; NAME@Q4_0 (or @Q8_0, @F16, @Q4_K_M, ...) is NAME requantized (default: the pair's)")
 	f.IntVar(&devices, "devices", 3, "number of simulated devices")
