@@ -55,16 +55,16 @@ func (c Conn) dial(ctx context.Context, fallbackName string) (*nats.Conn, jetstr
 
 // VerifierRole configures RunVerifier.
 type VerifierRole struct {
-	Conn     Conn
-	Target   string // target model file (required)
-	Pool     string
-	Name     string // worker name (required)
+	Conn   Conn
+	Target string // target model file (required)
+	Pool   string
+	Name   string // worker name (required)
 	// ModelName is the id the target is served under (announced in heartbeats,
 	// which devices name the model by). Default: the target file's name without
 	// its extension.
 	ModelName string
 	Verifier  verifier.Config
-	Logger   *slog.Logger
+	Logger    *slog.Logger
 	// Telemetry receives spans and metrics (default none).
 	Telemetry *telemetry.Telemetry
 }
