@@ -492,7 +492,7 @@ func ollamaDetails(info engine.Info) OllamaModelDetails {
 		d.Family, d.Families = f[0], []string{f[0]}
 	}
 	if len(f) > 2 {
-		d.QuantizationLevel = strings.Fields(strings.Join(f[2:], " "))[0]
+		d.QuantizationLevel = quantName(strings.Join(f[2:], " "))
 	}
 	switch p := float64(info.Params); {
 	case p >= 1e9:
@@ -557,4 +557,15 @@ func (s *Server) handleOllamaShow(w http.ResponseWriter, r *http.Request) {
 		SLED:         s.modelObject().SLED,
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// quantName turns llama.cpp's file type name ("Q4_K - Medium", "all F32",
+// "Q8_0") into Ollama's ("Q4_K_M", "F32", "Q8_0").
+func quantName(ftype string) string {
+	ftype = strings.TrimPrefix(strings.TrimSpace(ftype), "all ")
+	base, size, ok := strings.Cut(ftype, " - ")
+	if !ok || size == "" {
+		return strings.TrimSpace(ftype)
+	}
+	return strings.TrimSpace(base) + "_" + strings.ToUpper(size[:1])
 }

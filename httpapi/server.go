@@ -248,7 +248,7 @@ func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
 // name of one of its devices (which the model field also takes).
 func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
 	id := strings.TrimPrefix(strings.TrimSuffix(r.URL.Path, "/"), "/v1/models/")
-	if _, dev := s.byName[id]; id != s.ModelName() && !dev {
+	if _, dev := s.byName[id]; id != s.ModelName() && id != s.ModelName()+":latest" && !dev {
 		writeError(w, &APIError{StatusCode: http.StatusNotFound, Type: TypeInvalidRequest, Param: "model", Code: CodeModelNotFound,
 			Message: fmt.Sprintf("the model %q does not exist; this server serves %q", id, s.ModelName())})
 		return

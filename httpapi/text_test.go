@@ -100,3 +100,11 @@ func TestTextAssemblerSpans(t *testing.T) {
 		t.Fatalf("spans %v, want %v (text %q)", got, want, a.text())
 	}
 }
+
+func TestQuantName(t *testing.T) {
+	for in, want := range map[string]string{"Q4_K - Medium": "Q4_K_M", "Q5_K - Small": "Q5_K_S", "all F32": "F32", "Q8_0": "Q8_0", "F16": "F16"} {
+		if got := quantName(in); got != want {
+			t.Errorf("quantName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
