@@ -329,3 +329,19 @@ func TestLogprobsAndTopP(t *testing.T) {
 		t.Error("a positive logprob was accepted")
 	}
 }
+
+func TestSubjectTemplate(t *testing.T) {
+	for subject, want := range map[string]string{
+		DraftSubject("p1", "dev-7"):        "sled.draft.{pool}.{device}",
+		ResultSubject("dev-7"):             "sled.result.{device}",
+		BatchSubject("p1", ""):             "sled.batch.{pool}",
+		BatchSubject("p1", "w2"):           "sled.batch.{pool}.{worker}",
+		HeartbeatSubject("p1", "w2"):       "sled.hb.{pool}.{worker}",
+		"sled.dlq.schema":                  "sled.dlq.{reason}",
+		"$JS.API.STREAM.INFO.SLED_RESULTS": "$JS.API.STREAM.INFO.SLED_RESULTS",
+	} {
+		if got := SubjectTemplate(subject); got != want {
+			t.Errorf("SubjectTemplate(%q) = %q, want %q", subject, got, want)
+		}
+	}
+}

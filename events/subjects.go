@@ -153,3 +153,30 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "..."
 }
+
+// SubjectTemplate is subject with its ids replaced by their names
+// (sled.draft.{pool}.{device}, sled.result.{device}, sled.batch.{pool}[.{worker}],
+// sled.hb.{pool}.{worker}, sled.dlq.{reason}): the low-cardinality
+// messaging.destination.template of OpenTelemetry's messaging conventions.
+// Other subjects are returned as they are.
+func SubjectTemplate(subject string) string {
+	t := strings.Split(subject, ".")
+	if len(t) < 3 || t[0] != "sled" {
+		return subject
+	}
+	switch {
+	case t[1] == "draft" && len(t) == 4:
+		return "sled.draft.{pool}.{device}"
+	case t[1] == "result" && len(t) == 3:
+		return "sled.result.{device}"
+	case t[1] == "batch" && len(t) == 3:
+		return "sled.batch.{pool}"
+	case t[1] == "batch" && len(t) == 4:
+		return "sled.batch.{pool}.{worker}"
+	case t[1] == "hb" && len(t) == 4:
+		return "sled.hb.{pool}.{worker}"
+	case t[1] == "dlq" && len(t) == 3:
+		return "sled.dlq.{reason}"
+	}
+	return subject
+}

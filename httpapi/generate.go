@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/textgen"
 )
@@ -24,6 +27,7 @@ type params struct {
 	stops       []string
 	logprobs    bool
 	topLogprobs int
+	op          string // gen_ai.operation.name: "chat" or "text_completion"
 }
 
 // settings are the generation settings every endpoint (OpenAI's and Ollama's)
@@ -40,11 +44,12 @@ type settings struct {
 	logprobs    bool
 	topLogprobs int
 	topParam    string // the name of the top-logprobs field, for errors
+	op          string // gen_ai.operation.name; default "text_completion"
 }
 
 // parseParams validates the settings and picks the device.
 func (s *Server) parseParams(r *http.Request, in settings) (*params, *APIError) {
-	p := &params{}
+	p := &params{op: in.op}
 	model, maxTokens, temperature, stop, seed, n := in.model, in.maxTokens, in.temperature, in.stop, in.seed, in.n
 	if n != nil && *n != 1 {
 		return nil, invalid("n", "n must be 1: one choice per request is supported, got %d", *n)
@@ -157,6 +162,8 @@ func (o *outcome) stats(device string) *Stats {
 func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token, onText func(string, []tokenLogprob) error) (*outcome, error) {
 	gen := s.devices[p.dev].Generator
 	m := gen.Model()
+	began := time.Now()
+	var first time.Time
 	ts := m.NewTextStream()
 	ta := newTextAssembler(p.stops)
 	var all []tokenLogprob
@@ -169,6 +176,9 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 		return onText(text, lps)
 	}
 	emit := func(c textgen.Chunk) error {
+		if first.IsZero() {
+			first = time.Now()
+		}
 		stopped := false
 		for i, t := range c.Tokens {
 			if p.logprobs && i < len(c.Logprobs) {
@@ -201,6 +211,7 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 	if err := flush(ta.finish()); err != nil {
 		return nil, err
 	}
+	s.observe(ctx, p, len(prompt), len(res.Tokens), began, first, time.Now())
 	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans(), logprobs: all}, nil
 }
 
@@ -297,5 +308,29 @@ func (s *Server) logRequest(r *http.Request, device string, status int, promptTo
 		s.log.Info("httpapi: request ended", append(attrs, "err", err)...)
 	default:
 		s.log.Info("httpapi: request", attrs...)
+	}
+}
+
+// observe records a finished request's GenAI metrics.
+func (s *Server) observe(ctx context.Context, p *params, in, out int, began, first, end time.Time) {
+	op := p.op
+	if op == "" {
+		op = "text_completion"
+	}
+	attrs := metric.WithAttributeSet(attribute.NewSet(
+		attribute.String("gen_ai.operation.name", op), attribute.String("gen_ai.request.model", s.ModelName())))
+	if !first.IsZero() {
+		s.m.TimeToFirstToken.Record(ctx, first.Sub(began).Seconds(), attrs)
+		if out > 1 {
+			s.m.TimePerOutputToken.Record(ctx, end.Sub(first).Seconds()/float64(out-1), attrs)
+		}
+	}
+	for _, u := range []struct {
+		kind string
+		n    int
+	}{{"input", in}, {"output", out}} {
+		s.m.TokenUsage.Record(ctx, int64(u.n), metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("gen_ai.operation.name", op), attribute.String("gen_ai.request.model", s.ModelName()),
+			attribute.String("gen_ai.token.type", u.kind))))
 	}
 }

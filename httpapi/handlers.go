@@ -117,7 +117,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		msgs[i] = engine.ChatMessage{Role: msg.Role, Content: string(msg.Content)}
 	}
 	in := settings{model: req.Model, maxTokens: req.MaxTokens, temperature: req.Temperature, topP: req.TopP,
-		stop: req.Stop, seed: req.Seed, n: req.N, logprobs: req.Logprobs, topParam: "top_logprobs"}
+		stop: req.Stop, seed: req.Seed, n: req.N, logprobs: req.Logprobs, topParam: "top_logprobs", op: "chat"}
 	if req.MaxCompletionTokens != nil {
 		in.maxTokens, in.maxParam = req.MaxCompletionTokens, "max_completion_tokens"
 	}

@@ -318,7 +318,9 @@ func (s *Server) handleOllamaChat(w http.ResponseWriter, r *http.Request) {
 		}
 		msgs[i] = engine.ChatMessage{Role: msg.Role, Content: msg.Content}
 	}
-	p, e := s.ollamaParams(r, ollamaSettings(req.Model, req.Options, req.Logprobs, req.TopLogprobs), req.Options)
+	in := ollamaSettings(req.Model, req.Options, req.Logprobs, req.TopLogprobs)
+	in.op = "chat"
+	p, e := s.ollamaParams(r, in, req.Options)
 	if e != nil {
 		ollamaError(w, e)
 		return

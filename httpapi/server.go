@@ -41,6 +41,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -116,6 +117,9 @@ type Config struct {
 	// Logger receives one line per request and every server error. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Telemetry receives the GenAI metrics of each request (time to first
+	// token, time per output token, token usage). Default: none.
+	Telemetry *telemetry.Telemetry
 }
 
 // Server is the HTTP API. It is an http.Handler, safe for concurrent use.
@@ -126,6 +130,7 @@ type Server struct {
 	next    atomic.Uint64 // round-robin cursor
 	created int64
 	log     *slog.Logger
+	m       *telemetry.Metrics
 }
 
 // New returns a Server for cfg. It panics if cfg has no devices, a device without a
@@ -157,7 +162,7 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s.cfg, s.log = cfg, cfg.Logger
+	s.cfg, s.log, s.m = cfg, cfg.Logger, cfg.Telemetry.Or().Metrics
 	return s
 }
 

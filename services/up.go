@@ -356,7 +356,7 @@ func (s *System) modelName() string {
 }
 
 func (s *System) serveHTTP(runCtx context.Context) error {
-	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger, ModelDigest: s.cfg.ModelDigest}
+	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger, ModelDigest: s.cfg.ModelDigest, Telemetry: s.cfg.Telemetry}
 	if s.target != nil {
 		info := s.target.Info()
 		cfg.ModelName, cfg.Target = s.modelName(), &info

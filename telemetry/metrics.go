@@ -75,8 +75,25 @@ type Metrics struct {
 	// (label kind: drafted, accepted): the server-side view of acceptance,
 	// summed over devices.
 	VerifierTokens metric.Int64Counter
-	// VerifierResyncs counts sessions rebuilt from a full prefix.
-	VerifierResyncs metric.Int64Counter
+	// VerifierResyncs counts sessions rebuilt from a full prefix after their
+	// first round; VerifierSessions counts sessions started.
+	VerifierResyncs, VerifierSessions metric.Int64Counter
+	// The speculative-decoding counters under vLLM's names (and llama-server's
+	// meaning), so that dashboards built for them read SLED: drafts verified
+	// with an ok result, their draft tokens, the accepted ones, and the
+	// accepted ones by position in the draft (label position, from 0).
+	SpecDrafts, SpecDraftTokens, SpecAcceptedTokens, SpecAcceptedPerPos metric.Int64Counter
+
+	// Front ends (the HTTP APIs), labels gen_ai.operation.name and
+	// gen_ai.request.model: OpenTelemetry's GenAI conventions.
+
+	// TimeToFirstToken is a request's time from the start of generation to its
+	// first output, in seconds; TimePerOutputToken the time per output token
+	// after the first.
+	TimeToFirstToken, TimePerOutputToken metric.Float64Histogram
+	// TokenUsage is the tokens of one request, by gen_ai.token.type (input,
+	// output).
+	TokenUsage metric.Int64Histogram
 	// PrefixReused counts prefix tokens of rebuilt sessions found already in
 	// their slot's cells (the verifier's prefix cache), not evaluated again.
 	PrefixReused metric.Int64Counter
@@ -106,6 +123,9 @@ var (
 	// LengthBuckets, in tokens, for draft and accepted lengths (the schema
 	// allows 64 draft tokens).
 	LengthBuckets = []float64{0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 48, 64}
+	// TokenBuckets, in tokens, for a request's input and output (the GenAI
+	// conventions' advised boundaries, powers of 4).
+	TokenBuckets = []float64{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576}
 	// ConfidenceBuckets, probabilities.
 	ConfidenceBuckets = []float64{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1}
 	// BatchSizeBuckets, in drafts (the schema allows 256 per batch).
@@ -161,7 +181,15 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mm.VerifyTime = fh("sled.verify.duration", "s", "Verification time of one Verify call: the forward passes and acceptance of every batch queued when it started.", LatencyBuckets)
 	mm.VerifierDrafts = c("sled.verifier.drafts", "{draft}", "Drafts verified, by result status.")
 	mm.VerifierTokens = c("sled.verifier.tokens", "{token}", "Draft tokens verified, by kind (drafted, accepted).")
-	mm.VerifierResyncs = c("sled.verifier.resyncs", "{session}", "Sessions rebuilt from a full prefix.")
+	mm.VerifierResyncs = c("sled.verifier.resyncs", "{session}", "Sessions rebuilt from a full prefix after their first round.")
+	mm.VerifierSessions = c("sled.verifier.sessions", "{session}", "Sessions started (a first round with its prefix).")
+	mm.SpecDrafts = c("sled.spec_decode.num_drafts", "", "Drafts verified with an ok result (vLLM's spec_decode_num_drafts).")
+	mm.SpecDraftTokens = c("sled.spec_decode.num_draft_tokens", "", "Draft tokens of drafts verified with an ok result.")
+	mm.SpecAcceptedTokens = c("sled.spec_decode.num_accepted_tokens", "", "Draft tokens accepted by the target.")
+	mm.SpecAcceptedPerPos = c("sled.spec_decode.num_accepted_tokens_per_pos", "", "Accepted draft tokens by position in the draft (label position, from 0).")
+	mm.TimeToFirstToken = fh("gen_ai.server.time_to_first_token", "s", "Time from the start of generation to the first output of a request.", LatencyBuckets)
+	mm.TimePerOutputToken = fh("gen_ai.server.time_per_output_token", "s", "Time per output token after the first, per request.", LatencyBuckets)
+	mm.TokenUsage = ih("gen_ai.client.token.usage", "{token}", "Tokens of a request, by gen_ai.token.type (input, output).", TokenBuckets)
 	mm.PrefixReused = c("sled.verifier.prefix.reused", "{token}", "Prefix tokens of rebuilt sessions already in their slot's cells, not evaluated again.")
 	mm.SlotsUsed = g("sled.slots.used", "{slot}", "KV sequence slots holding a session.")
 	mm.Slots = g("sled.slots.capacity", "{slot}", "KV sequence slots of the verifier.")

@@ -384,6 +384,7 @@ const (
 	AttrCEEventSubject = attribute.Key("cloudevents.event_subject")
 	AttrMsgSystem      = attribute.Key("messaging.system")
 	AttrMsgDest        = attribute.Key("messaging.destination.name")
+	AttrMsgDestTmpl    = attribute.Key("messaging.destination.template")
 	AttrMsgOpType      = attribute.Key("messaging.operation.type")
 	AttrMsgOpName      = attribute.Key("messaging.operation.name")
 	AttrMsgID          = attribute.Key("messaging.message.id")
@@ -412,7 +413,8 @@ func EventAttrs(ev *events.Event, subject, op string) []attribute.KeyValue {
 	a := []attribute.KeyValue{
 		AttrCEEventID.String(ev.ID), AttrCEEventType.String(ev.Type()),
 		AttrCEEventSource.String(ev.Source),
-		AttrMsgSystem.String("nats"), AttrMsgDest.String(subject), AttrMsgOpType.String(op),
+		AttrMsgSystem.String("nats"), AttrMsgDest.String(subject), AttrMsgDestTmpl.String(events.SubjectTemplate(subject)),
+		AttrMsgOpType.String(op),
 	}
 	if ev.Data != nil {
 		a = append(a, AttrCEEventSubject.String(ev.Data.CESubject()), AttrMsgID.String(ev.Data.MsgID()))

@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -123,6 +124,12 @@ func TestTraceOneRound(t *testing.T) {
 		}
 		if v, _ := attrOf(pub, telemetry.AttrMsgSystem); v.AsString() != "nats" {
 			t.Fatalf("publish span messaging.system %q", v.AsString())
+		}
+		if v, _ := attrOf(pub, telemetry.AttrMsgDestTmpl); v.AsString() != "sled.draft.{pool}.{device}" || pub.SpanKind != trace.SpanKindProducer {
+			t.Fatalf("publish span messaging.destination.template %q, kind %v", v.AsString(), pub.SpanKind)
+		}
+		if v, _ := attrOf(pub, telemetry.AttrMsgOpType); v.AsString() != "send" {
+			t.Fatalf("publish span messaging.operation.type %q", v.AsString())
 		}
 		var queue *tracetest.SpanStub
 		for i, q := range kids["batcher.queue"] {
@@ -269,7 +276,7 @@ func TestMetricsScrape(t *testing.T) {
 	defer tel.Shutdown(ctx)
 	s := start(t, services.UpConfig{
 		Drafts:  []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)},
-		Devices: 2, Telemetry: tel,
+		Devices: 2, Telemetry: tel, HTTPAddr: "127.0.0.1:0",
 	})
 	addr := tel.MetricsAddr()
 	devs := []string{s.Devices()[0].ID(), s.Devices()[1].ID()}
@@ -388,6 +395,27 @@ func TestMetricsScrape(t *testing.T) {
 	if v := final.sum("sled_verify_duration_seconds_count"); v < 1 || v > batches {
 		t.Errorf("verify time counts %v verifications for %v batches", v, batches)
 	}
+	// vLLM's names: the same server-side figures.
+	specDrafts, specTokens := final.sum("sled_spec_decode_num_drafts_total"), final.sum("sled_spec_decode_num_draft_tokens_total")
+	specAccepted := final.sum("sled_spec_decode_num_accepted_tokens_total")
+	if specDrafts != final.sum("sled_verifier_drafts_total", `status="ok"`) || specTokens != final.sum("sled_verifier_tokens_total", `kind="drafted"`) ||
+		specAccepted != final.sum("sled_verifier_tokens_total", `kind="accepted"`) || specDrafts < float64(wants[0].rounds+wants[1].rounds) {
+		t.Errorf("spec_decode drafts %v, draft tokens %v, accepted %v; verifier's %v, %v, %v", specDrafts, specTokens, specAccepted,
+			final.sum("sled_verifier_drafts_total", `status="ok"`), final.sum("sled_verifier_tokens_total", `kind="drafted"`), final.sum("sled_verifier_tokens_total", `kind="accepted"`))
+	}
+	if pp := final.sum("sled_spec_decode_num_accepted_tokens_per_pos_total"); pp != specAccepted ||
+		final.sum("sled_spec_decode_num_accepted_tokens_per_pos_total", `position="1"`) > final.sum("sled_spec_decode_num_accepted_tokens_per_pos_total", `position="0"`) {
+		t.Errorf("accepted per position sums to %v, accepted %v", pp, specAccepted)
+	}
+	// Every generation starts a session; with no fault none is resynced (a
+	// first round is not a resync: the devices report none either).
+	devResyncs := 0
+	for _, o := range out {
+		devResyncs += o.res.Stats.Resyncs
+	}
+	if ss, rs := final.sum("sled_verifier_sessions_total"), final.sum("sled_verifier_resyncs_total"); int(ss) != len(out) || int(rs) != devResyncs {
+		t.Errorf("verifier: %v sessions, %v resyncs; %d generations, devices report %d resyncs", ss, rs, len(out), devResyncs)
+	}
 	if u, c := final.sum("sled_slots_used"), final.sum("sled_slots_capacity"); u < 1 || u > c {
 		t.Errorf("slots used %v of %v", u, c)
 	}
@@ -401,4 +429,41 @@ func TestMetricsScrape(t *testing.T) {
 		slices.Sort(keys)
 		t.Errorf("rejected event not counted: %v", keys)
 	}
+	// One request through the API, for the GenAI metrics.
+	resp, err := http.Post("http://"+s.HTTPAddr()+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"messages":[{"role":"user","content":"Tom and his dog"}],"max_tokens":10}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chat struct {
+		Usage struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&chat)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat: %d %v", resp.StatusCode, err)
+	}
+	var api scrape
+	testwait.Eventually(10*time.Second, 50*time.Millisecond, func() bool {
+		api = getMetrics(t, addr)
+		return api.sum("gen_ai_client_token_usage_count") >= 2
+	})
+	// OpenTelemetry's GenAI metrics, from the API request.
+	chatL := `gen_ai_operation_name="chat"`
+	if api.sum("gen_ai_server_time_to_first_token_seconds_count", chatL) != 1 || api.sum("gen_ai_server_time_per_output_token_seconds_count", chatL) != 1 ||
+		int(api.sum("gen_ai_client_token_usage_sum", chatL, `gen_ai_token_type="input"`)) != chat.Usage.PromptTokens ||
+		int(api.sum("gen_ai_client_token_usage_sum", chatL, `gen_ai_token_type="output"`)) != chat.Usage.CompletionTokens {
+		var keys []string
+		for k := range final {
+			if strings.HasPrefix(k, "gen_ai") {
+				keys = append(keys, k)
+			}
+		}
+		slices.Sort(keys)
+		t.Errorf("GenAI metrics for usage %+v: %v", chat.Usage, keys)
+	}
+
 }

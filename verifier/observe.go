@@ -23,6 +23,12 @@ func (w *Worker) observeResult(ctx context.Context, d *events.DraftReady, r *eve
 	if r.Status == events.StatusOK {
 		w.m.VerifierTokens.Add(ctx, int64(len(d.Draft)), w.drafted)
 		w.m.VerifierTokens.Add(ctx, int64(r.Accepted), w.accepted)
+		w.m.SpecDrafts.Add(ctx, 1, w.attrs)
+		w.m.SpecDraftTokens.Add(ctx, int64(len(d.Draft)), w.attrs)
+		w.m.SpecAcceptedTokens.Add(ctx, int64(r.Accepted), w.attrs)
+		for i := range min(r.Accepted, len(w.position)) {
+			w.m.SpecAcceptedPerPos.Add(ctx, 1, w.position[i])
+		}
 	}
 }
 
@@ -32,12 +38,15 @@ func (w *Worker) observeBatch(ctx context.Context) {
 	st := w.v.Stats()
 	w.m.SlotsUsed.Record(ctx, int64(w.v.Sessions()), w.attrs)
 	w.mu.Lock()
-	dr, de := st.Resyncs-w.seen.Resyncs, st.Evictions-w.seen.Evictions
+	dr, de, ds := st.Resyncs-w.seen.Resyncs, st.Evictions-w.seen.Evictions, st.Sessions-w.seen.Sessions
 	dp := st.ReusedPrefixTokens - w.seen.ReusedPrefixTokens
 	w.seen = st
 	w.mu.Unlock()
 	if dr > 0 {
 		w.m.VerifierResyncs.Add(ctx, int64(dr), w.attrs)
+	}
+	if ds > 0 {
+		w.m.VerifierSessions.Add(ctx, int64(ds), w.attrs)
 	}
 	if dp > 0 {
 		w.m.PrefixReused.Add(ctx, int64(dp), w.attrs)

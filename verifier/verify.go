@@ -54,7 +54,11 @@ const (
 // Stats are cumulative counters of a Verifier.
 type Stats struct {
 	Batches, Drafts, DraftTokens, Accepted uint64
-	Resyncs, Evictions, ForwardPasses      uint64
+	// Sessions counts sessions started (a first round, which carries its
+	// prefix); Resyncs sessions rebuilt from a full prefix after their first
+	// round (a device answering unknown_session or prefix_mismatch, or resending
+	// a first round that timed out).
+	Sessions, Resyncs, Evictions, ForwardPasses uint64
 	// ReusedPrefixTokens counts prefix tokens of new or resynced sessions that
 	// were already in their slot's cells (an earlier session's) and so were not
 	// evaluated again.
@@ -256,8 +260,11 @@ func (v *Verifier) run(ctx context.Context, jobs []*job) error {
 		if err := v.ectx.Remove(j.s.slot, j.base); err != nil {
 			return fmt.Errorf("verifier: rollback: %w", err)
 		}
-		if j.resync {
+		switch {
+		case j.resync && j.d.Round > 1:
 			v.stats.Resyncs++
+		case j.resync:
+			v.stats.Sessions++
 		}
 	}
 	limit := v.cfg.BatchTokens

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/schemas"
 	"github.com/sled-project/sled/telemetry"
 )
 
@@ -79,6 +80,7 @@ type Worker struct {
 	byStatus map[events.Status]metric.MeasurementOption // pool, worker, status
 	drafted  metric.MeasurementOption                   // pool, worker, kind=drafted
 	accepted metric.MeasurementOption                   // pool, worker, kind=accepted
+	position []metric.MeasurementOption                 // pool, worker, position=i
 }
 
 // NewWorker creates a worker; Run runs it.
@@ -118,9 +120,13 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		events.StatusInvalid, events.StatusOverloaded, events.StatusExpired} {
 		w.byStatus[st] = metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("status", string(st))))
 	}
+	for i := range schemas.MaxDraftTokens {
+		w.position = append(w.position, metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.Int("position", i))))
+	}
 	ctx := context.Background()
 	w.m.Slots.Record(ctx, int64(v.Config().Slots), w.attrs)
-	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.PrefixReused, w.m.SlotEvictions, w.m.VerifierSkipped} {
+	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.VerifierSessions, w.m.PrefixReused, w.m.SlotEvictions,
+		w.m.VerifierSkipped, w.m.SpecDrafts, w.m.SpecDraftTokens, w.m.SpecAcceptedTokens} {
 		c.Add(ctx, 0, w.attrs) // the series exist before the first event
 	}
 	return w, nil
