@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -472,6 +473,9 @@ func (s *Server) ollamaModel() OllamaModel {
 	om := OllamaModel{
 		Name: s.ollamaName(), Model: s.ollamaName(), ModifiedAt: time.Unix(s.created, 0).UTC(),
 		Size: info.SizeBytes, Digest: s.cfg.ModelDigest, Details: ollamaDetails(info), SLED: mo.SLED,
+	}
+	if st, err := os.Stat(info.Path); err == nil {
+		om.Size = uint64(st.Size()) // the file's, as Ollama reports it
 	}
 	return om
 }

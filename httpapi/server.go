@@ -61,6 +61,9 @@ const (
 type Device struct {
 	Name      string
 	Generator textgen.Generator
+	// Model is the id of the device's own model (its draft), as /v1/models
+	// lists it. Default: ModelID of the model's file.
+	Model string
 }
 
 // TargetNamer may be implemented by a device's Generator whose output is decided
@@ -240,7 +243,11 @@ func (s *Server) modelObject() ModelObject {
 	o := ModelObject{ID: s.ModelName(), Object: "model", Created: s.created, OwnedBy: "sled", SLED: &ModelDevices{}}
 	for _, d := range s.devices {
 		_, spec := d.Generator.(TargetNamer)
-		o.SLED.Devices = append(o.SLED.Devices, ModelDevice{Name: d.Name, Model: ModelID(d.Generator.Model().Info().Path), Speculative: spec})
+		model := d.Model
+		if model == "" {
+			model = ModelID(d.Generator.Model().Info().Path)
+		}
+		o.SLED.Devices = append(o.SLED.Devices, ModelDevice{Name: d.Name, Model: model, Speculative: spec})
 	}
 	return o
 }

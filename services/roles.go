@@ -151,7 +151,7 @@ func RunDrafter(ctx context.Context, r DrafterRole) error {
 	if r.HTTPAddr == "" {
 		r.HTTPAddr = "127.0.0.1:8080"
 	}
-	api := httpapi.New(httpapi.Config{Devices: []httpapi.Device{{Name: d.ID(), Generator: d}}, Logger: r.Logger, Telemetry: r.Device.Telemetry})
+	api := httpapi.New(httpapi.Config{Devices: []httpapi.Device{{Name: d.ID(), Generator: d, Model: d.Config().ModelName}}, Logger: r.Logger, Telemetry: r.Device.Telemetry})
 	return serve(ctx, r.HTTPAddr, api, r.Ready)
 }
 

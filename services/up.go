@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -53,6 +52,10 @@ type UpConfig struct {
 	// Drafts are the draft model files, one per device, reused round-robin when
 	// Devices is larger. Required for sled and edge modes.
 	Drafts []string
+	// DraftNames are the ids the drafts are known by (ModelRef.ID: an Ollama
+	// name for a model from an Ollama store), parallel to Drafts; they name the
+	// devices and their metrics' draft_model. Default: the files' names.
+	DraftNames []string
 	// Devices is the number of simulated devices. Default len(Drafts), at least 1.
 	Devices int
 	// HTTPAddr is the API listen address; "" serves no HTTP (tests may use
@@ -279,12 +282,14 @@ func (s *System) spawn(f func()) {
 	go func() { defer s.wg.Done(); f() }()
 }
 
-func deviceName(i int, path string) string {
-	base := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+func deviceName(i int, model string) string {
 	var b strings.Builder
-	for _, r := range base {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+	for _, r := range model {
+		switch {
+		case r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_':
 			b.WriteRune(r)
+		case r == ':' || r == '/':
+			b.WriteRune('-') // qwen2.5-coder:0.5b -> qwen25-coder-05b
 		}
 	}
 	name := fmt.Sprintf("device-%d-%s", i+1, b.String())
@@ -304,9 +309,9 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 	}
 	s.server = srv
 	for i := range s.cfg.Devices {
-		path := s.cfg.Drafts[i%len(s.cfg.Drafts)]
+		path, id := s.draft(i)
 		d, err := drafter.New(ctx, s.models[path], srv.Conn(), srv.JS(), drafter.Config{
-			DeviceID: deviceName(i, path), Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
+			DeviceID: deviceName(i, id), ModelName: id, Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			NoAsync: s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
@@ -315,7 +320,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 			return err
 		}
 		s.devices = append(s.devices, d)
-		s.generators = append(s.generators, httpapi.Device{Name: d.ID(), Generator: d})
+		s.generators = append(s.generators, httpapi.Device{Name: d.ID(), Generator: d, Model: id})
 	}
 	return nil
 }
@@ -336,15 +341,25 @@ func (s *System) startCentralized(runCtx context.Context) error {
 
 func (s *System) startEdge() error {
 	for i := range s.cfg.Devices {
-		path := s.cfg.Drafts[i%len(s.cfg.Drafts)]
+		path, id := s.draft(i)
 		e, err := drafter.NewEdge(s.models[path], s.cfg.DeviceThreads, 0)
 		if err != nil {
 			return err
 		}
 		s.edges = append(s.edges, e)
-		s.generators = append(s.generators, httpapi.Device{Name: deviceName(i, path), Generator: e})
+		s.generators = append(s.generators, httpapi.Device{Name: deviceName(i, id), Generator: e, Model: id})
 	}
 	return nil
+}
+
+// draft is device i's draft file and the id it is known by.
+func (s *System) draft(i int) (path, id string) {
+	j := i % len(s.cfg.Drafts)
+	path = s.cfg.Drafts[j]
+	if j < len(s.cfg.DraftNames) && s.cfg.DraftNames[j] != "" {
+		return path, s.cfg.DraftNames[j]
+	}
+	return path, httpapi.ModelID(path)
 }
 
 // modelName is the id the target is served under.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/ollamastore"
 	"github.com/sled-project/sled/services"
@@ -81,14 +84,35 @@ func TestPythonClients(t *testing.T) {
 	if _, err := ollamastore.Put(store, name, testmodels.Path(t, testmodels.Target)); err != nil {
 		t.Fatal(err)
 	}
-	ref, err := services.ResolveModel(context.Background(), name, services.FindOptions{OllamaDir: store, NoFetch: true})
+	const draftName = "stories-draft:4l"
+	if _, err := ollamastore.Put(store, draftName, testmodels.Path(t, testmodels.Draft4L)); err != nil {
+		t.Fatal(err)
+	}
+	opts := services.FindOptions{OllamaDir: store, NoFetch: true}
+	ref, err := services.ResolveModel(context.Background(), name, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dref, err := services.ResolveModel(context.Background(), draftName, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := start(t, services.UpConfig{
 		Target: ref.Path, ModelName: ref.ID, ModelDigest: ref.Digest,
-		Drafts: []string{testmodels.Path(t, testmodels.Draft4L)}, Devices: 1, HTTPAddr: "127.0.0.1:0",
+		Drafts: []string{dref.Path}, DraftNames: []string{dref.ID}, Devices: 1, HTTPAddr: "127.0.0.1:0",
 	})
+	// Devices from store drafts are named by the drafts' Ollama names.
+	resp, err := http.Get("http://" + s.HTTPAddr() + "/v1/models/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mo httpapi.ModelObject
+	json.NewDecoder(resp.Body).Decode(&mo)
+	resp.Body.Close()
+	if mo.ID != name || mo.SLED == nil || len(mo.SLED.Devices) != 1 || mo.SLED.Devices[0].Model != draftName ||
+		mo.SLED.Devices[0].Name != "device-1-stories-draft-4l" {
+		t.Errorf("GET /v1/models/%s: %+v", name, mo)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, py, "pyclients/clients.py")

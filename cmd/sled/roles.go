@@ -97,7 +97,7 @@ func init() {
 				if models == "" {
 					models = modelDir()
 				}
-				path, err := findModel(cmd.Context(), models, draft)
+				ref, err := resolveModel(cmd.Context(), models, draft)
 				if err != nil {
 					return err
 				}
@@ -107,8 +107,8 @@ func init() {
 				}
 				defer shutdownTelemetry(tel)
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
-					Conn: conn, Draft: path, HTTPAddr: httpAddr,
-					Device: drafter.Config{DeviceID: id, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel},
+					Conn: conn, Draft: ref.Path, HTTPAddr: httpAddr,
+					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel},
 				})
 			},
 		}

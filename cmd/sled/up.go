@@ -158,11 +158,11 @@ TinyStories set in the model directory). --target and --draft override it.`,
 			}
 			if mode != services.ModeCentralized {
 				for _, d := range drafts {
-					path, err := findModel(ctx, models, d)
+					ref, err := resolveModel(ctx, models, d)
 					if err != nil {
 						return err
 					}
-					cfg.Drafts = append(cfg.Drafts, path)
+					cfg.Drafts, cfg.DraftNames = append(cfg.Drafts, ref.Path), append(cfg.DraftNames, ref.ID)
 				}
 			}
 			start := time.Now()
