@@ -316,6 +316,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *APIE
 		return nil, &APIError{StatusCode: http.StatusBadRequest, Type: TypeInvalidRequest, Code: CodeInvalidUTF8,
 			Message: fmt.Sprintf("the request body is not valid UTF-8 (bad byte 0x%02x at offset %d)", body[at], at)}
 	}
+	if at := loneSurrogate(body); at >= 0 {
+		return nil, &APIError{StatusCode: http.StatusBadRequest, Type: TypeInvalidRequest, Code: CodeInvalidUTF8,
+			Message: fmt.Sprintf("the request body holds an unpaired UTF-16 surrogate escape at offset %d (%s): no character", at, body[at:at+6])}
+	}
 	return body, nil
 }
 

@@ -415,6 +415,7 @@ func TestBadRequests(t *testing.T) {
 		{name: "completion logprobs negative", path: P, body: `{"prompt":"x","logprobs":-1}`, status: invalid, param: "logprobs"},
 		{name: "invalid UTF-8 prompt", path: P, body: "{\"prompt\":\"caf\xe9\"}", status: invalid, code: "invalid_utf8"},
 		{name: "invalid UTF-8 message", path: C, body: "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", status: invalid, code: "invalid_utf8"},
+		{name: "lone surrogate escape", path: P, body: `{"prompt":"x\ud800y"}`, status: invalid, code: "invalid_utf8"},
 		{name: "unknown model by id", method: http.MethodGet, path: "/v1/models/gpt-4", status: notFound, code: "model_not_found"},
 		{name: "GET completions", method: http.MethodGet, path: P, status: http.StatusMethodNotAllowed},
 		{name: "DELETE models", method: http.MethodDelete, path: "/v1/models", status: http.StatusMethodNotAllowed},

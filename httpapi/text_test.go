@@ -108,3 +108,20 @@ func TestQuantName(t *testing.T) {
 		}
 	}
 }
+
+func TestLoneSurrogate(t *testing.T) {
+	for in, want := range map[string]int{
+		`{"prompt":"caf\u00e9"}`:         -1,
+		`{"prompt":"\ud83d\ude00"}`:      -1, // a pair: U+1F600
+		`{"prompt":"\\ud800"}`:           -1, // an escaped backslash, then text
+		`{"prompt":"\ud800"}`:            11,
+		`{"prompt":"x\udc00"}`:           12,
+		`{"prompt":"\ud83d\u0041"}`:      11,
+		`{"a":"\"","prompt":"\uD800 x"}`: 20,
+		`{"prompt":"\ud83d"} `:           11,
+	} {
+		if got := loneSurrogate([]byte(in)); got != want {
+			t.Errorf("loneSurrogate(%s) = %d, want %d", in, got, want)
+		}
+	}
+}
