@@ -241,10 +241,10 @@ func (d *Device) verifierAlive() error {
 	return nil
 }
 
-// awaitVerifier returns nil at once while the pool is served; a device that has
+// WaitVerifier returns nil at once while the pool is served; a device that has
 // not heard a heartbeat yet (it just started) waits for one up to
 // VerifierTimeout. In fallback mode it never waits.
-func (d *Device) awaitVerifier(ctx context.Context) error {
+func (d *Device) WaitVerifier(ctx context.Context) error {
 	if d.cfg.Retry.Fallback || d.verifierAlive() == nil {
 		return nil
 	}
@@ -297,7 +297,7 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 	if err := textgen.Validate(d.model, req, d.cfg.MaxContext); err != nil {
 		return textgen.Result{}, err
 	}
-	if err := d.awaitVerifier(ctx); err != nil {
+	if err := d.WaitVerifier(ctx); err != nil {
 		return textgen.Result{}, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -463,6 +463,14 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 	for {
 		if retry.MaxWait > 0 && time.Since(g.lastOK) > retry.MaxWait {
 			return nil, fmt.Errorf("%w: %s without a verdict (%w)", ErrNoProgress, retry.MaxWait, textgen.ErrUnavailable)
+		}
+		// In strict mode a generation whose pool lost every verifier ends
+		// within VerifierTimeout instead of resending into the void; an outage
+		// shorter than that is ridden over by the retries.
+		if !retry.Fallback {
+			if err := g.d.verifierAlive(); err != nil {
+				return nil, err
+			}
 		}
 		failed := false
 		if err := g.send(ctx); err != nil {

@@ -52,6 +52,10 @@ type UpConfig struct {
 	// Drafts are the draft model files, one per device, reused round-robin when
 	// Devices is larger. Required for sled and edge modes.
 	Drafts []string
+	// VerifierTimeout: a strict device with no verifier heartbeat for this long
+	// refuses new requests and ends those in flight with a 503. Default
+	// drafter.DefaultVerifierTimeout.
+	VerifierTimeout time.Duration
 	// DraftNames are the ids the drafts are known by (ModelRef.ID: an Ollama
 	// name for a model from an Ollama store), parallel to Drafts; they name the
 	// devices and their metrics' draft_model. Default: the files' names.
@@ -312,7 +316,8 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		path, id := s.draft(i)
 		d, err := drafter.New(ctx, s.models[path], srv.Conn(), srv.JS(), drafter.Config{
 			DeviceID: deviceName(i, id), ModelName: id, Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
-			NoAsync: s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
+			VerifierTimeout: s.cfg.VerifierTimeout,
+			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 		})
@@ -321,6 +326,13 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		}
 		s.devices = append(s.devices, d)
 		s.generators = append(s.generators, httpapi.Device{Name: d.ID(), Generator: d, Model: id})
+	}
+	// Start returns a system that is ready: every device has heard the
+	// verifier (its first heartbeat goes out as it starts).
+	for _, d := range s.devices {
+		if err := d.WaitVerifier(ctx); err != nil {
+			s.cfg.Logger.Warn("device has no verifier yet", "device", d.ID(), "err", err)
+		}
 	}
 	return nil
 }

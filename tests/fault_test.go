@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -150,4 +151,72 @@ func TestDeviceKilledMidRequest(t *testing.T) {
 		t.Fatalf("server stuck: drafts pending %d, unacked %d, batches stored %d", di.NumPending, di.NumAckPending, bi.State.Msgs)
 	}
 	t.Logf("server idle: drafts pending %d, unacked %d, batches stored %d; verifier holds %d sessions", di.NumPending, di.NumAckPending, bi.State.Msgs, s.Verifier().Sessions())
+}
+
+// TestNoVerifierIsBounded stops every verifier of the pool: a request in flight
+// and a new one both end with an OpenAI-shaped 503 within the verifier timeout (and
+// not after a round timeout's worth of retries for ever), /readyz says 503 meanwhile,
+// and once a verifier is back the device is ready again and serves the target's
+// text.
+func TestNoVerifierIsBounded(t *testing.T) {
+	const timeout = time.Second
+	s := start(t, services.UpConfig{
+		Drafts: []string{testmodels.Path(t, testmodels.Draft4L)}, HTTPAddr: "127.0.0.1:0", VerifierTimeout: timeout,
+		Retry: drafter.RetryPolicy{Timeout: 200 * time.Millisecond},
+	})
+	api := "http://" + s.HTTPAddr()
+	status := func(path string) int {
+		r, err := http.Get(api + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	complete := func(maxTokens int) (int, string, time.Duration) {
+		began := time.Now()
+		body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": maxTokens})
+		resp, err := http.Post(api+"/v1/completions", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e struct {
+			Error struct{ Type, Code, Message string }
+		}
+		b, _ := io.ReadAll(resp.Body)
+		json.Unmarshal(b, &e)
+		return resp.StatusCode, e.Error.Type, time.Since(began)
+	}
+	if st := status("/readyz"); st != http.StatusOK {
+		t.Fatalf("/readyz with a verifier: %d", st)
+	}
+	want := reference(t, []string{"Once upon a time"})
+
+	// The verifier goes; a request sent at once still finds the pool served (the
+	// last heartbeat is recent), so it is in flight with nobody to verify it.
+	s.StopVerifier()
+	st, typ, took := complete(64)
+	t.Logf("in flight with no verifier: %d %s after %s", st, typ, took.Round(time.Millisecond))
+	if st != http.StatusServiceUnavailable || typ != "service_unavailable_error" || took > timeout+time.Second {
+		t.Errorf("the request in flight ended %d %q after %s, want 503 service_unavailable_error within %s", st, typ, took, timeout)
+	}
+	if st := status("/readyz"); st != http.StatusServiceUnavailable {
+		t.Errorf("/readyz with no verifier: %d, want 503", st)
+	}
+	st, typ, took = complete(8)
+	t.Logf("new request with no verifier: %d %s in %s", st, typ, took)
+	if st != http.StatusServiceUnavailable || took > timeout {
+		t.Errorf("a new request with no verifier: %d after %s, want 503 at once", st, took)
+	}
+
+	// A verifier comes back: ready again, and the text is the target's.
+	if err := s.StartVerifier(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	waitFor(t, func() bool { return status("/readyz") == http.StatusOK })
+	t.Logf("ready %s after the verifier restarted", time.Since(back).Round(time.Millisecond))
+	got := runAll(t, s, []string{"Once upon a time"}, genTokens)
+	sameAsCentralized(t, []string{"Once upon a time"}, []textgen.Result{got[0].res}, want, "the recovery")
 }
