@@ -23,6 +23,7 @@ const (
 	CodeMethodNotAllowed      = "method_not_allowed"
 	CodeNotFound              = "not_found"
 	CodeInvalidUTF8           = "invalid_utf8"
+	CodeInvalidAPIKey         = "invalid_api_key"
 )
 
 // APIError is an OpenAI-style error: the "error" object of an error response body.

@@ -27,6 +27,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -120,6 +121,11 @@ type Config struct {
 	// Logger receives one line per request and every server error. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// APIKeys, when not empty, are the bearer keys a request must present
+	// (Authorization: Bearer KEY, as OpenAI clients send; Ollama clients take
+	// headers too): others get a 401. Readiness (/health, /healthz, /readyz)
+	// stays open for load balancers. Default: no keys, no authentication.
+	APIKeys []string
 	// Telemetry receives the GenAI metrics of each request (time to first
 	// token, time per output token, token usage). Default: none.
 	Telemetry *telemetry.Telemetry
@@ -205,6 +211,24 @@ var routes = map[string]route{
 	"/api/version":  {http.MethodGet, (*Server).handleOllamaVersion},
 }
 
+// openRoutes need no API key: readiness probes.
+var openRoutes = map[string]bool{"/health": true, "/healthz": true, "/readyz": true}
+
+// authorized reports whether r carries one of the API keys, compared in constant
+// time.
+func (s *Server) authorized(r *http.Request) bool {
+	auth := r.Header.Get("Authorization")
+	key, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		return false
+	}
+	good := 0
+	for _, k := range s.cfg.APIKeys {
+		good |= subtle.ConstantTimeCompare([]byte(key), []byte(k))
+	}
+	return good == 1
+}
+
 // modelRoute serves GET /v1/models/{id}.
 var modelRoute = route{http.MethodGet, (*Server).handleModel}
 
@@ -221,6 +245,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	path := strings.TrimSuffix(r.URL.Path, "/")
+	if len(s.cfg.APIKeys) > 0 && !openRoutes[path] && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="sled"`)
+		writeError(w, &APIError{StatusCode: http.StatusUnauthorized, Type: TypeInvalidRequest, Code: CodeInvalidAPIKey,
+			Message: "missing or wrong API key: send Authorization: Bearer KEY"})
+		return
+	}
 	rt, ok := routes[path]
 	if !ok && strings.HasPrefix(path, "/v1/models/") {
 		rt, ok = modelRoute, true

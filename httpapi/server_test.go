@@ -756,3 +756,37 @@ func TestModelByID(t *testing.T) {
 		}
 	}
 }
+
+// With API keys, every route but readiness wants Authorization: Bearer KEY.
+func TestAPIKeys(t *testing.T) {
+	f := newFixture(t, func(c *httpapi.Config, _ map[string]*greedyGen) { c.APIKeys = []string{"k1", "k2"} })
+	body := `{"prompt":"x","max_tokens":2}`
+	for _, tc := range []struct {
+		auth   string
+		status int
+	}{{"", http.StatusUnauthorized}, {"Bearer nope", http.StatusUnauthorized}, {"k1", http.StatusUnauthorized},
+		{"Bearer k1", http.StatusOK}, {"Bearer k2", http.StatusOK}} {
+		var h []string
+		if tc.auth != "" {
+			h = []string{"Authorization", tc.auth}
+		}
+		status, b := f.post(t, "/v1/completions", body, h...)
+		if status != tc.status {
+			t.Errorf("Authorization %q: %d %s, want %d", tc.auth, status, b, tc.status)
+		}
+		if status == http.StatusUnauthorized && !strings.Contains(string(b), "invalid_api_key") {
+			t.Errorf("401 body %s", b)
+		}
+	}
+	if status, _ := f.post(t, "/api/generate", `{"model":"stories","prompt":"x"}`); status != http.StatusUnauthorized {
+		t.Errorf("Ollama route without a key: %d", status)
+	}
+	resp, err := http.Get(f.srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz without a key: %d", resp.StatusCode)
+	}
+}

@@ -126,6 +126,8 @@ type DrafterRole struct {
 	// Device configures the device, Telemetry included.
 	Device   drafter.Config
 	HTTPAddr string // device API address (default 127.0.0.1:8080)
+	// APIKeys, when set, are the bearer keys the API wants (httpapi.Config).
+	APIKeys []string
 	// Ready, if set, is called with the API's address once it serves.
 	Ready  func(addr string)
 	Logger *slog.Logger
@@ -151,7 +153,7 @@ func RunDrafter(ctx context.Context, r DrafterRole) error {
 	if r.HTTPAddr == "" {
 		r.HTTPAddr = "127.0.0.1:8080"
 	}
-	api := httpapi.New(httpapi.Config{Devices: []httpapi.Device{{Name: d.ID(), Generator: d, Model: d.Config().ModelName}}, Logger: r.Logger, Telemetry: r.Device.Telemetry})
+	api := httpapi.New(httpapi.Config{Devices: []httpapi.Device{{Name: d.ID(), Generator: d, Model: d.Config().ModelName}}, APIKeys: r.APIKeys, Logger: r.Logger, Telemetry: r.Device.Telemetry})
 	return serve(ctx, r.HTTPAddr, api, r.Ready)
 }
 

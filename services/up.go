@@ -52,6 +52,9 @@ type UpConfig struct {
 	// Drafts are the draft model files, one per device, reused round-robin when
 	// Devices is larger. Required for sled and edge modes.
 	Drafts []string
+	// APIKeys, when set, are the bearer keys the HTTP API wants
+	// (httpapi.Config.APIKeys). Default: none, no authentication.
+	APIKeys []string
 	// VerifierTimeout: a strict device with no verifier heartbeat for this long
 	// refuses new requests and ends those in flight with a 503. Default
 	// drafter.DefaultVerifierTimeout.
@@ -383,7 +386,7 @@ func (s *System) modelName() string {
 }
 
 func (s *System) serveHTTP(runCtx context.Context) error {
-	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger, ModelDigest: s.cfg.ModelDigest, Telemetry: s.cfg.Telemetry}
+	cfg := httpapi.Config{Devices: s.generators, Logger: s.cfg.Logger, ModelDigest: s.cfg.ModelDigest, Telemetry: s.cfg.Telemetry, APIKeys: s.cfg.APIKeys}
 	if s.target != nil {
 		info := s.target.Info()
 		cfg.ModelName, cfg.Target = s.modelName(), &info

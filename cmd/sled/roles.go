@@ -89,6 +89,7 @@ func init() {
 		var tf telemetryFlags
 		var models, draft, id, httpAddr string
 		var threads int
+		var apiKeys []string
 		cmd := &cobra.Command{
 			Use:   "drafter",
 			Short: "Run one device: a draft model with its OpenAI-compatible HTTP API",
@@ -107,7 +108,7 @@ func init() {
 				}
 				defer shutdownTelemetry(tel)
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
-					Conn: conn, Draft: ref.Path, HTTPAddr: httpAddr,
+					Conn: conn, Draft: ref.Path, HTTPAddr: httpAddr, APIKeys: apiKeysOr(apiKeys),
 					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel},
 				})
 			},
@@ -117,6 +118,7 @@ func init() {
 		cmd.Flags().StringVar(&draft, "draft", defaultPair().Drafts[0], "draft model: a file, a file in --models, a catalogue name (fetched on first use), an Ollama model name, NAME@TYPE requantized")
 		cmd.Flags().StringVar(&id, "id", "device-1", "device id (letters, digits, - and _)")
 		cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
+		cmd.Flags().StringArrayVar(&apiKeys, "api-key", nil, "bearer key the HTTP API requires (repeatable; default $SLED_API_KEYS)")
 		cmd.Flags().IntVar(&threads, "threads", 0, "llama.cpp threads (default: all cores, at most 8)")
 		p.register(cmd, true, false)
 		tf.register(cmd, "127.0.0.1:9467")

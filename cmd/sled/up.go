@@ -109,6 +109,7 @@ func init() {
 		storeDir string
 		demo     bool
 		demoText string
+		apiKeys  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -133,7 +134,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				Mode: mode, Devices: devices, HTTPAddr: httpAddr, NATSURL: natsURL,
 				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir},
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
-				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync,
+				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
 			}
 			pair, ok := modelcache.LookupPair(pairName)
 			if !ok {
@@ -210,6 +211,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 		"draft model, repeatable; devices use them round-robin; NAME@Q4_0 (or @Q8_0, @F16, @Q4_K_M, ...) is NAME requantized (default: the pair's)")
 	f.IntVar(&devices, "devices", 3, "number of simulated devices")
 	f.StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
+	f.StringArrayVar(&apiKeys, "api-key", nil, "bearer key the HTTP API requires (repeatable; default $SLED_API_KEYS, comma-separated; none: no authentication)")
 	f.StringVar(&natsURL, "nats", "", "external NATS URL instead of the embedded server")
 	f.IntVar(&natsPort, "nats-port", -1, "embedded NATS client port (-1: a free port)")
 	f.StringVar(&storeDir, "store-dir", "", "embedded JetStream store directory (default: a temporary directory)")
@@ -262,4 +264,18 @@ func runDemo(ctx context.Context, sys *services.System, prompt string, chat bool
 		}
 	}
 	return nil
+}
+
+// apiKeysOr is keys, else the comma-separated keys of $SLED_API_KEYS.
+func apiKeysOr(keys []string) []string {
+	if len(keys) > 0 {
+		return keys
+	}
+	var out []string
+	for _, k := range strings.Split(os.Getenv("SLED_API_KEYS"), ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			out = append(out, k)
+		}
+	}
+	return out
 }
