@@ -97,6 +97,20 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 // chatRoles are the message roles accepted.
 var chatRoles = map[string]bool{"system": true, "developer": true, "user": true, "assistant": true, "tool": true}
 
+// checkMessages validates a conversation: not empty, every role known. Both chat
+// APIs (OpenAI's and Ollama's) use it.
+func checkMessages(msgs []engine.ChatMessage) *APIError {
+	if len(msgs) == 0 {
+		return invalid("messages", "messages is required and must not be empty")
+	}
+	for i, m := range msgs {
+		if !chatRoles[m.Role] {
+			return invalid(fmt.Sprintf("messages[%d].role", i), "messages[%d]: role %q is not one of system, developer, user, assistant, tool", i, m.Role)
+		}
+	}
+	return nil
+}
+
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	began := time.Now()
 	var req ChatCompletionRequest
@@ -104,17 +118,13 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if len(req.Messages) == 0 {
-		writeError(w, invalid("messages", "messages is required and must not be empty"))
-		return
-	}
 	msgs := make([]engine.ChatMessage, len(req.Messages))
 	for i, msg := range req.Messages {
-		if !chatRoles[msg.Role] {
-			writeError(w, invalid(fmt.Sprintf("messages[%d].role", i), "messages[%d]: role %q is not one of system, developer, user, assistant, tool", i, msg.Role))
-			return
-		}
 		msgs[i] = engine.ChatMessage{Role: msg.Role, Content: string(msg.Content)}
+	}
+	if e := checkMessages(msgs); e != nil {
+		writeError(w, e)
+		return
 	}
 	in := settings{model: req.Model, maxTokens: req.MaxTokens, temperature: req.Temperature, topP: req.TopP,
 		stop: req.Stop, seed: req.Seed, n: req.N, logprobs: req.Logprobs, topParam: "top_logprobs", op: "chat"}

@@ -307,17 +307,13 @@ func (s *Server) handleOllamaChat(w http.ResponseWriter, r *http.Request) {
 	if !s.decodeOllama(w, r, &req, ollamaChatFields) {
 		return
 	}
-	if len(req.Messages) == 0 {
-		ollamaError(w, invalid("messages", "messages is required and must not be empty"))
-		return
-	}
 	msgs := make([]engine.ChatMessage, len(req.Messages))
 	for i, msg := range req.Messages {
-		if !chatRoles[msg.Role] {
-			ollamaError(w, invalid(fmt.Sprintf("messages[%d].role", i), "messages[%d]: role %q is not one of system, user, assistant, tool", i, msg.Role))
-			return
-		}
 		msgs[i] = engine.ChatMessage{Role: msg.Role, Content: msg.Content}
+	}
+	if e := checkMessages(msgs); e != nil {
+		ollamaError(w, e)
+		return
 	}
 	in := ollamaSettings(req.Model, req.Options, req.Logprobs, req.TopLogprobs)
 	in.op = "chat"
