@@ -132,7 +132,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 	}
 	cfg.Logger = cfg.Logger.With("device", cfg.DeviceID)
 	if cfg.ModelName == "" {
-		cfg.ModelName = modelName(draft.Info().Path)
+		cfg.ModelName = draft.ID()
 	}
 	if cfg.VerifierTimeout <= 0 {
 		cfg.VerifierTimeout = DefaultVerifierTimeout
@@ -640,7 +640,7 @@ func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool,
 // release commits the pending drafts unverified (fallback mode); the tokens
 // drafted ahead become the next draft.
 func (g *generation) release(ahead []engine.Token, aheadProbs []float32) (bool, error) {
-	probs := append([]float32(nil), g.st.probs...) // the released drafts' confidences
+	probs := g.st.probs // the released drafts' confidences (release replaces, not rewrites, them)
 	out := g.st.release(ahead, aheadProbs)
 	g.d.cfg.Logger.Warn("releasing unverified drafts", "session", g.session, "tokens", len(out))
 	var lps []textgen.Logprob

@@ -2,9 +2,7 @@ package drafter
 
 import (
 	"context"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -63,12 +61,6 @@ type observer struct {
 	posDrafted [schemas.MaxDraftTokens]metric.MeasurementOption // draft_model, position
 
 	rounds, drafted, accepted, tokens, unverifiedN atomic.Uint64
-}
-
-// modelName is the draft_model label: the model file's base name without
-// extension.
-func modelName(path string) string {
-	return strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
 }
 
 func newObserver(tel *telemetry.Telemetry, device, model string) *observer {

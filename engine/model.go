@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/sled-project/sled/engine/gguf"
@@ -121,6 +123,17 @@ func (m *Model) Close() error {
 	m.cm = nil
 	return nil
 }
+
+// ModelID is the id a model file is known by: its file name without the
+// extension. SLED serves a target under it, labels a draft's metrics with it and
+// names devices after it, so that one file has one id everywhere.
+func ModelID(path string) string {
+	base := filepath.Base(path)
+	return strings.TrimSuffix(base, filepath.Ext(base))
+}
+
+// ID is the model's ModelID.
+func (m *Model) ID() string { return ModelID(m.info.Path) }
 
 // Info describes the model.
 func (m *Model) Info() Info { return m.info }

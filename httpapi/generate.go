@@ -138,7 +138,8 @@ type outcome struct {
 	finish   string
 	result   textgen.Result
 	spans    [][2]int
-	logprobs []tokenLogprob // when asked for: every output token's
+	logprobs []tokenLogprob // when asked for: every output token's (non-nil)
+	first    time.Time      // when the first output came; zero if none did
 }
 
 func (o *outcome) usage(promptTokens int) *Usage {
@@ -167,6 +168,9 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 	ts := m.NewTextStream()
 	ta := newTextAssembler(p.stops)
 	var all []tokenLogprob
+	if p.logprobs {
+		all = []tokenLogprob{}
+	}
 	flush := func(text string) error {
 		lps := ta.takeLogprobs()
 		all = append(all, lps...)
@@ -212,7 +216,7 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 		return nil, err
 	}
 	s.observe(ctx, p, len(prompt), len(res.Tokens), began, first, time.Now())
-	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans(), logprobs: all}, nil
+	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans(), logprobs: all, first: first}, nil
 }
 
 // generationError maps an error from Generate to an API error; nil when the

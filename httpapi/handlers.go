@@ -60,7 +60,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	chunk := func(text string, finish *string, lps []tokenLogprob) *Completion {
 		c := &Completion{ID: id, Object: "text_completion", Created: created, Model: s.ModelName(),
 			Choices: []CompletionChoice{{Index: 0, Text: text, FinishReason: finish}}}
-		if p.logprobs {
+		if lps != nil {
 			c.Choices[0].Logprobs = completionLogprobs(m, lps)
 		}
 		return c
@@ -86,7 +86,6 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last := chunk("", &out.finish, nil)
-	last.Choices[0].Logprobs = nil
 	last.Usage, last.SLED = out.usage(len(prompt)), out.stats(dev.Name)
 	if err := es.send(last); err == nil {
 		err = es.done()
@@ -161,7 +160,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		resp := &ChatCompletion{ID: id, Object: "chat.completion", Created: created, Model: s.ModelName(),
 			Choices: []ChatChoice{{Index: 0, Message: ChatMessage{Role: "assistant", Content: MessageContent(out.text)}, FinishReason: out.finish}},
 			Usage:   out.usage(len(prompt)), SLED: out.stats(dev.Name)}
-		if p.logprobs {
+		if out.logprobs != nil {
 			resp.Choices[0].Logprobs = chatLogprobs(m, out.logprobs)
 		}
 		writeJSON(w, http.StatusOK, resp)

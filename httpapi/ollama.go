@@ -185,16 +185,7 @@ var ollamaOptionFields = map[string]fieldRule{
 func (s *Server) decodeOllama(w http.ResponseWriter, r *http.Request, v any, rules map[string]fieldRule) bool {
 	body, e := s.readBody(w, r)
 	if e == nil {
-		if err := json.Unmarshal(body, v); err != nil {
-			e = invalid("", "invalid JSON body: %v", err)
-			var te *json.UnmarshalTypeError
-			if errors.As(err, &te) && te.Field != "" {
-				e = invalid(te.Field, "%s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
-			}
-		}
-	}
-	if e == nil {
-		e = checkFields(body, rules)
+		e = decodeJSON(body, v, rules)
 	}
 	if e == nil {
 		var raw struct {
@@ -229,11 +220,13 @@ func ollamaSettings(model string, o *OllamaOptions, logprobs bool, top int) sett
 // ollamaParams validates an Ollama request's settings and resolves its length
 // limits for a prompt of promptTokens on the chosen device.
 func (s *Server) ollamaParams(r *http.Request, in settings, o *OllamaOptions) (*params, *APIError) {
-	if o != nil && o.NumPredict != nil && *o.NumPredict == 0 || o != nil && o.NumPredict != nil && *o.NumPredict < -2 {
-		return nil, invalid("options.num_predict", "options.num_predict must be positive, -1 (no limit) or -2 (fill the context), got %d", *o.NumPredict)
-	}
-	if o != nil && o.NumCtx != nil && *o.NumCtx <= 0 {
-		return nil, invalid("options.num_ctx", "options.num_ctx must be positive, got %d", *o.NumCtx)
+	if o != nil {
+		if n := o.NumPredict; n != nil && (*n == 0 || *n < -2) {
+			return nil, invalid("options.num_predict", "options.num_predict must be positive, -1 (no limit) or -2 (fill the context), got %d", *n)
+		}
+		if n := o.NumCtx; n != nil && *n <= 0 {
+			return nil, invalid("options.num_ctx", "options.num_ctx must be positive, got %d", *n)
+		}
 	}
 	return s.parseParams(r, in)
 }
@@ -353,10 +346,9 @@ func (s *Server) serveOllama(w http.ResponseWriter, r *http.Request, p *params, 
 		}
 		return o
 	}
-	var first time.Time
 	final := func(out *outcome) *OllamaResponse {
 		o := piece("", nil)
-		end := time.Now()
+		end, first := time.Now(), out.first
 		if first.IsZero() {
 			first = end
 		}
@@ -371,12 +363,7 @@ func (s *Server) serveOllama(w http.ResponseWriter, r *http.Request, p *params, 
 		return o
 	}
 	if stream != nil && !*stream {
-		out, err := s.generate(r.Context(), p, prompt, func(string, []tokenLogprob) error {
-			if first.IsZero() {
-				first = time.Now()
-			}
-			return nil
-		})
+		out, err := s.generate(r.Context(), p, prompt, nil)
 		if err != nil {
 			s.failOllama(w, r, nil, dev.Name, len(prompt), began, err)
 			return
@@ -396,9 +383,6 @@ func (s *Server) serveOllama(w http.ResponseWriter, r *http.Request, p *params, 
 	}
 	ns := &ndjsonStream{w: w, rc: http.NewResponseController(w)}
 	out, err := s.generate(r.Context(), p, prompt, func(text string, lps []tokenLogprob) error {
-		if first.IsZero() {
-			first = time.Now()
-		}
 		return ns.send(piece(text, lps))
 	})
 	if err != nil {

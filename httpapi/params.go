@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"sort"
 	"strings"
+
+	"github.com/sled-project/sled/textgen"
 )
 
 // Every request parameter is either honoured or refused with a 400 naming it:
@@ -125,7 +127,7 @@ func checkLogprobs(param string, want bool, top int) *APIError {
 }
 
 // MaxTopLogprobs is the most alternatives per position a request may ask for.
-const MaxTopLogprobs = 20
+const MaxTopLogprobs = textgen.MaxTopLogprobs
 
 // loneSurrogate reports the offset of the first \u escape in the JSON text b
 // that encodes half of a UTF-16 surrogate pair without the other half (valid JSON,

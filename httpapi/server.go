@@ -35,7 +35,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -63,7 +62,7 @@ type Device struct {
 	Name      string
 	Generator textgen.Generator
 	// Model is the id of the device's own model (its draft), as /v1/models
-	// lists it. Default: ModelID of the model's file.
+	// lists it. Default: the model's ID (engine.ModelID).
 	Model string
 }
 
@@ -73,14 +72,6 @@ type Device struct {
 // device learns it from the verifiers' heartbeats).
 type TargetNamer interface {
 	TargetModel() string
-}
-
-// ModelID is the model id a model file is served under: its file name without
-// the extension. Every SLED front end names a target this way, so that one
-// target has one id whether it is served by `sled up` or a standalone device.
-func ModelID(path string) string {
-	base := filepath.Base(path)
-	return strings.TrimSuffix(base, filepath.Ext(base))
 }
 
 // HealthChecker may be implemented by a device's Generator to report its health in
@@ -98,7 +89,7 @@ type Config struct {
 	Devices []Device
 	// ModelName is the model id the API serves. Default: the target model's id as
 	// the first device that knows it reports it (TargetNamer), else the first
-	// device's model's ModelID.
+	// device's model's ID (engine.ModelID).
 	ModelName string
 	// Target describes the target model, for Ollama's /api/tags, /api/show and
 	// /api/ps (size, family, quantization). Optional: a standalone device, which
@@ -187,7 +178,7 @@ func (s *Server) ModelName() string {
 			}
 		}
 	}
-	return ModelID(s.devices[0].Generator.Model().Info().Path)
+	return s.devices[0].Generator.Model().ID()
 }
 
 type route struct {
@@ -275,7 +266,7 @@ func (s *Server) modelObject() ModelObject {
 		_, spec := d.Generator.(TargetNamer)
 		model := d.Model
 		if model == "" {
-			model = ModelID(d.Generator.Model().Info().Path)
+			model = d.Generator.Model().ID()
 		}
 		o.SLED.Devices = append(o.SLED.Devices, ModelDevice{Name: d.Name, Model: model, Speculative: spec})
 	}
@@ -361,6 +352,12 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, rules
 	if e != nil {
 		return e
 	}
+	return decodeJSON(body, v, rules)
+}
+
+// decodeJSON unmarshals body into v and checks its fields against rules (nil:
+// none), as every route's body is read.
+func decodeJSON(body []byte, v any, rules map[string]fieldRule) *APIError {
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {

@@ -92,7 +92,8 @@ func (a *textAssembler) addLogprob(lp textgen.Logprob, piece []byte) {
 // none (their text is not in the output).
 func (a *textAssembler) takeLogprobs() []tokenLogprob {
 	k := a.lpOut
-	for k < len(a.lps) && (a.lps[k].start < a.released || a.stopped && !a.cut && a.released == len(a.buf)) {
+	// stopped without a cut means finish was called: every token counts.
+	for k < len(a.lps) && (a.lps[k].start < a.released || a.stopped && !a.cut) {
 		k++
 	}
 	out := a.lps[a.lpOut:k]

@@ -11,7 +11,6 @@ import (
 
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/engine/gguf"
-	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/ollamastore"
 )
@@ -55,7 +54,7 @@ type FindOptions struct {
 // model from an Ollama store, its digest.
 type ModelRef struct {
 	Path   string
-	ID     string // httpapi.ModelID(Path), or the Ollama name
+	ID     string // engine.ModelID(Path), or the Ollama name
 	Digest string // "sha256:<hex>" for an Ollama store model, else ""
 }
 
@@ -83,18 +82,17 @@ func ResolveModel(ctx context.Context, name string, opts FindOptions) (ModelRef,
 	opts = opts.withDefaults()
 	path, err := FindModel(ctx, name, opts)
 	if err == nil {
-		return ModelRef{Path: path, ID: httpapi.ModelID(path)}, nil
+		return ModelRef{Path: path, ID: engine.ModelID(path)}, nil
 	}
 	if !errors.Is(err, ErrModelNotFound) {
-		return ModelRef{}, err
-	}
-	if _, perr := ollamastore.ParseName(name); perr != nil {
 		return ModelRef{}, err
 	}
 	m, oerr := ollamastore.Find(opts.OllamaDir, name)
 	switch {
 	case oerr == nil:
 		return ModelRef{Path: m.Path, ID: m.Name, Digest: m.Digest}, nil
+	case errors.Is(oerr, ollamastore.ErrBadName): // a path or a file name, not an Ollama name
+		return ModelRef{}, err
 	case errors.Is(oerr, ollamastore.ErrNotFound):
 		return ModelRef{}, fmt.Errorf("%w\n  - an Ollama model by name: %v", err, oerr)
 	}

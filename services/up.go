@@ -43,7 +43,7 @@ type UpConfig struct {
 	// Target is the target model file. Required for sled and centralized modes.
 	Target string
 	// ModelName is the id the API serves the target under. Default
-	// httpapi.ModelID(Target); a model from an Ollama store is served under its
+	// engine.ModelID(Target); a model from an Ollama store is served under its
 	// Ollama name (ModelRef.ID).
 	ModelName string
 	// ModelDigest is the target's digest when it came from an Ollama store
@@ -374,7 +374,7 @@ func (s *System) draft(i int) (path, id string) {
 	if j < len(s.cfg.DraftNames) && s.cfg.DraftNames[j] != "" {
 		return path, s.cfg.DraftNames[j]
 	}
-	return path, httpapi.ModelID(path)
+	return path, engine.ModelID(path)
 }
 
 // modelName is the id the target is served under.
@@ -382,7 +382,7 @@ func (s *System) modelName() string {
 	if s.cfg.ModelName != "" {
 		return s.cfg.ModelName
 	}
-	return httpapi.ModelID(s.cfg.Target)
+	return engine.ModelID(s.cfg.Target)
 }
 
 func (s *System) serveHTTP(runCtx context.Context) error {

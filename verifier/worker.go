@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -36,7 +34,7 @@ type WorkerConfig struct {
 	Heartbeat time.Duration
 	// Model is the id the target is served under, announced in heartbeats so
 	// that every device names it alike. Default: the target file's name without
-	// its extension.
+	// its extension (engine.ModelID).
 	Model string
 	// AckWait: a batch not acknowledged within it (a crashed worker) is delivered
 	// again. Default 30s.
@@ -102,8 +100,7 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	}
 	cfg.Logger = cfg.Logger.With("worker", cfg.Name)
 	if cfg.Model == "" {
-		base := filepath.Base(v.model.Info().Path)
-		cfg.Model = strings.TrimSuffix(base, filepath.Ext(base))
+		cfg.Model = v.model.ID()
 	}
 	tel := cfg.Telemetry.Or()
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)

@@ -50,6 +50,10 @@ func TestModelInspectJSON(t *testing.T) {
 
 func TestFindModel(t *testing.T) {
 	dir := testmodels.Dir()
+	findModel := func(ctx context.Context, dir, name string) (string, error) {
+		ref, err := resolveModel(ctx, dir, name)
+		return ref.Path, err
+	}
 	if p, err := findModel(context.Background(), dir, testmodels.Target); err != nil || !strings.HasSuffix(p, testmodels.Target) {
 		t.Fatalf("findModel: %q %v", p, err)
 	}

@@ -78,16 +78,11 @@ func (p *policyFlags) batch() batcher.Policy {
 // ../shared/models next to the working directory.
 func modelDir() string { return services.DefaultModelDir() }
 
-// findModel resolves a model argument (see services.ResolveModel): NAME@TYPE, a
-// path, a file in dir, a catalogue model (fetched into the cache on first use
+// resolveModel resolves a model argument (see services.ResolveModel): NAME@TYPE,
+// a path, a file in dir, a catalogue model (fetched into the cache on first use
 // with progress on stderr), or an Ollama model name in the Ollama store
-// ($OLLAMA_MODELS or ~/.ollama/models), read in place.
-func findModel(ctx context.Context, dir, name string) (string, error) {
-	ref, err := resolveModel(ctx, dir, name)
-	return ref.Path, err
-}
-
-// resolveModel is findModel with the id the model is served under.
+// ($OLLAMA_MODELS or ~/.ollama/models), read in place; with the id it is served
+// under.
 func resolveModel(ctx context.Context, dir, name string) (services.ModelRef, error) {
 	return services.ResolveModel(ctx, name, services.FindOptions{Dir: dir, Progress: os.Stderr})
 }
