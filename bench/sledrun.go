@@ -245,7 +245,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			VocabFingerprint: fp, Timeout: d.f.t.Timeout,
 		}.Event(time.Now())
 		t0 := time.Now()
-		if _, err := d.pub.Publish(ctx, events.New("/sled/bench/"+d.id, ev)); err != nil {
+		if _, err := d.pub.Publish(ctx, events.New(events.DeviceSource(d.id), ev)); err != nil {
 			return ctx.Err() == nil && d.fail(t0)
 		}
 		var res *events.VerifyResult

@@ -18,7 +18,7 @@ func BenchmarkCodec(b *testing.B) {
 		{"verify.result", sampleResult()},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			ev := New("/sled/bench", c.p)
+			ev := New(sourceOf(c.p), c.p)
 			m0, _ := Encode(ev)
 			b.SetBytes(int64(len(m0.Data)))
 			b.ReportAllocs()

@@ -315,7 +315,7 @@ func (d *Decoder) Decode(subject string, h nats.Header, data []byte) (*Event, er
 		return nil, fmt.Errorf("%w: %s %q does not match the payload's %q", ErrInvalid, HeaderSubject, truncate(s, 64), p.CESubject())
 	}
 	if subject != "" {
-		if err := checkRoute(subject, p); err != nil {
+		if err := checkRoute(subject, ev.Source, p); err != nil {
 			return nil, err
 		}
 	}
@@ -336,10 +336,29 @@ func (d *Decoder) headerLimit() int {
 	return DefaultHeaderBytes
 }
 
+// DeviceSource is the ce-source of the events device id publishes:
+// /sled/device/<id>.
+func DeviceSource(id string) string { return "/sled/device/" + id }
+
 // checkRoute checks that the message arrived on the subject its payload
-// routes to.
-func checkRoute(subject string, p Payload) error {
+// routes to, and that a draft speaks for the device whose subject it is on.
+func checkRoute(subject, source string, p Payload) error {
 	switch v := p.(type) {
+	case *DraftReady:
+		s, err := ParseSubject(subject)
+		if err != nil {
+			return err
+		}
+		if s.Kind != KindDraft {
+			break
+		}
+		if s.Device != v.DeviceID || s.Pool != v.Pool {
+			return fmt.Errorf("%w: draft for device %q pool %q published on %q, device %q's subject", ErrIdentity, truncate(v.DeviceID, 64), truncate(v.Pool, 64), truncate(subject, 128), s.Device)
+		}
+		if source != DeviceSource(s.Device) {
+			return fmt.Errorf("%w: draft on %q has source %q, want %q", ErrIdentity, truncate(subject, 128), truncate(source, 128), DeviceSource(s.Device))
+		}
+		return nil
 	case *VerifyBatch:
 		// A batch for any worker may be re-routed to a worker subject, never
 		// to another pool.

@@ -22,6 +22,12 @@ var (
 	// ErrInvalid: the event is well-formed but inconsistent (lengths that
 	// must agree, prefix hash, subject vs payload, duplicate sessions).
 	ErrInvalid = errors.New("events: invalid event")
+	// ErrIdentity: the event speaks for someone other than who may publish on
+	// its subject: a draft whose device or pool is not its subject's, or whose
+	// ce-source is not that device's ([DeviceSource]). With NATS auth on, only
+	// device X may publish on X's draft subject, so the subject is the
+	// publisher's identity.
+	ErrIdentity = errors.New("events: identity mismatch")
 )
 
 var reasons = []struct {
@@ -35,13 +41,14 @@ var reasons = []struct {
 	{ErrTooLarge, "too_large"},
 	{ErrTokenRange, "token_range"},
 	{ErrInvalid, "invalid"},
+	{ErrIdentity, "identity"},
 	{ErrBadSubject, "bad_subject"},
 }
 
 // Reason maps an error to the short code carried in an error result's
 // reason field and used as the dead-letter subject token: "malformed",
 // "unsupported_specversion", "unknown_type", "schema", "too_large",
-// "token_range", "invalid", "bad_subject"; "internal" for any
+// "token_range", "invalid", "identity", "bad_subject"; "internal" for any
 // other non-nil error and "" for nil.
 func Reason(err error) string {
 	if err == nil {

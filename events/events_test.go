@@ -60,7 +60,7 @@ func mustJSON(t testing.TB, v any) []byte {
 func TestRoundTrip(t *testing.T) {
 	for _, p := range samples() {
 		t.Run(p.EventType(), func(t *testing.T) {
-			ev := New("/sled/test", p)
+			ev := New(sourceOf(p), p)
 			ev.TraceParent, ev.TraceState = testTrace, "sled=1"
 			m, err := Encode(ev)
 			if err != nil {
@@ -94,7 +94,7 @@ func TestRoundTrip(t *testing.T) {
 
 func encodeT(t testing.TB, p Payload) *nats.Msg {
 	t.Helper()
-	m, err := Encode(New("/sled/test", p))
+	m, err := Encode(New(sourceOf(p), p))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,11 +169,29 @@ func TestDecodeErrors(t *testing.T) {
 	}
 }
 
+// sourceOf is the source a payload's publisher uses: a draft's device's, a
+// test's otherwise.
+func sourceOf(p Payload) string {
+	if d, ok := p.(*DraftReady); ok {
+		return DeviceSource(d.DeviceID)
+	}
+	return "/sled/test"
+}
+
 func TestDecodeWrongSubject(t *testing.T) {
 	m := encodeT(t, sampleDraft("d1", "s1", 1))
 	// Device d2 publishing a draft that claims to be d1's.
-	if _, err := Decode(DraftSubject("p0", "d2"), m.Header, m.Data); !errors.Is(err, ErrInvalid) {
+	if _, err := Decode(DraftSubject("p0", "d2"), m.Header, m.Data); !errors.Is(err, ErrIdentity) || Reason(err) != "identity" {
 		t.Fatalf("spoofed device: %v", err)
+	}
+	// A draft on its own device's subject whose source names another.
+	forged := sampleDraft("d2", "s1", 1)
+	fm, err := Encode(New(DeviceSource("d1"), forged))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Decode(DraftSubject("p0", "d2"), fm.Header, fm.Data); !errors.Is(err, ErrIdentity) {
+		t.Fatalf("forged source: %v", err)
 	}
 	b := encodeT(t, sampleBatch())
 	if _, err := Decode(BatchSubject("p1", "w1"), b.Header, b.Data); !errors.Is(err, ErrInvalid) {

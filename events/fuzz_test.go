@@ -41,7 +41,7 @@ func checkDecoded(t *testing.T, dec *Decoder, ev *Event) {
 
 func fuzzType(f *testing.F, seed Payload, extra ...string) {
 	dec := &Decoder{VocabSize: 32000}
-	good, err := Encode(New("/sled/fuzz", seed))
+	good, err := Encode(New(sourceOf(seed), seed))
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func FuzzDecodeVerifyResult(f *testing.F) {
 // draft.
 func FuzzDecodeHeaders(f *testing.F) {
 	dec := &Decoder{VocabSize: 32000}
-	good, err := Encode(New("/sled/fuzz", sampleDraft("d1", "s1", 1)))
+	good, err := Encode(New(DeviceSource("d1"), sampleDraft("d1", "s1", 1)))
 	if err != nil {
 		f.Fatal(err)
 	}

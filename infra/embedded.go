@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/sled-project/sled/natsauth"
 )
 
 // EmbeddedConfig configures an in-process nats-server with JetStream. Zero
@@ -53,6 +56,27 @@ type EmbeddedConfig struct {
 	ClusterHost string
 	ClusterPort int
 	Routes      []string
+
+	// Trust, when set, turns authentication on (NATS operator mode): every
+	// client, route-free leaf or device, must present a credential the trust's
+	// operator signed (see package natsauth). Nil: no authentication, which is
+	// only fit for a loopback listener.
+	Trust *natsauth.Trust
+	// TLS, when its files are set, makes the client (and leaf node) listener
+	// TLS-only.
+	TLS TLSFiles
+
+	// LeafPort, when not 0, listens for leaf nodes (edge sites) on
+	// Host:LeafPort (-1: any free port).
+	LeafPort int
+	// LeafRemotes, when set, makes this server a leaf node of a hub: it dials
+	// these nats-leaf:// URLs (one or more nodes of the hub cluster) with
+	// LeafCreds and joins the hub's SLED account. A leaf node runs without
+	// JetStream: its clients reach the hub's streams through it.
+	LeafRemotes []string
+	// LeafCreds is the leaf's credential on the hub (natsauth.RoleLeaf);
+	// required with LeafRemotes when the hub has auth on.
+	LeafCreds string
 
 	// ReadyTimeout bounds the wait for the server to accept clients
 	// (default 10s).
@@ -104,11 +128,12 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("infra: store dir: %w", err)
 	}
+	leaf := len(cfg.LeafRemotes) > 0
 	opts := &server.Options{
 		ServerName:         cfg.ServerName,
 		Host:               cfg.Host,
 		Port:               cfg.Port,
-		JetStream:          true,
+		JetStream:          !leaf,
 		StoreDir:           cfg.StoreDir,
 		JetStreamMaxMemory: cfg.MaxMemory,
 		JetStreamMaxStore:  cfg.MaxStore,
@@ -128,6 +153,48 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		if len(cfg.Routes) > 0 {
 			opts.Routes = server.RoutesFromStr(strings.Join(cfg.Routes, ","))
 		}
+	}
+	if cfg.Trust != nil {
+		cfg.Trust.Apply(opts)
+	}
+	if cfg.TLS.enabled() {
+		tc, err := cfg.TLS.serverConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts.TLSConfig, opts.TLSVerify = tc, cfg.TLS.CAFile != "" && cfg.TLS.VerifyClients
+	}
+	if cfg.LeafPort != 0 {
+		port := cfg.LeafPort
+		if port < 0 {
+			port = server.RANDOM_PORT
+		}
+		opts.LeafNode.Host, opts.LeafNode.Port = cfg.Host, port
+		if cfg.TLS.enabled() {
+			opts.LeafNode.TLSConfig = opts.TLSConfig
+		}
+	}
+	if leaf {
+		remote := &server.RemoteLeafOpts{Credentials: cfg.LeafCreds}
+		if cfg.Trust != nil {
+			remote.LocalAccount = cfg.Trust.Account()
+		}
+		for _, u := range cfg.LeafRemotes {
+			pu, err := url.Parse(u)
+			if err != nil {
+				return nil, fmt.Errorf("infra: leaf remote %q: %w", u, err)
+			}
+			remote.URLs = append(remote.URLs, pu)
+		}
+		if cfg.TLS.CAFile != "" {
+			tc, err := cfg.TLS.ClientConfig()
+			if err != nil {
+				return nil, err
+			}
+			remote.TLS, remote.TLSConfig = true, tc
+		}
+		opts.LeafNode.Remotes = []*server.RemoteLeafOpts{remote}
+		opts.LeafNode.ReconnectInterval = time.Second
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -149,7 +216,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		srv.Shutdown()
 		return nil, ctx.Err()
 	}
-	if !srv.JetStreamEnabled() {
+	if !leaf && !srv.JetStreamEnabled() {
 		srv.Shutdown()
 		return nil, errors.New("infra: JetStream did not start")
 	}
@@ -161,6 +228,18 @@ func (e *Embedded) ClientURL() string { return e.srv.ClientURL() }
 
 // Addr is the client listener's address (useful with Port -1).
 func (e *Embedded) Addr() net.Addr { return e.srv.Addr() }
+
+// LeafAddr is the leaf node listener's address ("" without LeafPort).
+func (e *Embedded) LeafAddr() string {
+	if e.cfg.LeafPort == 0 {
+		return ""
+	}
+	v, err := e.srv.Varz(nil)
+	if err != nil || v.LeafNode.Port == 0 {
+		return ""
+	}
+	return net.JoinHostPort(e.cfg.Host, strconv.Itoa(v.LeafNode.Port))
+}
 
 // Server exposes the underlying server, e.g. for monitoring.
 func (e *Embedded) Server() *server.Server { return e.srv }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/natsauth"
 	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/verifier"
 )
@@ -41,6 +43,18 @@ type ServerConfig struct {
 	// NATS configures the embedded server (a free port and a temporary store
 	// by default).
 	NATS infra.EmbeddedConfig
+	// Auth, when set, turns NATS authentication on: the embedded server trusts
+	// the authority, and every role (and every device Dial connects) gets its
+	// own credential from it, written to CredsDir as <id>.creds (kept and
+	// reused when it is already there). With an external server (NATSURL) the
+	// server must already trust the same authority. Default: none.
+	Auth *natsauth.Authority
+	// CredsDir is where credentials are written. Default: Auth.Dir().
+	CredsDir string
+	// ClientTLS is what this process's own connections check the NATS server
+	// with (its CA; a client certificate for mutual TLS). Default: the
+	// embedded server's CA file (NATS.TLS.CAFile), if any.
+	ClientTLS infra.TLSFiles
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives spans and metrics (default none).
@@ -48,6 +62,12 @@ type ServerConfig struct {
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
+	if c.Auth != nil && c.CredsDir == "" {
+		c.CredsDir = c.Auth.Dir()
+	}
+	if c.ClientTLS == (infra.TLSFiles{}) {
+		c.ClientTLS = infra.TLSFiles{CAFile: c.NATS.TLS.CAFile}
+	}
 	if c.Pool == "" {
 		c.Pool = events.DefaultPool
 	}
@@ -69,8 +89,10 @@ type Server struct {
 	cfg         ServerConfig
 	natsCfg     infra.EmbeddedConfig // the embedded server's settings, port resolved
 	url         string
-	conn        *nats.Conn // the batcher's, and the caller's
+	conn        *nats.Conn // the caller's (admin with auth on), and the batcher's without
 	js          jetstream.JetStream
+	bconn       *nats.Conn // the batcher's
+	bjs         jetstream.JetStream
 	wconn       *nats.Conn // the verifier worker's
 	wjs         jetstream.JetStream
 	expiry      *infra.ExpiryWatcher
@@ -114,6 +136,13 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		if nc.Logger == nil {
 			nc.Logger = cfg.Logger
 		}
+		if cfg.Auth != nil && nc.Trust == nil {
+			t, err := natsauth.LoadTrust(cfg.Auth.Dir())
+			if err != nil {
+				return s, fmt.Errorf("services: %w", err)
+			}
+			nc.Trust = t
+		}
 		emb, err := infra.StartEmbedded(ctx, nc)
 		if err != nil {
 			return s, fmt.Errorf("services: %w", err)
@@ -124,14 +153,20 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		}
 		s.natsCfg = nc
 	}
-	if s.conn, s.js, err = infra.Connect(ctx, s.url, "sled-server"); err != nil {
-		return s, fmt.Errorf("services: %w", err)
+	if s.conn, s.js, err = s.Dial(ctx, natsauth.Identity{ID: "sled-admin", Role: natsauth.RoleAdmin, Pool: cfg.Pool}, "sled-server"); err != nil {
+		return s, err
 	}
 	if err := infra.ProvisionTopology(ctx, s.js, infra.Topology{}); err != nil {
 		return s, fmt.Errorf("services: %w", err)
 	}
-	if s.wconn, s.wjs, err = infra.Connect(ctx, s.url, "sled-verifier-"+cfg.WorkerName); err != nil {
-		return s, fmt.Errorf("services: %w", err)
+	s.bconn, s.bjs = s.conn, s.js
+	if cfg.Auth != nil {
+		if s.bconn, s.bjs, err = s.Dial(ctx, natsauth.Identity{ID: "batcher-" + cfg.Pool, Role: natsauth.RoleBatcher, Pool: cfg.Pool}, "sled-batcher-"+cfg.Pool); err != nil {
+			return s, err
+		}
+	}
+	if s.wconn, s.wjs, err = s.Dial(ctx, natsauth.Identity{ID: cfg.WorkerName, Role: natsauth.RoleVerifier, Pool: cfg.Pool}, "sled-verifier-"+cfg.WorkerName); err != nil {
+		return s, err
 	}
 	if s.expiry, err = infra.WatchExpiries(ctx, s.conn, s.js, infra.ExpiryConfig{Logger: cfg.Logger}); err != nil {
 		return s, fmt.Errorf("services: %w", err)
@@ -143,6 +178,52 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		return s, err
 	}
 	return s, nil
+}
+
+// Dial connects to the server's NATS as id: with Auth, under a credential
+// issued for id (CredsDir/<id>.creds, reused when it names the same role and
+// pool), else anonymously; over TLS when ClientTLS says so. The caller closes
+// the connection. Devices of `sled up` connect this way when auth is on.
+func (s *Server) Dial(ctx context.Context, id natsauth.Identity, name string) (*nats.Conn, jetstream.JetStream, error) {
+	auth := infra.ClientAuth{TLS: s.cfg.ClientTLS}
+	if s.cfg.Auth != nil {
+		path, err := s.Creds(id)
+		if err != nil {
+			return nil, nil, err
+		}
+		auth.Creds = path
+	}
+	opts, err := auth.Options()
+	if err != nil {
+		return nil, nil, fmt.Errorf("services: %w", err)
+	}
+	nc, js, err := infra.Connect(ctx, s.url, name, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("services: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Creds returns the path of id's credential in CredsDir, issuing it when
+// there is none for id's role and pool yet. It fails without Auth.
+func (s *Server) Creds(id natsauth.Identity) (string, error) {
+	if s.cfg.Auth == nil {
+		return "", errors.New("services: no NATS authority (auth is off)")
+	}
+	if id.Pool == "" {
+		id.Pool = s.cfg.Pool
+	}
+	path := filepath.Join(s.cfg.CredsDir, id.ID+".creds")
+	if have, err := natsauth.CredsIdentity(path); err == nil && have.ID == id.ID && have.Role == id.Role && have.Pool == id.Pool && s.cfg.Auth.InForce(id.ID, have.User) {
+		return path, nil
+	}
+	if err := os.MkdirAll(s.cfg.CredsDir, 0o700); err != nil {
+		return "", fmt.Errorf("services: %w", err)
+	}
+	if err := s.cfg.Auth.IssueFile(id, path); err != nil {
+		return "", fmt.Errorf("services: %w", err)
+	}
+	return path, nil
 }
 
 // URL is the NATS server's client URL.
@@ -174,7 +255,7 @@ func (s *Server) Verifier() *verifier.Verifier {
 // StartBatcher starts the batcher (again, after StopBatcher): a fresh one on the
 // same durable consumer, as a crashed batcher's replacement would be.
 func (s *Server) StartBatcher() error {
-	b, err := batcher.New(s.conn, s.js, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.cfg.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	b, err := batcher.New(s.bconn, s.bjs, batcher.Config{Pool: s.cfg.Pool, Policy: s.cfg.Batch, VocabSize: s.cfg.Target.VocabSize(), Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		return err
 	}
@@ -261,7 +342,7 @@ func (s *Server) Close() error {
 		if s.expiry != nil {
 			s.expiry.Stop()
 		}
-		for _, c := range []*nats.Conn{s.wconn, s.conn} {
+		for _, c := range []*nats.Conn{s.wconn, s.bconn, s.conn} {
 			if c != nil {
 				c.Close()
 			}

@@ -24,6 +24,7 @@ import (
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/infra"
+	"github.com/sled-project/sled/natsauth"
 	"github.com/sled-project/sled/telemetry"
 	"github.com/sled-project/sled/textgen"
 	"github.com/sled-project/sled/verifier"
@@ -73,6 +74,12 @@ type UpConfig struct {
 	// NATS configures the embedded server (default: a free port on 127.0.0.1, a
 	// fresh store directory under the temporary directory).
 	NATS infra.EmbeddedConfig
+	// AuthDir, when set, turns NATS authentication on (SLED mode): the NATS
+	// authority in AuthDir (natsauth.Init: made on first use, reused after)
+	// signs a credential for every role and device, written there as
+	// <id>.creds, and each device connects with its own. Default: no
+	// authentication, fit only for a loopback listener.
+	AuthDir string
 	// Pool is the verification pool. Default events.DefaultPool.
 	Pool string
 	// Batch is the batch policy.
@@ -110,6 +117,7 @@ type System struct {
 	devices    []*drafter.Device
 	edges      []*drafter.Edge
 	generators []httpapi.Device // what the API serves, in device order
+	conns      []*nats.Conn     // the devices' own connections (auth on)
 	api        *httpapi.Server
 	httpAddr   string // the API's address when serving
 
@@ -307,9 +315,17 @@ func deviceName(i int, model string) string {
 }
 
 func (s *System) startSLED(ctx, runCtx context.Context) error {
+	var auth *natsauth.Authority
+	if s.cfg.AuthDir != "" {
+		a, err := natsauth.Init(s.cfg.AuthDir)
+		if err != nil {
+			return fmt.Errorf("services: %w", err)
+		}
+		auth = a
+	}
 	srv, err := StartServer(ctx, ServerConfig{
 		Target: s.target, Pool: s.cfg.Pool, WorkerName: s.cfg.WorkerName, ModelName: s.modelName(), Batch: s.cfg.Batch, Verifier: s.cfg.Verifier,
-		NATSURL: s.cfg.NATSURL, NATS: s.cfg.NATS, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry,
+		NATSURL: s.cfg.NATSURL, NATS: s.cfg.NATS, Auth: auth, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 	})
 	if err != nil {
 		return err
@@ -317,8 +333,17 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 	s.server = srv
 	for i := range s.cfg.Devices {
 		path, id := s.draft(i)
-		d, err := drafter.New(ctx, s.models[path], srv.Conn(), srv.JS(), drafter.Config{
-			DeviceID: deviceName(i, id), ModelName: id, Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
+		name := deviceName(i, id)
+		nc, js := srv.Conn(), srv.JS()
+		if auth != nil {
+			// Each device under its own credential, as on a real fleet.
+			if nc, js, err = srv.Dial(ctx, natsauth.Identity{ID: name, Role: natsauth.RoleDevice, Pool: s.cfg.Pool}, "sled-device-"+name); err != nil {
+				return err
+			}
+			s.conns = append(s.conns, nc)
+		}
+		d, err := drafter.New(ctx, s.models[path], nc, js, drafter.Config{
+			DeviceID: name, ModelName: id, Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			VerifierTimeout: s.cfg.VerifierTimeout,
 			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
@@ -422,6 +447,9 @@ func (s *System) Close() error {
 		}
 		for _, e := range s.edges {
 			e.Close()
+		}
+		for _, c := range s.conns {
+			c.Close()
 		}
 		if s.server != nil {
 			s.server.Close()
