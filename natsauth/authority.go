@@ -274,6 +274,20 @@ func (a *Authority) IssueFile(id Identity, path string) error {
 	return writeFile(path, creds, 0o600)
 }
 
+// EnsureFile makes sure path holds a credential for id in force: one already
+// there for the same id, role and pool, issued by this authority and not
+// revoked, is kept; otherwise a new one is issued to path. It reports whether
+// it issued.
+func (a *Authority) EnsureFile(id Identity, path string) (bool, error) {
+	if id.Pool == "" {
+		id.Pool = events.DefaultPool
+	}
+	if have, err := CredsIdentity(path); err == nil && have.ID == id.ID && have.Role == id.Role && have.Pool == id.Pool && a.InForce(id.ID, have.User) {
+		return false, nil
+	}
+	return true, a.IssueFile(id, path)
+}
+
 // Revoke revokes every credential issued to id so far (a credential issued
 // later is valid) and rewrites account.jwt. Servers that load trust from the
 // directory (LoadTrust, Trust.Watch) disconnect the id's connections and

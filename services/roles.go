@@ -33,18 +33,31 @@ type Conn struct {
 	Name string
 	// Replicas of provisioned streams (3 on a three-node cluster). Default 1.
 	Replicas int
+	// Auth is the role's credential and TLS settings. Default: anonymous,
+	// plain text.
+	Auth infra.ClientAuth
 }
 
-func (c Conn) dial(ctx context.Context, fallbackName string) (*nats.Conn, jetstream.JetStream, error) {
+// dial connects and, for a service (provision true) or an anonymous device,
+// provisions the streams. A device with a credential may not touch the
+// JetStream API: it relies on the services to have made the streams.
+func (c Conn) dial(ctx context.Context, fallbackName string, provision bool) (*nats.Conn, jetstream.JetStream, error) {
 	if c.URL == "" {
 		c.URL = nats.DefaultURL
 	}
 	if c.Name == "" {
 		c.Name = fallbackName
 	}
-	nc, js, err := infra.Connect(ctx, c.URL, c.Name)
+	opts, err := c.Auth.Options()
 	if err != nil {
 		return nil, nil, err
+	}
+	nc, js, err := infra.Connect(ctx, c.URL, c.Name, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !provision && c.Auth.Creds != "" {
+		return nc, js, nil
 	}
 	if err := infra.ProvisionTopology(ctx, js, infra.Topology{Replicas: c.Replicas}); err != nil {
 		nc.Close()
@@ -76,7 +89,7 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 		return err
 	}
 	defer m.Close()
-	nc, js, err := r.Conn.dial(ctx, "sled-verifier-"+r.Name)
+	nc, js, err := r.Conn.dial(ctx, "sled-verifier-"+r.Name, true)
 	if err != nil {
 		return err
 	}
@@ -107,7 +120,7 @@ type BatcherRole struct {
 
 // RunBatcher runs a batcher until ctx ends.
 func RunBatcher(ctx context.Context, r BatcherRole) error {
-	nc, js, err := r.Conn.dial(ctx, "sled-batcher")
+	nc, js, err := r.Conn.dial(ctx, "sled-batcher", true)
 	if err != nil {
 		return err
 	}
@@ -140,7 +153,7 @@ func RunDrafter(ctx context.Context, r DrafterRole) error {
 		return err
 	}
 	defer m.Close()
-	nc, js, err := r.Conn.dial(ctx, "sled-device-"+r.Device.DeviceID)
+	nc, js, err := r.Conn.dial(ctx, "sled-device-"+r.Device.DeviceID, false)
 	if err != nil {
 		return err
 	}

@@ -214,13 +214,10 @@ func (s *Server) Creds(id natsauth.Identity) (string, error) {
 		id.Pool = s.cfg.Pool
 	}
 	path := filepath.Join(s.cfg.CredsDir, id.ID+".creds")
-	if have, err := natsauth.CredsIdentity(path); err == nil && have.ID == id.ID && have.Role == id.Role && have.Pool == id.Pool && s.cfg.Auth.InForce(id.ID, have.User) {
-		return path, nil
-	}
 	if err := os.MkdirAll(s.cfg.CredsDir, 0o700); err != nil {
 		return "", fmt.Errorf("services: %w", err)
 	}
-	if err := s.cfg.Auth.IssueFile(id, path); err != nil {
+	if _, err := s.cfg.Auth.EnsureFile(id, path); err != nil {
 		return "", fmt.Errorf("services: %w", err)
 	}
 	return path, nil

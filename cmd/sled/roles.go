@@ -23,6 +23,7 @@ func init() {
 	connFlags := func(cmd *cobra.Command) {
 		cmd.Flags().StringVar(&conn.URL, "nats", "nats://127.0.0.1:4222", "NATS server URL")
 		cmd.Flags().IntVar(&conn.Replicas, "replicas", 1, "replicas of the streams this role provisions (3 on a three-node cluster)")
+		clientAuthFlags(cmd, &conn.Auth)
 	}
 
 	{

@@ -105,6 +105,9 @@ func init() {
 		demo     bool
 		demoText string
 		apiKeys  []string
+		auth     bool
+		credsDir string
+		natsTLS  infra.TLSFiles
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -127,9 +130,17 @@ TinyStories set in the model directory). --target and --draft override it.`,
 			}
 			cfg := services.UpConfig{
 				Mode: mode, Devices: devices, HTTPAddr: httpAddr, NATSURL: natsURL,
-				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir},
+				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir, TLS: natsTLS},
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
+			}
+			if auth {
+				if credsDir == "" {
+					return errors.New("--auth needs --creds-dir: the directory the NATS authority and every credential are kept in")
+				}
+				cfg.AuthDir = credsDir
+			} else if credsDir != "" {
+				return errors.New("--creds-dir without --auth: pass --auth to turn NATS authentication on")
 			}
 			pair, ok := modelcache.LookupPair(pairName)
 			if !ok {
@@ -178,6 +189,9 @@ TinyStories set in the model directory). --target and --draft override it.`,
 			fmt.Printf("sled up (%s mode) in %s: %d devices, API http://%s/v1", cfg.Mode, time.Since(start).Round(time.Millisecond), len(sys.Generators()), sys.HTTPAddr())
 			if sys.URL() != "" {
 				fmt.Printf(", NATS %s", sys.URL())
+				if auth {
+					fmt.Printf(" (auth on: credentials in %s)", credsDir)
+				}
 			}
 			if a := tel.MetricsAddr(); a != "" {
 				fmt.Printf(", metrics http://%s/metrics", a)
@@ -210,6 +224,9 @@ TinyStories set in the model directory). --target and --draft override it.`,
 	f.StringVar(&natsURL, "nats", "", "external NATS URL instead of the embedded server")
 	f.IntVar(&natsPort, "nats-port", -1, "embedded NATS client port (-1: a free port)")
 	f.StringVar(&storeDir, "store-dir", "", "embedded JetStream store directory (default: a temporary directory)")
+	f.BoolVar(&auth, "auth", false, "turn NATS authentication on: every role and device connects under its own credential (see docs/deployment.md)")
+	f.StringVar(&credsDir, "creds-dir", "", "with --auth: the NATS authority's directory (made on first use), where every device's and role's credential is written as <id>.creds")
+	serverTLSFlags(cmd, &natsTLS)
 	f.BoolVar(&demo, "demo", true, "print one demo completion per device with its acceptance figures")
 	f.StringVar(&demoText, "demo-prompt", "", "prompt of the demo completions (default: the pair's)")
 	p.register(cmd, true, true)
