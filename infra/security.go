@@ -25,6 +25,10 @@ type TLSFiles struct {
 
 func (t TLSFiles) enabled() bool { return t.CertFile != "" && t.KeyFile != "" }
 
+// Enabled reports whether t, as a server's, turns TLS on (a certificate and
+// key are set).
+func (t TLSFiles) Enabled() bool { return t.enabled() }
+
 func (t TLSFiles) serverConfig() (*tls.Config, error) {
 	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{
 		CertFile: t.CertFile, KeyFile: t.KeyFile, CaFile: t.CAFile, Verify: t.CAFile != "" && t.VerifyClients,
