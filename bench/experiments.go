@@ -209,7 +209,7 @@ func (o Options) trial(devices int, p Profile) Trial {
 }
 
 // Experiments lists the experiment names Run knows.
-var Experiments = []string{"capacity", "wstgr", "speclen", "cost", "transport", "device"}
+var Experiments = []string{"capacity", "wstgr", "speclen", "cost", "transport", "device", "workers"}
 
 // Run runs the named experiment and returns its report; plots go to o.PlotDir.
 func Run(ctx context.Context, name string, o Options) (*Report, error) {
@@ -227,6 +227,8 @@ func Run(ctx context.Context, name string, o Options) (*Report, error) {
 		return runTransport(ctx, o)
 	case "device":
 		return runDevice(ctx, o)
+	case "workers":
+		return runWorkers(ctx, o)
 	}
 	return nil, fmt.Errorf("bench: unknown experiment %q (known: %v)", name, Experiments)
 }

@@ -119,7 +119,7 @@ func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 		Rounds: func(i int) sim.RoundSource {
 			return samplerSource{NewSampler(e.Acceptance, t.Policy, t.Seed*1_000_003+uint64(i))}
 		},
-		Batch: t.Batch, Slots: t.Devices + 4, Cost: cost,
+		Batch: t.Batch, Slots: t.Devices + 4, Cost: cost, Workers: t.Workers,
 		UpMs: msg.UpMs, HopMs: msg.HopMs, DownMs: msg.DownMs, ResultMs: msg.ResultMs,
 		StepMs: msg.StepMs, StepScale: msg.StepScale,
 		PromptLen: prompt / max(1, len(e.Prompts)), ContLen: cont / max(1, len(e.Conts)),

@@ -39,6 +39,10 @@ type Trial struct {
 	Timeout time.Duration
 	// Seed makes the devices' draws reproducible.
 	Seed uint64
+	// Workers is the number of verifier workers (SLED; default 1). The
+	// server's threads are shared out among them, so W workers on this
+	// machine use the cores one worker would.
+	Workers int
 }
 
 func (t Trial) withDefaults() Trial {
@@ -50,6 +54,9 @@ func (t Trial) withDefaults() Trial {
 	}
 	if t.Timeout <= 0 {
 		t.Timeout = 10 * time.Second
+	}
+	if t.Workers <= 0 {
+		t.Workers = 1
 	}
 	t.Batch = t.Batch.WithDefaults()
 	return t
@@ -73,8 +80,8 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	}
 	log := e.Cfg.Logger
 	srv, err := services.StartServer(ctx, services.ServerConfig{
-		Target: e.Target, WorkerName: "bench-1", Batch: t.Batch, Logger: log,
-		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: e.Cfg.Threads},
+		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Logger: log,
+		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -98,7 +105,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	}
 	// Wait for the worker's first heartbeat to reach the batcher, so the first
 	// batches are routed to it rather than to the shared subject.
-	for deadline := time.Now().Add(5 * time.Second); len(srv.Batcher().Workers()) == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(5 * time.Second); len(srv.Batcher().Workers()) < t.Workers && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
 	start := time.Now()

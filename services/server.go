@@ -31,6 +31,11 @@ type ServerConfig struct {
 	Pool string
 	// WorkerName names the verifier worker. Default "worker-1".
 	WorkerName string
+	// Workers is the number of verifier workers (default 1): the first is
+	// WorkerName, the others WorkerName-2, WorkerName-3, ..., each with its own
+	// verifier (KV slots, threads per Verifier) on the one target model and its
+	// own connection. The fault hooks act on the first only.
+	Workers int
 	// ModelName is the id the target is served under, announced in the worker's
 	// heartbeats. Default: the target file's name without its extension.
 	ModelName string
@@ -74,6 +79,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.WorkerName == "" {
 		c.WorkerName = "worker-1"
 	}
+	if c.Workers <= 0 {
+		c.Workers = 1
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -99,6 +107,7 @@ type Server struct {
 	ownStoreDir string
 
 	batcherRole, verifierRole runner
+	extra                     []*runner // workers 2..Workers
 	mu                        sync.Mutex
 	emb                       *infra.Embedded // nil with an external server
 	batcher                   *batcher.Batcher
@@ -177,7 +186,41 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 	if err := s.StartVerifier(); err != nil {
 		return s, err
 	}
+	for i := 2; i <= cfg.Workers; i++ {
+		if err := s.startExtraWorker(ctx, fmt.Sprintf("%s-%d", cfg.WorkerName, i)); err != nil {
+			return s, err
+		}
+	}
 	return s, nil
+}
+
+// startExtraWorker runs one more verifier worker named name until Close.
+func (s *Server) startExtraWorker(ctx context.Context, name string) error {
+	nc, js, err := s.Dial(ctx, natsauth.Identity{ID: name, Role: natsauth.RoleVerifier, Pool: s.cfg.Pool}, "sled-verifier-"+name)
+	if err != nil {
+		return err
+	}
+	v, err := verifier.New(s.cfg.Target, s.cfg.Verifier)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: name, Model: s.cfg.ModelName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	if err != nil {
+		v.Close()
+		nc.Close()
+		return err
+	}
+	r := &runner{}
+	if err := r.start(func(ctx context.Context) { _ = w.Run(ctx); v.Close(); nc.Close() }); err != nil {
+		v.Close()
+		nc.Close()
+		return fmt.Errorf("services: verifier %s %w", name, err)
+	}
+	s.mu.Lock()
+	s.extra = append(s.extra, r)
+	s.mu.Unlock()
+	return nil
 }
 
 // Dial connects to the server's NATS as id: with Auth, under a credential
@@ -334,6 +377,12 @@ func (s *Server) RestartNATS(ctx context.Context, down time.Duration) error {
 // Close stops the worker, the batcher and the NATS server it started.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		extra := s.extra
+		s.mu.Unlock()
+		for _, r := range extra {
+			r.halt()
+		}
 		s.StopVerifier()
 		s.StopBatcher()
 		if s.expiry != nil {

@@ -99,6 +99,12 @@ type Config struct {
 	// slots; it takes queued batches while they fit, and always at least one).
 	// Default Devices+4, as the benchmark's verifier.
 	Slots int
+	// Workers is the number of verifier workers (each a server with its own
+	// forward passes at Cost, Slots drafts per pass). Device i's sessions stick
+	// to worker i mod Workers, as the batcher's router keeps a session on one
+	// worker; one batcher serves them all, closing each worker's batches by
+	// Batch with the fleet's active-device count. Default 1.
+	Workers int
 	// Cost is the server's forward-pass cost.
 	Cost PassCost
 	// UpMs is the latency from a device's publish to the batcher having the
@@ -157,6 +163,9 @@ func (c Config) withDefaults() Config {
 	c.Batch = c.Batch.WithDefaults()
 	if c.ActiveWindow <= 0 {
 		c.ActiveWindow = time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 1
 	}
 	if c.Slots <= 0 {
 		c.Slots = c.Devices + 4
@@ -298,63 +307,75 @@ func SLED(cfg Config) Result {
 	}
 	active := func() int { return activity.Count(at(l.Now)) }
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
-	var pending []int // drafts at the batcher
-	var oldest float64
-	var delivered [][]int // batches at the worker, waiting
-	var inFlight [][]int  // batches between batcher and worker
-	busy := false
-	var inPass []int
-	tryAt := -1.0
+	type simWorker struct {
+		pending   []int // drafts at the batcher for this worker
+		oldest    float64
+		delivered [][]int // batches at the worker, waiting
+		inFlight  [][]int // batches between batcher and worker
+		busy      bool
+		inPass    []int
+		tryAt     float64
+	}
+	ws := make([]simWorker, cfg.Workers)
+	for w := range ws {
+		ws[w].tryAt = -1
+	}
+	workerOf := func(dev int) int { return dev % cfg.Workers }
 	var res Result
 	var batchSum, closedSum, closed, rounds int
 	var roundSum, passSum float64
-	startPass := func() {
-		if busy || len(delivered) == 0 {
+	startPass := func(w int) {
+		wk := &ws[w]
+		if wk.busy || len(wk.delivered) == 0 {
 			return
 		}
-		n := verifier.TakeQueued(len(delivered), func(i int) int { return len(delivered[i]) }, cfg.Slots)
-		inPass = inPass[:0]
-		for _, b := range delivered[:n] {
-			inPass = append(inPass, b...)
+		n := verifier.TakeQueued(len(wk.delivered), func(i int) int { return len(wk.delivered[i]) }, cfg.Slots)
+		wk.inPass = wk.inPass[:0]
+		for _, b := range wk.delivered[:n] {
+			wk.inPass = append(wk.inPass, b...)
 		}
-		delivered = slices.Delete(delivered, 0, n)
+		wk.delivered = slices.Delete(wk.delivered, 0, n)
 		tokens, cells := 0, 0
-		for _, i := range inPass {
+		for _, i := range wk.inPass {
 			tokens += devs[i].cur.Len + 1
 			if devs[i].fresh {
 				tokens += cfg.PromptLen
 			}
 		}
 		for i := range devs {
+			if workerOf(i) != w {
+				continue
+			}
 			cells += devs[i].pos
 			if !devs[i].fresh || cfg.ContLen == 0 {
 				cells += cfg.PromptLen
 			}
 		}
-		busy = true
+		wk.busy = true
 		res.Passes++
-		batchSum += len(inPass)
-		pass := cfg.PassScale * cfg.Cost.Ms(tokens, len(inPass), cells+tokens)
+		batchSum += len(wk.inPass)
+		pass := cfg.PassScale * cfg.Cost.Ms(tokens, len(wk.inPass), cells+tokens)
 		passSum += pass
-		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(inPass))
-		l.At(l.Now+ms/1000, evPassDone, -1)
+		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))
+		l.At(l.Now+ms/1000, evPassDone, w)
 	}
-	decide := func() {
-		age := time.Duration((l.Now - oldest) * float64(time.Second))
-		sizes, _, wait := cfg.Batch.Drain(len(pending), active(), age)
+	decide := func(w int) {
+		wk := &ws[w]
+		age := time.Duration((l.Now - wk.oldest) * float64(time.Second))
+		sizes, _, wait := cfg.Batch.Drain(len(wk.pending), active(), age)
 		for _, n := range sizes {
-			inFlight = append(inFlight, slices.Clone(pending[:n]))
-			l.At(l.Now+cfg.HopMs/1000, evDeliver, -1)
-			pending = pending[n:]
-			oldest = l.Now
+			wk.inFlight = append(wk.inFlight, slices.Clone(wk.pending[:n]))
+			l.At(l.Now+cfg.HopMs/1000, evDeliver, w)
+			wk.pending = wk.pending[n:]
+			wk.oldest = l.Now
 			closed++
 			closedSum += n
 		}
-		if len(pending) > 0 {
+		if len(wk.pending) > 0 {
 			at := l.Now + wait.Seconds()
-			if tryAt < l.Now || at < tryAt {
-				tryAt = at
-				l.At(at, evBatchTry, -1)
+			if wk.tryAt < l.Now || at < wk.tryAt {
+				wk.tryAt = at
+				l.At(at, evBatchTry, w)
 			}
 		}
 	}
@@ -368,24 +389,27 @@ func SLED(cfg Config) Result {
 			devs[i].sent = l.Now
 			l.At(l.Now+cfg.UpMs/1000, evArrive, i)
 		case evArrive:
-			if len(pending) == 0 {
-				oldest = l.Now
+			wk := &ws[workerOf(i)]
+			if len(wk.pending) == 0 {
+				wk.oldest = l.Now
 			}
 			activity.Seen(ids[i], at(l.Now))
-			pending = append(pending, i)
-			decide()
+			wk.pending = append(wk.pending, i)
+			decide(workerOf(i))
 		case evBatchTry:
-			decide()
+			decide(i)
 		case evDeliver:
-			delivered = append(delivered, inFlight[0])
-			inFlight = inFlight[1:]
-			startPass()
+			wk := &ws[i]
+			wk.delivered = append(wk.delivered, wk.inFlight[0])
+			wk.inFlight = wk.inFlight[1:]
+			startPass(i)
 		case evPassDone:
-			for _, j := range inPass {
+			wk := &ws[i]
+			for _, j := range wk.inPass {
 				l.At(l.Now+cfg.DownMs/1000, evResult, j)
 			}
-			busy = false
-			startPass()
+			wk.busy = false
+			startPass(i)
 		case evResult:
 			d := &devs[i]
 			got := d.cur.Accepted + 1

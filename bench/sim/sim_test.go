@@ -217,3 +217,27 @@ func TestCentralizedChunkedPrefill(t *testing.T) {
 		t.Errorf("client 0 got %.0f tokens, want %d", r.PerDevice[0]*0.9, want)
 	}
 }
+
+// TestSLEDWorkersScale: a server-bound fleet (devices draft instantly, every
+// worker's passes full at its Slots) gets about W times the tokens/s from W
+// workers, each pass over its own devices' drafts, and exactly one worker's
+// figure with Workers 1.
+func TestSLEDWorkersScale(t *testing.T) {
+	cfg := Config{
+		Devices: 48, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 3, Accepted: 1} },
+		Batch: batcher.Policy{Size: 8, MaxWait: time.Millisecond, NoEarlyClose: true}, Slots: 8,
+		Cost: PassCost{FixedMs: 20, PerTokenMs: 1}, Duration: 200, Seed: 1,
+	}
+	one := SLED(cfg)
+	cfg.Workers = 1
+	if again := SLED(cfg); again.TokensPerSec != one.TokensPerSec {
+		t.Fatalf("Workers 1: %.1f tokens/s, default: %.1f", again.TokensPerSec, one.TokensPerSec)
+	}
+	for _, w := range []int{2, 3} {
+		cfg.Workers = w
+		r := SLED(cfg)
+		if ratio := r.TokensPerSec / one.TokensPerSec; ratio < 0.85*float64(w) || ratio > 1.05*float64(w) {
+			t.Errorf("%d workers: %.1f tokens/s, %.2fx one worker's %.1f, want about %dx", w, r.TokensPerSec, ratio, one.TokensPerSec, w)
+		}
+	}
+}

@@ -44,7 +44,8 @@ func benchCmd() *cobra.Command {
 			"  speclen    per-device tokens/s vs speculative length and confidence threshold (Fig. 5)\n" +
 			"  cost       $ per 1K tokens vs throughput for F16/Q8_0/Q4_0 targets, Pareto front (Fig. 6)\n" +
 			"  transport  share of a round spent in model compute vs NATS/events/batching\n" +
-			"  device     this machine's draft rate (a measured device profile)\n\n" +
+			"  device     this machine's draft rate (a measured device profile)\n" +
+			"  workers    verified tokens/s with 1, 2 and 3 verifier workers, and the simulator's projection for N GPU workers\n\n" +
 			"Device profiles (--profile):\n" + profileHelp(),
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
