@@ -108,6 +108,7 @@ type Server struct {
 
 	batcherRole, verifierRole runner
 	extra                     []*runner // workers 2..Workers
+	stopWatch                 context.CancelFunc
 	mu                        sync.Mutex
 	emb                       *infra.Embedded // nil with an external server
 	batcher                   *batcher.Batcher
@@ -156,6 +157,13 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		if err != nil {
 			return s, fmt.Errorf("services: %w", err)
 		}
+		if nc.Trust != nil {
+			// Revocations (`sled creds revoke` on the authority) apply
+			// without a restart.
+			wctx, stop := context.WithCancel(context.Background())
+			s.stopWatch = stop
+			go s.watchTrust(wctx, nc.Trust)
+		}
 		s.emb, s.url = emb, emb.ClientURL()
 		if a, ok := emb.Addr().(*net.TCPAddr); ok {
 			nc.Port = a.Port
@@ -192,6 +200,31 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		}
 	}
 	return s, nil
+}
+
+// watchTrust applies account.jwt changes to whichever embedded server runs
+// (RestartNATS replaces it) every 2 s until ctx ends.
+func (s *Server) watchTrust(ctx context.Context, t *natsauth.Trust) {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.mu.Lock()
+		emb := s.emb
+		s.mu.Unlock()
+		if emb == nil {
+			continue
+		}
+		if changed, err := t.Reload(emb.Server()); err != nil {
+			s.cfg.Logger.Warn("reloading NATS account", "err", err)
+		} else if changed {
+			s.cfg.Logger.Info("NATS account reloaded (revocations applied)")
+		}
+	}
 }
 
 // startExtraWorker runs one more verifier worker named name until Close.
@@ -396,6 +429,9 @@ func (s *Server) Close() error {
 		s.mu.Lock()
 		emb := s.emb
 		s.mu.Unlock()
+		if s.stopWatch != nil {
+			s.stopWatch()
+		}
 		if emb != nil {
 			emb.Shutdown()
 		}

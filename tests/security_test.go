@@ -156,6 +156,27 @@ func TestAuthEndToEnd(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the rogue's drafts got no error result")
 	}
+	// Revoking the rogue on the authority disconnects it from the running
+	// system (sled up rereads account.jwt), and the devices serve on.
+	closed := make(chan struct{})
+	rogue.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	rogue.SetReconnectHandler(nil)
+	revoked := time.Now()
+	if err := a.Revoke("rogue"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+		t.Logf("rogue disconnected %s after its revocation", time.Since(revoked).Round(time.Millisecond))
+	case <-time.After(6 * time.Second):
+		if rogue.IsConnected() {
+			t.Fatal("revoked rogue still connected after 6 s")
+		}
+	}
+	after := runAll(t, s, ps[:1], genTokens)
+	if !engineEqual(after[0].tokens, want[0].tokens) {
+		t.Errorf("after the revocation: output differs from the target's")
+	}
 	m := getMetrics(t, tel.MetricsAddr())
 	if n := m.sum("sled_events_rejected_total", `reason="identity"`); n == 0 {
 		t.Fatal(`sled_events_rejected_total{reason="identity"} is 0`)
