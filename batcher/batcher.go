@@ -62,10 +62,13 @@ type Stats struct {
 // acknowledged only after the batch holding it is stored in JetStream, so a crash
 // loses nothing: unacknowledged drafts are redelivered. Several batchers of one
 // pool may run (they share the durable consumer), at the cost of smaller batches.
+// A batcher manages the streams it uses: one that vanishes (SLED_DRAFTS, its
+// durable consumer, SLED_BATCHES on publish) is recreated (infra.StreamKeeper).
 type Batcher struct {
 	cfg    Config
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	keeper *infra.StreamKeeper // recreates the SLED streams if they vanish
 	pub    *infra.Publisher
 	source string
 	seq    atomic.Uint64
@@ -128,8 +131,14 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
 	_, _ = rand.Read(rb[:])
 	tel := cfg.Telemetry.Or()
 	pool := attribute.String("pool", cfg.Pool)
+	// The streams the batcher uses: drafts in, batches out, error results and
+	// dead letters of rejected drafts.
+	keeper := infra.NewStreamKeeper(js, infra.KeeperConfig{
+		Streams: infra.Topology{}.Select(infra.StreamDrafts, infra.StreamBatches, infra.StreamResults, infra.StreamDLQ),
+		Logger:  cfg.Logger, Telemetry: cfg.Telemetry,
+	})
 	b := &Batcher{
-		cfg: cfg, nc: nc, js: js, pub: infra.NewPublisher(js, infra.PublisherConfig{}), source: "/sled/batcher/" + cfg.Pool,
+		cfg: cfg, nc: nc, js: js, keeper: keeper, pub: infra.NewPublisher(js, infra.PublisherConfig{Keeper: keeper}), source: "/sled/batcher/" + cfg.Pool,
 		prefix: cfg.Pool + "-" + hex.EncodeToString(rb[:]),
 		router: NewRouter(cfg.HeartbeatTimeout, 0),
 		queues: map[string]*queue{}, recent: Activity{Window: cfg.ActiveWindow},
@@ -183,12 +192,21 @@ func (b *Batcher) Run(ctx context.Context) error {
 		return fmt.Errorf("batcher: heartbeats: %w", err)
 	}
 	defer hb.Unsubscribe()
+	// Recreated streams get the configuration they were provisioned with.
+	if err := b.keeper.Learn(ctx); err != nil {
+		b.cfg.Logger.Debug("learn stream configurations", "err", err)
+	}
+	if stop, err := b.keeper.Watch(ctx, b.nc); err != nil {
+		b.cfg.Logger.Warn("stream deletions will be noticed late", "err", err)
+	} else {
+		defer stop()
+	}
 	cons, err := infra.NewConsumer(ctx, b.js, infra.ConsumerConfig{
 		Stream: infra.StreamDrafts, Durable: "batcher-" + b.cfg.Pool,
 		FilterSubjects: []string{events.DraftFilter(b.cfg.Pool)},
 		AckWait:        b.cfg.AckWait,
 		Decoder:        &events.Decoder{VocabSize: b.cfg.VocabSize},
-		Source:         b.source, Logger: b.cfg.Logger, Telemetry: b.cfg.Telemetry,
+		Source:         b.source, Logger: b.cfg.Logger, Telemetry: b.cfg.Telemetry, Keeper: b.keeper,
 	})
 	if err != nil {
 		return fmt.Errorf("batcher: %w", err)

@@ -44,6 +44,12 @@ var ErrNoProgress = errors.New("drafter: no verification result in time")
 // rather than wait for rounds nobody will answer.
 var ErrNoVerifier = errors.New("drafter: no live verifier for the pool")
 
+// ErrNoDraftStream is returned by Generate in strict mode when no stream took
+// the device's drafts for Config.VerifierTimeout (the drafts stream was deleted
+// and no batcher recreated it, or JetStream is down). It wraps infra.ErrNoStream
+// and textgen.ErrUnavailable (a 503 from the API).
+var ErrNoDraftStream = errors.New("drafter: no stream takes the drafts")
+
 // DefaultVerifierTimeout is Config.VerifierTimeout's default: the batcher's
 // heartbeat timeout, six verifier heartbeats.
 const DefaultVerifierTimeout = 3 * time.Second
@@ -77,8 +83,9 @@ type Config struct {
 	// draft model file's base name without extension.
 	ModelName string
 	// VerifierTimeout: the device counts its pool as served while a verifier
-	// heartbeat came within it (Health, and Generate's first check). Default
-	// DefaultVerifierTimeout.
+	// heartbeat came within it (Health, and Generate's first check). It also
+	// bounds how long a strict generation keeps resending drafts that no
+	// stream takes (ErrNoDraftStream). Default DefaultVerifierTimeout.
 	VerifierTimeout time.Duration
 }
 
@@ -145,7 +152,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		cfg: cfg, model: draft, nc: nc, ds: ds,
 		pub:     infra.NewPublisher(js, infra.PublisherConfig{}),
 		dec:     &events.Decoder{VocabSize: draft.VocabSize()},
-		source:  "/sled/device/" + cfg.DeviceID,
+		source:  events.DeviceSource(cfg.DeviceID),
 		waiters: make(map[string]chan *events.VerifyResult),
 		obs:     newObserver(cfg.Telemetry, cfg.DeviceID, cfg.ModelName),
 		beat:    make(chan struct{}),
@@ -460,6 +467,7 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 	retry := g.d.cfg.Retry
 	var ahead []engine.Token
 	var aheadProbs []float32
+	var noStream time.Time // when the drafts stream began refusing this round's drafts
 	for {
 		if retry.MaxWait > 0 && time.Since(g.lastOK) > retry.MaxWait {
 			return nil, fmt.Errorf("%w: %s without a verdict (%w)", ErrNoProgress, retry.MaxWait, textgen.ErrUnavailable)
@@ -473,12 +481,25 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 			}
 		}
 		failed := false
+		sent := time.Now()
 		if err := g.send(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
 			g.d.cfg.Logger.Warn("publish draft", "session", g.session, "round", g.round, "err", err)
 			failed = true
+			// No stream takes the drafts (SLED_DRAFTS deleted, JetStream down): a
+			// device may not recreate it, a batcher does. In strict mode a
+			// generation waits for that no longer than for a verifier.
+			if errors.Is(err, infra.ErrNoStream) && !retry.Fallback {
+				if noStream.IsZero() {
+					noStream = sent
+				} else if d := time.Since(noStream); d >= g.d.cfg.VerifierTimeout {
+					return nil, fmt.Errorf("%w: drafts not stored for %s: %w (%w)", ErrNoDraftStream, d.Round(time.Millisecond), err, textgen.ErrUnavailable)
+				}
+			}
+		} else {
+			noStream = time.Time{}
 		}
 		timer := time.NewTimer(retry.Timeout)
 		_, wsp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.wait")

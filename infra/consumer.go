@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -100,8 +101,20 @@ type ConsumerConfig struct {
 	// Logger logs rejected messages and handler errors (default
 	// slog.Default()).
 	Logger *slog.Logger
-	// Telemetry counts rejected events and redeliveries (default: none).
+	// Telemetry counts rejected events, redeliveries and recreations
+	// (default: none).
 	Telemetry *telemetry.Telemetry
+
+	// Keeper recreates the stream when it vanishes, and the streams the
+	// consumer's dead letters and error results go to (default: one of its
+	// own, knowing the SLED streams and, as the server reports it when
+	// NewConsumer runs, Stream). See Run.
+	Keeper *StreamKeeper
+	// RecoverWait and RecoverMaxWait bound the backoff between attempts to
+	// recover a lost stream or consumer: the first attempt is immediate, the
+	// next waits RecoverWait, doubling up to RecoverMaxWait (defaults 100ms
+	// and 5s).
+	RecoverWait, RecoverMaxWait time.Duration
 }
 
 // Consumer defaults.
@@ -111,6 +124,8 @@ const (
 	DefaultMaxAckPending = 1024
 	DefaultNakDelay      = 250 * time.Millisecond
 	DefaultPullBatch     = 64
+	DefaultRecoverWait   = 100 * time.Millisecond
+	DefaultRecoverMax    = 5 * time.Second
 )
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
@@ -138,6 +153,13 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.RecoverWait <= 0 {
+		c.RecoverWait = DefaultRecoverWait
+	}
+	if c.RecoverMaxWait <= 0 {
+		c.RecoverMaxWait = DefaultRecoverMax
+	}
+	c.RecoverMaxWait = max(c.RecoverMaxWait, c.RecoverWait)
 	return c
 }
 
@@ -158,43 +180,143 @@ func (c ConsumerConfig) JetStreamConfig() jetstream.ConsumerConfig {
 }
 
 // Consumer runs a Handler over a durable JetStream consumer with explicit
-// ack/nak/term, rejecting bad input without stopping.
+// ack/nak/term, rejecting bad input without stopping, and recreating its
+// stream and durable consumer when they vanish.
 type Consumer struct {
-	js    jetstream.JetStream
-	cons  jetstream.Consumer
-	cfg   ConsumerConfig
-	pub   *Publisher
-	m     *telemetry.Metrics
-	attrs metric.MeasurementOption // consumer=<Durable>
+	js     jetstream.JetStream
+	cfg    ConsumerConfig
+	keeper *StreamKeeper
+	pub    *Publisher
+	m      *telemetry.Metrics
+	attrs  metric.MeasurementOption // consumer=<Durable>
+
+	mu   sync.Mutex
+	cons jetstream.Consumer
 }
 
-// NewConsumer creates the durable consumer, or updates it to cfg.
+// NewConsumer creates the durable consumer, or updates it to cfg. A stream
+// that does not exist but that the Keeper knows is created first.
 func NewConsumer(ctx context.Context, js jetstream.JetStream, cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.Stream == "" || cfg.Durable == "" {
 		return nil, errors.New("infra: consumer needs Stream and Durable")
 	}
 	cfg = cfg.withDefaults()
+	keeper := cfg.Keeper
+	if keeper == nil {
+		keeper = NewStreamKeeper(js, KeeperConfig{Logger: cfg.Logger, Telemetry: cfg.Telemetry})
+	}
+	if err := keeper.Learn(ctx, cfg.Stream); err != nil {
+		cfg.Logger.Debug("learn stream configuration", "stream", cfg.Stream, "err", err)
+	}
+	c := &Consumer{
+		js: js, cfg: cfg, keeper: keeper, pub: NewPublisher(js, PublisherConfig{Keeper: keeper}),
+		m:     cfg.Telemetry.Or().Metrics,
+		attrs: metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", cfg.Durable))),
+	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, cfg.Stream, cfg.JetStreamConfig())
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, kerr := keeper.Ensure(ctx, cfg.Stream); kerr == nil {
+			cons, err = js.CreateOrUpdateConsumer(ctx, cfg.Stream, cfg.JetStreamConfig())
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("infra: consumer %s/%s: %w", cfg.Stream, cfg.Durable, err)
 	}
-	return &Consumer{
-		js: js, cons: cons, cfg: cfg, pub: NewPublisher(js, PublisherConfig{}),
-		m:     cfg.Telemetry.Or().Metrics,
-		attrs: metric.WithAttributeSet(attribute.NewSet(attribute.String("consumer", cfg.Durable))),
-	}, nil
+	c.cons = cons
+	return c, nil
 }
 
-// JetStream returns the underlying consumer (e.g. for Info or Fetch).
-func (c *Consumer) JetStream() jetstream.Consumer { return c.cons }
+// JetStream returns the underlying consumer (e.g. for Info or Fetch); after a
+// recovery, the recreated one.
+func (c *Consumer) JetStream() jetstream.Consumer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cons
+}
 
 // Run delivers messages to h, one at a time in delivery order, until ctx
 // ends; then it stops pulling, waits for the handler in flight and returns
 // ctx's error. A handler panic is not recovered.
+//
+// A stream or durable consumer that vanishes while Run runs (deleted by an
+// operator or a client, or lost with a server's store) is never waited on:
+// Run notices (the server's "consumer deleted" status to the pending pull; or
+// a missed heartbeat or no responders to a pull, confirmed by looking the
+// consumer up), recreates the stream from its known configuration through the
+// Keeper, recreates the durable consumer (both once the deletion has settled:
+// KeeperConfig.Settle), logs each recreation at Warn, counts it
+// (sled.infra.stream_recreated, sled.infra.consumer_recreated) and goes on
+// consuming. Messages the stream held are lost with it; the devices resend
+// theirs when their round times out. Failed attempts are retried with backoff
+// (RecoverWait to RecoverMaxWait), each logged at Warn. Run returns an error
+// only when the NATS connection is closed.
 func (c *Consumer) Run(ctx context.Context, h Handler) error {
-	cc, err := c.cons.Consume(func(m jetstream.Msg) { c.handle(ctx, m, h) },
+	attempt := 0 // recovery attempts since consumption last held
+	for {
+		began := time.Now()
+		lost := c.consume(ctx, h)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if c.js.Conn().IsClosed() {
+			return fmt.Errorf("infra: consume %s: %w", c.cfg.Durable, nats.ErrConnectionClosed)
+		}
+		if time.Since(began) > c.cfg.RecoverMaxWait {
+			attempt = 0
+		}
+		for {
+			if attempt > 0 {
+				wait := min(c.cfg.RecoverWait<<min(attempt-1, 16), c.cfg.RecoverMaxWait)
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			attempt++
+			err := c.recover(ctx, lost)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if c.js.Conn().IsClosed() {
+				return fmt.Errorf("infra: consume %s: %w", c.cfg.Durable, nats.ErrConnectionClosed)
+			}
+			c.cfg.Logger.Warn("consumer lost; recovering it failed, retrying", "stream", c.cfg.Stream, "consumer", c.cfg.Durable,
+				"cause", lost, "err", err, "attempt", attempt)
+		}
+	}
+}
+
+// errConsumeEnded is consume's answer when the pull subscription ended by
+// itself (a terminal status from the server, or a closed connection).
+var errConsumeEnded = errors.New("infra: consumption ended")
+
+// consume runs one pull subscription until ctx ends or the consumer is lost,
+// and returns why it stopped.
+func (c *Consumer) consume(ctx context.Context, h Handler) error {
+	lost := make(chan error, 1)    // the consumer is gone
+	suspect := make(chan error, 1) // the consumer may be gone: look it up
+	signal := func(ch chan error, err error) {
+		select {
+		case ch <- err:
+		default:
+		}
+	}
+	cc, err := c.JetStream().Consume(func(m jetstream.Msg) { c.handle(ctx, m, h) },
 		jetstream.PullMaxMessages(c.cfg.PullBatch),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			switch {
+			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound),
+				errors.Is(err, jetstream.ErrStreamNotFound):
+				signal(lost, err)
+			case errors.Is(err, jetstream.ErrNoHeartbeat), errors.Is(err, nats.ErrNoResponders):
+				if ctx.Err() == nil {
+					signal(suspect, err)
+				}
+			}
 			if !errors.Is(err, jetstream.ErrNoHeartbeat) || ctx.Err() == nil {
 				c.cfg.Logger.Debug("consume", "consumer", c.cfg.Durable, "err", err)
 			}
@@ -202,16 +324,79 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	if err != nil {
 		return fmt.Errorf("infra: consume %s: %w", c.cfg.Durable, err)
 	}
-	<-ctx.Done()
-	cc.Stop()
-	<-cc.Closed()
-	return ctx.Err()
+	closed := cc.Closed()
+	stop := func() { cc.Stop(); <-closed }
+	for {
+		select {
+		case <-ctx.Done():
+			stop()
+			return ctx.Err()
+		case err := <-lost:
+			stop()
+			return err
+		case <-closed:
+			select {
+			case err := <-lost:
+				return err
+			default:
+				return errConsumeEnded
+			}
+		case err := <-suspect:
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, lerr := c.js.Consumer(lctx, c.cfg.Stream, c.cfg.Durable)
+			cancel()
+			if errors.Is(lerr, jetstream.ErrConsumerNotFound) || errors.Is(lerr, jetstream.ErrStreamNotFound) {
+				stop()
+				return fmt.Errorf("%w (noticed by %w)", lerr, err)
+			}
+		}
+	}
+}
+
+// recover recreates what is missing of the stream and the durable consumer
+// after consume stopped for cause.
+func (c *Consumer) recover(ctx context.Context, cause error) error {
+	log := c.cfg.Logger.With("stream", c.cfg.Stream, "consumer", c.cfg.Durable)
+	_, err := c.js.Consumer(ctx, c.cfg.Stream, c.cfg.Durable)
+	switch {
+	case err == nil:
+		// The consumer is there (recreated by a process sharing it, or the
+		// subscription ended for another reason): consume again.
+		log.Info("consumption stopped; resuming", "cause", cause)
+		return nil
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		if _, err := c.keeper.Ensure(ctx, c.cfg.Stream); err != nil {
+			return err
+		}
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		// As for streams (KeeperConfig.Settle): the server removes a deleted
+		// consumer, and its store, after it has told its subscribers.
+		if err := c.keeper.Settle(ctx); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("infra: look up consumer %s/%s: %w", c.cfg.Stream, c.cfg.Durable, err)
+	}
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, c.cfg.JetStreamConfig())
+	if err != nil {
+		return fmt.Errorf("infra: recreate consumer %s/%s: %w", c.cfg.Stream, c.cfg.Durable, err)
+	}
+	c.mu.Lock()
+	c.cons = cons
+	c.mu.Unlock()
+	log.Warn("consumer vanished: recreated it", "cause", cause)
+	c.m.ConsumerRecreated.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(
+		attribute.String("stream", c.cfg.Stream), attribute.String("consumer", c.cfg.Durable))))
+	return nil
 }
 
 func (c *Consumer) handle(ctx context.Context, m jetstream.Msg, h Handler) {
 	log := c.cfg.Logger
-	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
-		c.m.Redeliveries.Add(ctx, 1, c.attrs)
+	if md, err := m.Metadata(); err == nil {
+		c.keeper.Observe(md.Stream, md.Sequence.Stream)
+		if md.NumDelivered > 1 {
+			c.m.Redeliveries.Add(ctx, 1, c.attrs)
+		}
 	}
 	ev, err := c.cfg.Decoder.DecodeFrom(m)
 	if err != nil {

@@ -161,7 +161,11 @@ func TestRoundTripEachType(t *testing.T) {
 	b := &events.VerifyBatch{BatchID: "b1", Pool: "p0", Policy: "size", Drafts: []events.DraftReady{*d}, CreatedAt: time.Now().UTC()}
 	r := &events.VerifyResult{DeviceID: "d1", SessionID: "s1", Round: 1, Status: events.StatusOK, Accepted: 4, Token: 7, BatchID: "b1", BatchSize: 1}
 	for _, p := range []events.Payload{d, b, r} {
-		ev := events.New("/sled/test", p)
+		src := "/sled/test"
+		if d, ok := p.(*events.DraftReady); ok {
+			src = events.DeviceSource(d.DeviceID)
+		}
+		ev := events.New(src, p)
 		ev.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 		if _, err := e.pub.Publish(ctx, ev); err != nil {
 			t.Fatal(err)
@@ -467,7 +471,7 @@ func TestHandlerErrors(t *testing.T) {
 			done <- md.NumDelivered
 			return nil
 		})
-	if _, err := e.pub.Publish(ctx, events.New("/d2", draft("d2", "perm", 1))); err != nil {
+	if _, err := e.pub.Publish(ctx, events.New(events.DeviceSource("d2"), draft("d2", "perm", 1))); err != nil {
 		t.Fatal(err)
 	}
 	if r := recv(t, res, 5*time.Second); r.Status != events.StatusInvalid || r.Reason != "invalid" || r.SessionID != "perm" {
@@ -476,7 +480,7 @@ func TestHandlerErrors(t *testing.T) {
 	if dl := dlqMessages(t, e, 1); dl[0].Subject != "sled.dlq.invalid" {
 		t.Fatal(dl[0].Subject)
 	}
-	if _, err := e.pub.Publish(ctx, events.New("/d2", draft("d2", "transient", 1))); err != nil {
+	if _, err := e.pub.Publish(ctx, events.New(events.DeviceSource("d2"), draft("d2", "transient", 1))); err != nil {
 		t.Fatal(err)
 	}
 	if n := recv(t, done, 5*time.Second); n != 2 {

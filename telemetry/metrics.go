@@ -114,6 +114,13 @@ type Metrics struct {
 	// Redeliveries counts messages delivered more than once (ack timeouts,
 	// naks after transient errors).
 	Redeliveries metric.Int64Counter
+
+	// Streams and consumers (infra), label stream.
+
+	// StreamRecreated counts streams recreated after they vanished (see
+	// infra.StreamKeeper); ConsumerRecreated counts durable consumers
+	// recreated (labels stream, consumer).
+	StreamRecreated, ConsumerRecreated metric.Int64Counter
 }
 
 // Histogram bucket boundaries.
@@ -198,5 +205,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 
 	mm.Rejected = c("sled.events.rejected", "{event}", "Events rejected as invalid, by reason.")
 	mm.Redeliveries = c("sled.redeliveries", "{message}", "Messages delivered more than once.")
+	mm.StreamRecreated = c("sled.infra.stream_recreated", "{stream}", "Streams recreated from their known configuration after they vanished.")
+	mm.ConsumerRecreated = c("sled.infra.consumer_recreated", "{consumer}", "Durable consumers recreated after they vanished.")
 	return &mm
 }

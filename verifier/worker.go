@@ -54,11 +54,14 @@ const TracerName = "github.com/sled-project/sled/verifier"
 // publishes each verdict on its device's result subject. A batch is acknowledged
 // only after all of its results are stored, so a crash mid-batch means the batch
 // is verified again (verification is idempotent per round: see Verifier.Verify).
+// A worker manages the streams it uses: one that vanishes (SLED_BATCHES, its
+// durable consumers, SLED_RESULTS on publish) is recreated (infra.StreamKeeper).
 type Worker struct {
 	v      *Verifier
 	cfg    WorkerConfig
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	keeper *infra.StreamKeeper // recreates the SLED streams if they vanish
 	pub    *infra.Publisher
 	source string
 
@@ -104,10 +107,17 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	}
 	tel := cfg.Telemetry.Or()
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
+	// The streams the worker uses: batches in, results out, dead letters of
+	// rejected batches.
+	keeper := infra.NewStreamKeeper(js, infra.KeeperConfig{
+		Streams: infra.Topology{}.Select(infra.StreamBatches, infra.StreamResults, infra.StreamDLQ),
+		Logger:  cfg.Logger, Telemetry: cfg.Telemetry,
+	})
 	w := &Worker{
-		v: v, cfg: cfg, nc: nc, js: js, pub: infra.NewPublisher(js, infra.PublisherConfig{}), source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
-		ready: make(chan struct{}, 1),
-		tel:   tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
+		v: v, cfg: cfg, nc: nc, js: js, keeper: keeper, pub: infra.NewPublisher(js, infra.PublisherConfig{Keeper: keeper}),
+		source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
+		ready:  make(chan struct{}, 1),
+		tel:    tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
 		attrs:    metric.WithAttributeSet(attribute.NewSet(pool, name)),
 		byStatus: map[events.Status]metric.MeasurementOption{},
 		drafted:  metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("kind", "drafted"))),
@@ -142,11 +152,20 @@ func (w *Worker) Verifier() *Verifier { return w.v }
 // backlog of small ones. A batch is acknowledged after its results are stored.
 func (w *Worker) Run(ctx context.Context) error {
 	dec := &events.Decoder{VocabSize: w.v.model.VocabSize()}
+	// Recreated streams get the configuration they were provisioned with.
+	if err := w.keeper.Learn(ctx); err != nil {
+		w.cfg.Logger.Debug("learn stream configurations", "err", err)
+	}
+	if stop, err := w.keeper.Watch(ctx, w.nc); err != nil {
+		w.cfg.Logger.Warn("stream deletions will be noticed late", "err", err)
+	} else {
+		defer stop()
+	}
 	mk := func(durable, subject string) (*infra.Consumer, error) {
 		return infra.NewConsumer(ctx, w.js, infra.ConsumerConfig{
 			Stream: infra.StreamBatches, Durable: durable, FilterSubjects: []string{subject},
 			AckWait: w.cfg.AckWait, MaxDeliver: w.cfg.MaxDeliver, PullBatch: 64,
-			Decoder: dec, Source: w.source, Logger: w.cfg.Logger, Telemetry: w.cfg.Telemetry,
+			Decoder: dec, Source: w.source, Logger: w.cfg.Logger, Telemetry: w.cfg.Telemetry, Keeper: w.keeper,
 		})
 	}
 	own, err := mk("verifier-"+w.cfg.Pool+"-"+w.cfg.Name, events.BatchSubject(w.cfg.Pool, w.cfg.Name))
@@ -343,18 +362,13 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 	}
 	// An async publish caught by a server restart may never be acked; give up after
 	// resultTimeout so the batches are redelivered instead of stalling the worker.
-	timeout := time.NewTimer(resultTimeout)
-	defer timeout.Stop()
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return endAll(fmt.Errorf("verifier: result not stored: %w", err))
-		case <-timeout.C:
-			return endAll(fmt.Errorf("verifier: results not acked within %s", resultTimeout))
-		case <-ctx.Done():
+	// Results no stream took (SLED_RESULTS vanished) are published again once the
+	// keeper has recreated it.
+	if err := w.pub.Await(ctx, resultTimeout, futures...); err != nil {
+		if ctx.Err() != nil {
 			return endAll(ctx.Err())
 		}
+		return endAll(fmt.Errorf("verifier: results not stored: %w", err))
 	}
 	endAll(nil)
 	w.observeBatch(ctx)
