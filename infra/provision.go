@@ -111,6 +111,10 @@ func ProvisionTopology(ctx context.Context, js jetstream.JetStream, t Topology) 
 	return Provision(ctx, js, t.Streams()...)
 }
 
+// PublishAsyncTimeout bounds how long an asynchronous JetStream publish of a
+// Connect connection waits for its ack.
+const PublishAsyncTimeout = 30 * time.Second
+
 // Connect dials a NATS server (embedded or external) for a SLED service and
 // returns the connection and its JetStream context. It reconnects forever
 // with a short wait, as devices on flaky links need; pass opts to override.
@@ -148,7 +152,9 @@ func Connect(ctx context.Context, url, name string, opts ...nats.Option) (*nats.
 	if r.err != nil {
 		return nil, nil, fmt.Errorf("infra: connect %s: %w", url, r.err)
 	}
-	js, err := jetstream.New(r.nc)
+	// An async publish whose ack never comes (its stream vanished) fails after
+	// PublishAsyncTimeout instead of staying pending for good.
+	js, err := jetstream.New(r.nc, jetstream.WithPublishAsyncTimeout(PublishAsyncTimeout))
 	if err != nil {
 		r.nc.Close()
 		return nil, nil, fmt.Errorf("infra: jetstream: %w", err)
