@@ -36,6 +36,38 @@ type Conn struct {
 	// Auth is the role's credential and TLS settings. Default: anonymous,
 	// plain text.
 	Auth infra.ClientAuth
+	// ProvisionWait bounds the retries of provisioning at start, while a
+	// cluster has no JetStream leader yet (each attempt waits up to 3 s).
+	// Default 1 minute.
+	ProvisionWait time.Duration
+}
+
+// ErrConnectionClosed is returned by a role whose NATS connection closed for
+// good (the client gave up: e.g. its credential was revoked and every server
+// refuses it), so a supervisor restarts it rather than leave it unready.
+var ErrConnectionClosed = errors.New("services: NATS connection closed")
+
+// untilClosed returns a context that ends when ctx does or when nc closes for
+// good, with ErrConnectionClosed (and the connection's last error) as its cause.
+func untilClosed(ctx context.Context, nc *nats.Conn) (context.Context, context.CancelFunc) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	nc.SetClosedHandler(func(c *nats.Conn) {
+		cancel(fmt.Errorf("%w: %v", ErrConnectionClosed, c.LastError()))
+	})
+	if nc.IsClosed() {
+		cancel(fmt.Errorf("%w: %v", ErrConnectionClosed, nc.LastError()))
+	}
+	return cctx, func() { cancel(context.Canceled) }
+}
+
+// roleResult is what a role returns after its loop ended with err under ctx
+// (from untilClosed): the connection's closing when that ended it, else err
+// without context.Canceled.
+func roleResult(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrConnectionClosed) {
+		return cause
+	}
+	return ignoreCanceled(err)
 }
 
 // dial connects and, for a service (provision true) or an anonymous device,
@@ -59,11 +91,30 @@ func (c Conn) dial(ctx context.Context, fallbackName string, provision bool) (*n
 	if !provision && c.Auth.Creds != "" {
 		return nc, js, nil
 	}
-	if err := infra.ProvisionTopology(ctx, js, infra.Topology{Replicas: c.Replicas}); err != nil {
-		nc.Close()
-		return nil, nil, err
+	wait := c.ProvisionWait
+	if wait <= 0 {
+		wait = time.Minute
 	}
-	return nc, js, nil
+	deadline := time.Now().Add(wait)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := infra.ProvisionTopology(actx, js, infra.Topology{Replicas: c.Replicas})
+		cancel()
+		if err == nil {
+			return nc, js, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) || errors.Is(err, nats.ErrPermissionViolation) {
+			nc.Close()
+			return nil, nil, err
+		}
+		slog.Info("provisioning streams: retrying (no JetStream leader yet?)", "err", err)
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // VerifierRole configures RunVerifier.
@@ -94,6 +145,8 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 		return err
 	}
 	defer nc.Close()
+	ctx, stop := untilClosed(ctx, nc)
+	defer stop()
 	ew, err := infra.WatchExpiries(ctx, nc, js, infra.ExpiryConfig{Logger: r.Logger})
 	if err != nil {
 		return err
@@ -108,7 +161,7 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 	if err != nil {
 		return err
 	}
-	return ignoreCanceled(w.Run(ctx))
+	return roleResult(ctx, w.Run(ctx))
 }
 
 // BatcherRole configures RunBatcher.
@@ -125,11 +178,13 @@ func RunBatcher(ctx context.Context, r BatcherRole) error {
 		return err
 	}
 	defer nc.Close()
+	ctx, stop := untilClosed(ctx, nc)
+	defer stop()
 	b, err := batcher.New(nc, js, r.Batcher)
 	if err != nil {
 		return err
 	}
-	return ignoreCanceled(b.Run(ctx))
+	return roleResult(ctx, b.Run(ctx))
 }
 
 // DrafterRole configures RunDrafter.
@@ -158,6 +213,8 @@ func RunDrafter(ctx context.Context, r DrafterRole) error {
 		return err
 	}
 	defer nc.Close()
+	ctx, stop := untilClosed(ctx, nc)
+	defer stop()
 	d, err := drafter.New(ctx, m, nc, js, r.Device)
 	if err != nil {
 		return err
@@ -167,7 +224,7 @@ func RunDrafter(ctx context.Context, r DrafterRole) error {
 		r.HTTPAddr = "127.0.0.1:8080"
 	}
 	api := httpapi.New(httpapi.Config{Devices: []httpapi.Device{{Name: d.ID(), Generator: d, Model: d.Config().ModelName}}, APIKeys: r.APIKeys, Logger: r.Logger, Telemetry: r.Device.Telemetry})
-	return serve(ctx, r.HTTPAddr, api, r.Ready)
+	return roleResult(ctx, serve(ctx, r.HTTPAddr, api, r.Ready))
 }
 
 // serve runs h on addr until ctx ends, then shuts it down gracefully.
