@@ -49,10 +49,6 @@ func TestRouterSticky(t *testing.T) {
 	r.Heartbeat("w1", now)
 	r.Heartbeat("w2", now)
 	a, _ := r.Route("s1", now)
-	b, _ := r.Route("s2", now)
-	if a == b {
-		t.Fatalf("two new sessions on one worker %q while another is idle", a)
-	}
 	// Sticky while the worker lives.
 	for i := range 5 {
 		if w, moved := r.Route("s1", now.Add(time.Duration(i)*100*time.Millisecond)); w != a || moved {
@@ -73,6 +69,55 @@ func TestRouterSticky(t *testing.T) {
 	r.Sweep(later.Add(2 * time.Minute))
 	if r.Sessions() != 0 {
 		t.Fatalf("%d sessions after sweep", r.Sessions())
+	}
+}
+
+// TestRouterAgrees: two batchers' routers with the same live workers send every
+// session to the same worker (so two batchers sharing a pool's drafts keep a
+// session on one KV cache), spread sessions evenly, and a worker joining takes
+// only about its share of them.
+func TestRouterAgrees(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a, b := NewRouter(time.Second, time.Minute), NewRouter(time.Second, time.Minute)
+	for _, w := range []string{"w1", "w2", "w3"} {
+		a.Heartbeat(w, now)
+		b.Heartbeat(w, now)
+	}
+	const n = 3000
+	count := map[string]int{}
+	first := map[string]string{}
+	for i := range n {
+		s := fmt.Sprintf("session-%d", i)
+		wa, _ := a.Route(s, now)
+		if wb, _ := b.Route(s, now); wa != wb {
+			t.Fatalf("%s: router a says %s, b %s", s, wa, wb)
+		}
+		count[wa]++
+		first[s] = wa
+	}
+	for w, c := range count {
+		if c < n/3*8/10 || c > n/3*12/10 {
+			t.Errorf("worker %s has %d of %d sessions, want about a third", w, c, n)
+		}
+	}
+	// A fourth worker joins: about a quarter of the sessions move, all to it.
+	a.Heartbeat("w4", now)
+	movedN := 0
+	for i := range n {
+		s := fmt.Sprintf("session-%d", i)
+		w, moved := a.Route(s, now)
+		if moved != (w != first[s]) {
+			t.Fatalf("%s: moved %v but %s -> %s", s, moved, first[s], w)
+		}
+		if moved {
+			movedN++
+			if w != "w4" {
+				t.Fatalf("%s moved from %s to %s, not to the new worker", s, first[s], w)
+			}
+		}
+	}
+	if movedN < n/4*7/10 || movedN > n/4*13/10 {
+		t.Errorf("%d of %d sessions moved to the new worker, want about a quarter", movedN, n)
 	}
 }
 
