@@ -45,7 +45,7 @@ var ErrNoProgress = errors.New("drafter: no verification result in time")
 var ErrNoVerifier = errors.New("drafter: no live verifier for the pool")
 
 // ErrNoDraftStream is returned by Generate in strict mode when no stream took
-// the device's drafts for Config.VerifierTimeout (the drafts stream was deleted
+// the device's drafts for Config.NoStreamTimeout (the drafts stream was deleted
 // and no batcher recreated it, or JetStream is down). It wraps infra.ErrNoStream
 // and textgen.ErrUnavailable (a 503 from the API).
 var ErrNoDraftStream = errors.New("drafter: no stream takes the drafts")
@@ -83,10 +83,16 @@ type Config struct {
 	// draft model file's base name without extension.
 	ModelName string
 	// VerifierTimeout: the device counts its pool as served while a verifier
-	// heartbeat came within it (Health, and Generate's first check). It also
-	// bounds how long a strict generation keeps resending drafts that no
-	// stream takes (ErrNoDraftStream). Default DefaultVerifierTimeout.
+	// heartbeat came within it (Health, and Generate's first check). Default
+	// DefaultVerifierTimeout.
 	VerifierTimeout time.Duration
+	// NoStreamTimeout bounds how long a strict generation keeps resending
+	// drafts that no stream takes (ErrNoDraftStream). Default VerifierTimeout.
+	// On a JetStream cluster set it above a stream leader election (20 s):
+	// a stream whose leader's node died has no leader, and takes no publish,
+	// until raft elects one (its election timeout is 4 to 9 s, a split vote
+	// takes another).
+	NoStreamTimeout time.Duration
 }
 
 // Device is one edge device: a draft model and a NATS connection. It implements
@@ -143,6 +149,9 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 	}
 	if cfg.VerifierTimeout <= 0 {
 		cfg.VerifierTimeout = DefaultVerifierTimeout
+	}
+	if cfg.NoStreamTimeout <= 0 {
+		cfg.NoStreamTimeout = cfg.VerifierTimeout
 	}
 	ds, err := newDraftState(draft, cfg.Threads, cfg.MaxContext)
 	if err != nil {
@@ -488,13 +497,14 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 			}
 			g.d.cfg.Logger.Warn("publish draft", "session", g.session, "round", g.round, "err", err)
 			failed = true
-			// No stream takes the drafts (SLED_DRAFTS deleted, JetStream down): a
-			// device may not recreate it, a batcher does. In strict mode a
-			// generation waits for that no longer than for a verifier.
+			// No stream takes the drafts (SLED_DRAFTS deleted, JetStream down, or
+			// a cluster electing the stream's leader): a device may not recreate
+			// it, a batcher does. In strict mode a generation waits for that
+			// NoStreamTimeout at most.
 			if errors.Is(err, infra.ErrNoStream) && !retry.Fallback {
 				if noStream.IsZero() {
 					noStream = sent
-				} else if d := time.Since(noStream); d >= g.d.cfg.VerifierTimeout {
+				} else if d := time.Since(noStream); d >= g.d.cfg.NoStreamTimeout {
 					return nil, fmt.Errorf("%w: drafts not stored for %s: %w (%w)", ErrNoDraftStream, d.Round(time.Millisecond), err, textgen.ErrUnavailable)
 				}
 			}

@@ -349,6 +349,15 @@ func (c *Consumer) consume(ctx context.Context, h Handler) error {
 				stop()
 				return fmt.Errorf("%w (noticed by %w)", lerr, err)
 			}
+			// No responders: the pull request found no consumer leader (a
+			// freshly created R3 consumer electing one, a leader lost with its
+			// node) and is gone. nats.go pulls again only after two missed
+			// heartbeats (30 s), so a batcher or worker would sit idle that
+			// long with the consumer there: pull again now (Run resumes).
+			if errors.Is(err, nats.ErrNoResponders) {
+				stop()
+				return err
+			}
 		}
 	}
 }

@@ -90,6 +90,7 @@ func init() {
 		var tf telemetryFlags
 		var models, draft, id, httpAddr string
 		var threads int
+		var noStream time.Duration
 		var apiKeys []string
 		cmd := &cobra.Command{
 			Use:   "drafter",
@@ -110,7 +111,7 @@ func init() {
 				defer shutdownTelemetry(tel)
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
 					Conn: conn, Draft: ref.Path, HTTPAddr: httpAddr, APIKeys: apiKeysOr(apiKeys),
-					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel},
+					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel, NoStreamTimeout: noStream},
 				})
 			},
 		}
@@ -121,6 +122,7 @@ func init() {
 		cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 		cmd.Flags().StringArrayVar(&apiKeys, "api-key", nil, "bearer key the HTTP API requires (repeatable; default $SLED_API_KEYS)")
 		cmd.Flags().IntVar(&threads, "threads", 0, "llama.cpp threads (default: all cores, at most 8)")
+		cmd.Flags().DurationVar(&noStream, "no-stream-timeout", 0, "strict mode: answer 503 once no stream has taken the drafts this long (0: the verifier timeout, 3s; on a JetStream cluster 20s, above a stream leader election)")
 		p.register(cmd, true, false)
 		tf.register(cmd, "127.0.0.1:9467")
 		rootCmd.AddCommand(cmd)
