@@ -58,6 +58,7 @@ var backendOnce sync.Once
 // everything when the default slog logger is at debug level, else errors only.
 func initBackend() {
 	backendOnce.Do(func() {
+		fixMmapThreshold() // before llama.cpp allocates: see memory.go
 		llama.BackendInit()
 		verbose := 0
 		if slog.Default().Enabled(context.Background(), slog.LevelDebug) {
@@ -74,6 +75,8 @@ type cModel struct {
 
 func loadCModel(path string, gpuLayers int, mmap bool) (*cModel, error) {
 	initBackend()
+	beginWork()
+	defer endWork()
 	p := C.llama_model_default_params()
 	p.n_gpu_layers = C.int32_t(gpuLayers)
 	p.use_mmap = C.bool(mmap)
@@ -87,7 +90,11 @@ func loadCModel(path string, gpuLayers int, mmap bool) (*cModel, error) {
 	return &cModel{m: m, vocab: C.llama_model_get_vocab(m)}, nil
 }
 
-func (cm *cModel) free() { C.llama_model_free(cm.m) }
+func (cm *cModel) free() {
+	beginWork()
+	defer endWork()
+	C.llama_model_free(cm.m)
+}
 
 type cFacts struct {
 	nVocab, nCtxTrain, nLayer, nEmbd int
@@ -131,6 +138,8 @@ func (cm *cModel) tokenize(text string, addSpecial, parseSpecial bool) ([]Token,
 	if len(text) > 1<<30 {
 		return nil, errors.New("text too long to tokenize")
 	}
+	beginWork()
+	defer endWork()
 	ctext := C.CString(text)
 	defer C.free(unsafe.Pointer(ctext))
 	out := make([]Token, len(text)+2)
@@ -218,6 +227,8 @@ type cContext struct {
 // batch into micro-batches of equal length over consecutive sequences, so drafts of
 // different lengths would cost several passes.
 func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash, separateKV bool, kvType string) (*cContext, error) {
+	beginWork()
+	defer endWork()
 	p := C.llama_context_default_params()
 	p.n_ctx = C.uint32_t(nCtx)
 	p.n_batch = C.uint32_t(nBatch)
@@ -253,6 +264,8 @@ func newContext(cm *cModel, nCtx, nBatch, nSeq, threads int, flash, separateKV b
 }
 
 func (cc *cContext) free() {
+	beginWork()
+	defer endWork()
 	C.llama_batch_free(cc.batch)
 	C.llama_free(cc.c)
 }
@@ -261,6 +274,8 @@ func (cc *cContext) nCtx() int { return int(C.llama_n_ctx(cc.c)) }
 
 // decode runs one forward pass over entries (already validated by the caller).
 func (cc *cContext) decode(entries []Entry) (int, error) {
+	beginWork()
+	defer endWork()
 	n := len(entries)
 	tok := unsafe.Slice(cc.batch.token, cc.nBatch)
 	pos := unsafe.Slice(cc.batch.pos, cc.nBatch)
@@ -310,6 +325,8 @@ func (cc *cContext) seqPosMax(seq int) int {
 // 0 on success.
 func quantizeFile(src, dst string, ftype, threads int) int {
 	initBackend()
+	beginWork()
+	defer endWork()
 	p := C.llama_model_quantize_default_params()
 	p.nthread = C.int32_t(threads)
 	p.ftype = C.enum_llama_ftype(ftype)

@@ -16,7 +16,7 @@ import (
 
 func init() {
 	b := benchCmd()
-	b.AddCommand(losslessCmd(), loadCmd())
+	b.AddCommand(losslessCmd(), loadCmd(), soakCmd())
 	rootCmd.AddCommand(b)
 }
 
