@@ -137,8 +137,11 @@ func TestProvisionIdempotent(t *testing.T) {
 		}
 	}
 	st, _ := e.js.Stream(ctx, StreamDrafts)
-	if cfg := st.CachedInfo().Config; !cfg.AllowMsgTTL || cfg.Duplicates != 2*time.Minute {
+	if cfg := st.CachedInfo().Config; !cfg.AllowMsgTTL || cfg.Duplicates != 30*time.Second {
 		t.Errorf("drafts config %+v", cfg)
+	}
+	if dlq, _ := e.js.Stream(ctx, StreamDLQ); dlq.CachedInfo().Config.Duplicates != 2*time.Minute {
+		t.Errorf("DLQ duplicate window %v", dlq.CachedInfo().Config.Duplicates)
 	}
 	if _, err := NewConsumer(ctx, e.js, ConsumerConfig{Stream: StreamDrafts, Durable: "b"}); err != nil {
 		t.Fatal(err)
