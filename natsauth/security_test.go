@@ -57,7 +57,7 @@ func startSecured(t *testing.T, withTLS bool) *secured {
 	}
 	t.Cleanup(srv.Shutdown)
 	s.srv = srv
-	go trust.Watch(t.Context(), srv.Server(), 100*time.Millisecond, nil)
+	go trust.Watch(t.Context(), srv.Server, 100*time.Millisecond, nil)
 	_, js := s.connect("admin", natsauth.RoleAdmin, nil)
 	if err := infra.ProvisionTopology(ctx, js, infra.Topology{Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)

@@ -122,10 +122,12 @@ func (t *Trust) Reload(srv *server.Server) (bool, error) {
 	return true, nil
 }
 
-// Watch reloads the account JWT every interval (default 2s) until ctx ends, so
-// `sled creds revoke` on the authority (or a copy of account.jwt pushed to
-// this server's directory) takes effect without a restart.
-func (t *Trust) Watch(ctx context.Context, srv *server.Server, interval time.Duration, log *slog.Logger) {
+// Watch reloads the account JWT into the server srv returns every interval
+// (default 2s) until ctx ends, so `sled creds revoke` on the authority (or a
+// copy of account.jwt pushed to this server's directory) takes effect without
+// a restart. srv is asked each time, since a restarted server is a new one; a
+// nil server is skipped.
+func (t *Trust) Watch(ctx context.Context, srv func() *server.Server, interval time.Duration, log *slog.Logger) {
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
@@ -139,7 +141,11 @@ func (t *Trust) Watch(ctx context.Context, srv *server.Server, interval time.Dur
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			changed, err := t.Reload(srv)
+			s := srv()
+			if s == nil {
+				continue
+			}
+			changed, err := t.Reload(s)
 			if err != nil {
 				log.Warn("reloading NATS account", "err", err)
 			} else if changed {

@@ -36,7 +36,7 @@ func TestRevokedDrafterExits(t *testing.T) {
 	defer srv.Shutdown()
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go trust.Watch(wctx, srv.Server(), 100*time.Millisecond, nil)
+	go trust.Watch(wctx, srv.Server, 100*time.Millisecond, nil)
 	admin := filepath.Join(dir, "admin.creds")
 	dev := filepath.Join(dir, "dev-1.creds")
 	if err := a.IssueFile(natsauth.Identity{ID: "admin", Role: natsauth.RoleAdmin}, admin); err != nil {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -162,7 +163,14 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 			// without a restart.
 			wctx, stop := context.WithCancel(context.Background())
 			s.stopWatch = stop
-			go s.watchTrust(wctx, nc.Trust)
+			go nc.Trust.Watch(wctx, func() *server.Server {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				if s.emb == nil {
+					return nil
+				}
+				return s.emb.Server()
+			}, 0, cfg.Logger)
 		}
 		s.emb, s.url = emb, emb.ClientURL()
 		if a, ok := emb.Addr().(*net.TCPAddr); ok {
@@ -200,31 +208,6 @@ func StartServer(ctx context.Context, cfg ServerConfig) (s *Server, err error) {
 		}
 	}
 	return s, nil
-}
-
-// watchTrust applies account.jwt changes to whichever embedded server runs
-// (RestartNATS replaces it) every 2 s until ctx ends.
-func (s *Server) watchTrust(ctx context.Context, t *natsauth.Trust) {
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		s.mu.Lock()
-		emb := s.emb
-		s.mu.Unlock()
-		if emb == nil {
-			continue
-		}
-		if changed, err := t.Reload(emb.Server()); err != nil {
-			s.cfg.Logger.Warn("reloading NATS account", "err", err)
-		} else if changed {
-			s.cfg.Logger.Info("NATS account reloaded (revocations applied)")
-		}
-	}
 }
 
 // startExtraWorker runs one more verifier worker named name until Close.

@@ -116,7 +116,7 @@ func runNATS(cmd *cobra.Command, _ []string) error {
 	}
 	defer srv.Shutdown()
 	if trust != nil {
-		go trust.Watch(ctx, srv.Server(), 0, slog.Default())
+		go trust.Watch(ctx, srv.Server, 0, slog.Default())
 	}
 	if natsFlags.provision && len(natsFlags.leafRemotes) == 0 {
 		topo := infra.Topology{Replicas: natsFlags.replicas}
