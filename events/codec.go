@@ -311,11 +311,16 @@ func (d *Decoder) Decode(subject string, h nats.Header, data []byte) (*Event, er
 	if err := p.check(d.VocabSize); err != nil {
 		return nil, err
 	}
+	// A draft names its device twice, in its payload and in its ce-source;
+	// they must agree (and, on its subject, with the subject: checkRoute).
+	if v, ok := p.(*DraftReady); ok && ev.Source != DeviceSource(v.DeviceID) {
+		return nil, fmt.Errorf("%w: draft of device %q has source %q, want %q", ErrIdentity, truncate(v.DeviceID, 64), truncate(ev.Source, 128), DeviceSource(v.DeviceID))
+	}
 	if s := header(h, HeaderSubject); s != "" && s != p.CESubject() {
 		return nil, fmt.Errorf("%w: %s %q does not match the payload's %q", ErrInvalid, HeaderSubject, truncate(s, 64), p.CESubject())
 	}
 	if subject != "" {
-		if err := checkRoute(subject, ev.Source, p); err != nil {
+		if err := checkRoute(subject, p); err != nil {
 			return nil, err
 		}
 	}
@@ -341,8 +346,8 @@ func (d *Decoder) headerLimit() int {
 func DeviceSource(id string) string { return "/sled/device/" + id }
 
 // checkRoute checks that the message arrived on the subject its payload
-// routes to, and that a draft speaks for the device whose subject it is on.
-func checkRoute(subject, source string, p Payload) error {
+// routes to, and that a draft is for the device whose subject it is on.
+func checkRoute(subject string, p Payload) error {
 	switch v := p.(type) {
 	case *DraftReady:
 		s, err := ParseSubject(subject)
@@ -354,9 +359,6 @@ func checkRoute(subject, source string, p Payload) error {
 		}
 		if s.Device != v.DeviceID || s.Pool != v.Pool {
 			return fmt.Errorf("%w: draft for device %q pool %q published on %q, device %q's subject", ErrIdentity, truncate(v.DeviceID, 64), truncate(v.Pool, 64), truncate(subject, 128), s.Device)
-		}
-		if source != DeviceSource(s.Device) {
-			return fmt.Errorf("%w: draft on %q has source %q, want %q", ErrIdentity, truncate(subject, 128), truncate(source, 128), DeviceSource(s.Device))
 		}
 		return nil
 	case *VerifyBatch:
