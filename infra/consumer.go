@@ -294,6 +294,12 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 // itself (a terminal status from the server, or a closed connection).
 var errConsumeEnded = errors.New("infra: consumption ended")
 
+// Pull request expiry and idle heartbeat of every Consumer.
+const (
+	pullExpiry    = 5 * time.Second
+	pullHeartbeat = time.Second
+)
+
 // consume runs one pull subscription until ctx ends or the consumer is lost,
 // and returns why it stopped.
 func (c *Consumer) consume(ctx context.Context, h Handler) error {
@@ -307,6 +313,13 @@ func (c *Consumer) consume(ctx context.Context, h Handler) error {
 	}
 	cc, err := c.JetStream().Consume(func(m jetstream.Msg) { c.handle(ctx, m, h) },
 		jetstream.PullMaxMessages(c.cfg.PullBatch),
+		// Short pull requests with frequent idle heartbeats: a pull request
+		// held by a node that died (or a consumer whose leader moved) is
+		// noticed after two missed heartbeats, 2 s, not nats.go's default
+		// 30 s (a 30 s stall in TestClusterChaos when the node leading a
+		// stream was killed).
+		jetstream.PullExpiry(pullExpiry),
+		jetstream.PullHeartbeat(pullHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			switch {
 			case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound),

@@ -41,15 +41,19 @@ func TestWorkerFailover(t *testing.T) {
 	}
 
 	var before uint64 // drafts worker-2 had verified when worker-1 died
+	held := 0         // sessions worker-1 held then
 	got := underFault(t, s, ps, func() {
 		before = v2.Stats().Drafts
+		held = s.Verifier().Sessions()
 		s.StopVerifier() // worker-1 is gone for good
 	})
 	sameAsCentralized(t, ps, got, want, "failover")
 	st := s.Batcher().Stats()
-	t.Logf("failover: batcher moved %d sessions; worker-2 verified %d drafts before, %d after; resyncs %d", st.Moved, before, v2.Stats().Drafts-before, v2.Stats().Resyncs)
-	if st.Moved == 0 || v2.Stats().Drafts == before {
-		t.Fatalf("no session moved to the surviving worker (moved %d)", st.Moved)
+	t.Logf("failover: worker-1 held %d sessions; batcher moved %d sessions; worker-2 verified %d drafts before, %d after; resyncs %d", held, st.Moved, before, v2.Stats().Drafts-before, v2.Stats().Resyncs)
+	// Sessions go to workers by rendezvous hashing: with four sessions, worker-1
+	// holds none about one run in sixteen, and then nothing has to move.
+	if held > 0 && (st.Moved == 0 || v2.Stats().Drafts == before) {
+		t.Fatalf("worker-1 held %d sessions, but none moved to the surviving worker (moved %d)", held, st.Moved)
 	}
 	if alive := s.Batcher().Workers(); len(alive) != 1 || alive[0] != "worker-2" {
 		t.Fatalf("batcher still sees %v", alive)
