@@ -14,69 +14,27 @@ import (
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/infra"
-	"github.com/sled-project/sled/internal/testcert"
+	"github.com/sled-project/sled/internal/testnats"
 	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/natsauth"
 )
 
-// secured is a real embedded NATS server with auth (and optionally TLS) on,
-// the SLED streams provisioned, and an authority to issue credentials from.
+// secured is testnats.Secured with a connect that can collect the
+// connection's asynchronous errors (permission violations).
 type secured struct {
-	t    *testing.T
-	auth *natsauth.Authority
-	srv  *infra.Embedded
-	tls  infra.TLSFiles // the client side: the CA
-	dir  string
+	*testnats.Secured
+	t *testing.T
 }
 
 func startSecured(t *testing.T, withTLS bool) *secured {
-	t.Helper()
-	dir := t.TempDir()
-	a, err := natsauth.Init(filepath.Join(dir, "auth"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	trust, err := natsauth.LoadTrust(a.Dir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := infra.EmbeddedConfig{Port: -1, StoreDir: filepath.Join(dir, "js"), Trust: trust}
-	s := &secured{t: t, auth: a, dir: dir}
-	if withTLS {
-		f, err := testcert.Make(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.TLS = infra.TLSFiles{CAFile: f.CA, CertFile: f.Cert, KeyFile: f.Key}
-		s.tls = infra.TLSFiles{CAFile: f.CA}
-	}
-	ctx := context.Background()
-	srv, err := infra.StartEmbedded(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	s.srv = srv
-	go trust.Watch(t.Context(), srv.Server, 100*time.Millisecond, nil)
-	_, js := s.connect("admin", natsauth.RoleAdmin, nil)
-	if err := infra.ProvisionTopology(ctx, js, infra.Topology{Storage: jetstream.MemoryStorage}); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return &secured{testnats.Start(t, withTLS), t}
 }
 
 // connect connects as a new credential for id; errs, when not nil, receives
-// the connection's asynchronous errors (permission violations).
+// the connection's asynchronous errors.
 func (s *secured) connect(id string, role natsauth.Role, errs chan<- error) (*nats.Conn, jetstream.JetStream) {
 	s.t.Helper()
-	path := filepath.Join(s.dir, id+".creds")
-	if err := s.auth.IssueFile(natsauth.Identity{ID: id, Role: role}, path); err != nil {
-		s.t.Fatal(err)
-	}
-	opts, err := infra.ClientAuth{Creds: path, TLS: s.tls}.Options()
-	if err != nil {
-		s.t.Fatal(err)
-	}
+	var opts []nats.Option
 	if errs != nil {
 		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			select {
@@ -85,12 +43,7 @@ func (s *secured) connect(id string, role natsauth.Role, errs chan<- error) (*na
 			}
 		}))
 	}
-	nc, js, err := infra.Connect(context.Background(), s.srv.ClientURL(), id, append(opts, nats.MaxReconnects(0))...)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(nc.Close)
-	return nc, js
+	return s.Connect(s.t, id, role, opts...)
 }
 
 // denied waits for a permissions violation naming what on errs.
@@ -130,10 +83,10 @@ func TestDeviceIsolation(t *testing.T) {
 func testDeviceIsolation(t *testing.T, withTLS bool) {
 	s := startSecured(t, withTLS)
 	ctx := context.Background()
-	url := s.srv.ClientURL()
+	url := s.URL()
 
 	// An anonymous client is refused.
-	anon, _ := infra.ClientAuth{TLS: s.tls}.Options()
+	anon, _ := infra.ClientAuth{TLS: s.TLS}.Options()
 	if nc, err := nats.Connect(url, append(anon, nats.MaxReconnects(0))...); err == nil {
 		nc.Close()
 		t.Fatal("anonymous client connected")
@@ -142,7 +95,7 @@ func testDeviceIsolation(t *testing.T, withTLS bool) {
 	}
 	if withTLS {
 		// Plain text to a TLS-only server is refused too.
-		if nc, err := nats.Connect(url, nats.MaxReconnects(0), nats.UserCredentials(filepath.Join(s.dir, "admin.creds"))); err == nil {
+		if nc, err := nats.Connect(url, nats.MaxReconnects(0), nats.UserCredentials(filepath.Join(s.Dir, "admin.creds"))); err == nil {
 			nc.Close()
 			t.Fatal("a client without the CA connected to a TLS server")
 		}
@@ -253,7 +206,7 @@ func testDeviceIsolation(t *testing.T, withTLS bool) {
 	// Revoking A disconnects it and refuses it from then on; B is untouched.
 	closed := make(chan struct{})
 	a.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	if err := s.auth.Revoke("dev-a"); err != nil {
+	if err := s.Auth.Revoke("dev-a"); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -261,7 +214,7 @@ func testDeviceIsolation(t *testing.T, withTLS bool) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("revoked device still connected")
 	}
-	opts, _ := infra.ClientAuth{Creds: filepath.Join(s.dir, "dev-a.creds"), TLS: s.tls}.Options()
+	opts, _ := infra.ClientAuth{Creds: filepath.Join(s.Dir, "dev-a.creds"), TLS: s.TLS}.Options()
 	if nc, err := nats.Connect(url, append(opts, nats.MaxReconnects(0))...); err == nil {
 		nc.Close()
 		t.Fatal("revoked credential connected")
