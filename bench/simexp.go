@@ -127,6 +127,29 @@ func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 	}
 }
 
+// gpuServer is an assumed GPU server for the simulator: a GPU's memory
+// bandwidth and effective FLOP/s, serving a model shape at a weight type.
+type gpuServer struct {
+	gpu        string
+	bw, flops  float64
+	shape, typ string
+	bytesPerW  float64
+}
+
+// gpuServers are the servers `sled bench sim` and `workers` project to.
+var gpuServers = []gpuServer{
+	{"A100-80GB", 2.0e12, 312e12 * 0.5, "llama-3.1-8b", "F16", 2},
+	{"H100-80GB", 3.35e12, 989e12 * 0.5, "llama-3.1-8b", "F16", 2},
+	{"H100-80GB", 3.35e12, 989e12 * 0.5, "llama-3.1-8b", "Q4_0", 0.5625},
+}
+
+func (g gpuServer) target() string { return g.shape + " " + g.typ }
+
+func (g gpuServer) cost() sim.PassCost {
+	params := shapeParams(g.shape)
+	return sim.GPUCost(g.gpu, params, params*g.bytesPerW, g.bw, g.flops)
+}
+
 // RunSim calibrates the simulator on this machine (pass costs of the target,
 // messaging latency of a one-device round), validates it against measured runs at
 // the sizes both can do, and explores capacity for this CPU and for assumed
@@ -184,18 +207,8 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		gpu          bool
 	}
 	servers := []server{{"this CPU (fitted)", filepath.Base(e.Cfg.Target), cost, false}}
-	for _, g := range []struct {
-		gpu        string
-		bw, flops  float64
-		shape, typ string
-		bytesPerW  float64
-	}{
-		{"A100-80GB", 2.0e12, 312e12 * 0.5, "llama-3.1-8b", "F16", 2},
-		{"H100-80GB", 3.35e12, 989e12 * 0.5, "llama-3.1-8b", "F16", 2},
-		{"H100-80GB", 3.35e12, 989e12 * 0.5, "llama-3.1-8b", "Q4_0", 0.5625},
-	} {
-		params := shapeParams(g.shape)
-		servers = append(servers, server{g.gpu, g.shape + " " + g.typ, sim.GPUCost(g.gpu, params, params*g.bytesPerW, g.bw, g.flops), true})
+	for _, g := range gpuServers {
+		servers = append(servers, server{g.gpu, g.target(), g.cost(), true})
 	}
 	bound := 4096
 	if o.Quick {

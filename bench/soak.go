@@ -15,7 +15,6 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -353,32 +352,43 @@ func postRaw(ctx context.Context, hc *http.Client, url string, body []byte) (int
 
 // sampleSoak reads this process's memory figures.
 func sampleSoak(t float64, phase string, lats []float64, errs int) SoakSample {
-	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}, {Name: "/gc/heap/live:bytes"}}
-	metrics.Read(s)
-	c := engine.CHeap()
-	p50, p99 := percentiles(lats)
+	m := ReadMemory()
+	q := quantiles(lats)
 	return SoakSample{
 		T: t, Phase: phase,
-		RSSMB:      mib(ResidentBytes()),
-		GoMB:       mib(s[0].Value.Uint64() - s[1].Value.Uint64()),
-		GoLiveMB:   mib(s[2].Value.Uint64()),
-		CHeapMB:    mib(c.Arena),
-		Goroutines: runtime.NumGoroutine(),
+		RSSMB:      mib(m.RSS),
+		GoMB:       mib(m.GoMapped),
+		GoLiveMB:   mib(m.GoLive),
+		CHeapMB:    mib(m.C.Arena),
+		Goroutines: m.Goroutines,
 		Requests:   len(lats) + errs, Errors: errs,
-		P50ms: p50 * 1000, P99ms: p99 * 1000,
+		P50ms: q.P50 * 1000, P99ms: q.P99 * 1000,
+	}
+}
+
+// Memory is where this process's memory is at one moment.
+type Memory struct {
+	// RSS is the resident set (VmRSS; 0 where there is no /proc).
+	RSS uint64
+	// GoMapped is what Go's runtime has mapped and not released (heap,
+	// stacks, metadata); GoLive the heap live at the last collection.
+	GoMapped, GoLive uint64
+	// C is malloc's arenas (without llama.cpp's separately mapped buffers).
+	C          engine.CHeapStats
+	Goroutines int
+}
+
+// ReadMemory reads this process's Memory.
+func ReadMemory() Memory {
+	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return Memory{
+		RSS: ResidentBytes(), GoMapped: s[0].Value.Uint64() - s[1].Value.Uint64(), GoLive: s[2].Value.Uint64(),
+		C: engine.CHeap(), Goroutines: runtime.NumGoroutine(),
 	}
 }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
-
-// percentiles returns the median and 99th percentile of xs (sorted in place).
-func percentiles(xs []float64) (p50, p99 float64) {
-	if len(xs) == 0 {
-		return 0, 0
-	}
-	sort.Float64s(xs)
-	return xs[len(xs)/2], xs[min(len(xs)-1, len(xs)*99/100)]
-}
 
 // ResidentBytes is this process's resident set (VmRSS in /proc/self/status); 0
 // where there is no /proc.
@@ -414,8 +424,8 @@ func (r *SoakResult) summarize(all []float64, bigs int) {
 		r.IdleRSSMB, r.IdleGoroutines = r.Samples[n-1].RSSMB, r.Samples[n-1].Goroutines
 	}
 	r.SlopeMBPerMin = slope(xs, ys) * 60
-	r.P50ms, r.P99ms = percentiles(all)
-	r.P50ms, r.P99ms = r.P50ms*1000, r.P99ms*1000
+	q := quantiles(all)
+	r.P50ms, r.P99ms = q.P50*1000, q.P99*1000
 	r.BigRequests = bigs
 	r.Releases = engine.IdleReleases()
 }

@@ -83,14 +83,8 @@ func runWorkers(ctx context.Context, o Options) (*Report, error) {
 			res.Measured = append(res.Measured, WorkersRow{Workers: w, Repeat: rep + 1, SLED: m, Sim: sim.SLED(sc).TokensPerSec})
 		}
 	}
-	g := struct {
-		gpu        string
-		bw, flops  float64
-		shape, typ string
-		bytesPerW  float64
-	}{"H100-80GB", 3.35e12, 989e12 * 0.5, "llama-3.1-8b", "F16", 2}
-	params := shapeParams(g.shape)
-	cost := sim.GPUCost(g.gpu, params, params*g.bytesPerW, g.bw, g.flops)
+	g := gpuServers[1] // H100-80GB, Llama-3.1-8B F16
+	cost := g.cost()
 	for _, w := range gpuWorkers {
 		t := o.trial(fleet, p)
 		t.Workers = w
@@ -98,7 +92,7 @@ func runWorkers(ctx context.Context, o Options) (*Report, error) {
 		c.Warmup, c.Duration = 10, 10 // steady state, as RunSim's GPU servers
 		c.Slots = fleet/w + 4
 		r := sim.SLED(c)
-		res.Projection = append(res.Projection, WorkersProjection{Server: g.gpu, Target: g.shape + " " + g.typ, Devices: fleet, Workers: w,
+		res.Projection = append(res.Projection, WorkersProjection{Server: g.gpu, Target: g.target(), Devices: fleet, Workers: w,
 			TokensPerSec: r.TokensPerSec, PerWorker: r.TokensPerSec / float64(w), MeanBatch: r.MeanBatch, PassMs: r.PassMs, RoundMs: r.RoundMs})
 	}
 	r := o.report("workers", e)

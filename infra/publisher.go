@@ -174,7 +174,26 @@ func (p *Publisher) Await(ctx context.Context, timeout time.Duration, futures ..
 		}
 		return p.wrap(m.Subject, err)
 	}
-	for i, f := range futures {
+	timedOut := false
+	for _, f := range futures {
+		if !timedOut {
+			select {
+			case ack := <-f.Ok():
+				p.observe(ack)
+				continue
+			case err := <-f.Err():
+				if err := fail(f.Msg(), err); err != nil {
+					return err
+				}
+				continue
+			case <-expired:
+				timedOut = true
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		// Past the timeout, this future and the later ones are stored, failed
+		// or still pending: look without waiting.
 		select {
 		case ack := <-f.Ok():
 			p.observe(ack)
@@ -182,25 +201,10 @@ func (p *Publisher) Await(ctx context.Context, timeout time.Duration, futures ..
 			if err := fail(f.Msg(), err); err != nil {
 				return err
 			}
-		case <-expired:
-			// This future and the later ones: stored, failed, or pending.
-			for _, f := range futures[i:] {
-				select {
-				case ack := <-f.Ok():
-					p.observe(ack)
-				case err := <-f.Err():
-					if err := fail(f.Msg(), err); err != nil {
-						return err
-					}
-				default:
-					if err := fail(f.Msg(), fmt.Errorf("no ack within %s: %w", timeout, context.DeadlineExceeded)); err != nil {
-						return err
-					}
-				}
+		default:
+			if err := fail(f.Msg(), fmt.Errorf("no ack within %s: %w", timeout, context.DeadlineExceeded)); err != nil {
+				return err
 			}
-			return p.again(ctx, timeout, again, cause)
-		case <-ctx.Done():
-			return ctx.Err()
 		}
 	}
 	return p.again(ctx, timeout, again, cause)

@@ -1,9 +1,13 @@
 package tests
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -126,6 +130,26 @@ func runOn(t testing.TB, devs []httpapi.Device, ps []string, maxTokens int) []ou
 		t.Fatal(err)
 	}
 	return out
+}
+
+// complete posts one completion of prompt to a device API at api (with a
+// bounded client: a request that hangs fails the test instead of stalling it)
+// and returns its status, its OpenAI-shaped error (zero on success) and how long
+// it took.
+func complete(t testing.TB, api, prompt string, maxTokens int) (int, httpapi.APIError, time.Duration) {
+	t.Helper()
+	began := time.Now()
+	body, _ := json.Marshal(map[string]any{"prompt": prompt, "max_tokens": maxTokens})
+	c := http.Client{Timeout: 20 * time.Second}
+	resp, err := c.Post(api+"/v1/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct{ Error httpapi.APIError }
+	b, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(b, &e)
+	return resp.StatusCode, e.Error, time.Since(began)
 }
 
 // margin is the gap between the target's two best logits after prefix: how close

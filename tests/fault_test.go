@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -173,21 +172,6 @@ func TestNoVerifierIsBounded(t *testing.T) {
 		r.Body.Close()
 		return r.StatusCode
 	}
-	complete := func(maxTokens int) (int, string, time.Duration) {
-		began := time.Now()
-		body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": maxTokens})
-		resp, err := http.Post(api+"/v1/completions", "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var e struct {
-			Error struct{ Type, Code, Message string }
-		}
-		b, _ := io.ReadAll(resp.Body)
-		json.Unmarshal(b, &e)
-		return resp.StatusCode, e.Error.Type, time.Since(began)
-	}
 	if st := status("/readyz"); st != http.StatusOK {
 		t.Fatalf("/readyz with a verifier: %d", st)
 	}
@@ -196,7 +180,8 @@ func TestNoVerifierIsBounded(t *testing.T) {
 	// The verifier goes; a request sent at once still finds the pool served (the
 	// last heartbeat is recent), so it is in flight with nobody to verify it.
 	s.StopVerifier()
-	st, typ, took := complete(64)
+	st, apiErr, took := complete(t, api, "Once upon a time", 64)
+	typ := apiErr.Type
 	t.Logf("in flight with no verifier: %d %s after %s", st, typ, took.Round(time.Millisecond))
 	if st != http.StatusServiceUnavailable || typ != "service_unavailable_error" || took > timeout+time.Second {
 		t.Errorf("the request in flight ended %d %q after %s, want 503 service_unavailable_error within %s", st, typ, took, timeout)
@@ -204,7 +189,8 @@ func TestNoVerifierIsBounded(t *testing.T) {
 	if st := status("/readyz"); st != http.StatusServiceUnavailable {
 		t.Errorf("/readyz with no verifier: %d, want 503", st)
 	}
-	st, typ, took = complete(8)
+	st, apiErr, took = complete(t, api, "Once upon a time", 8)
+	typ = apiErr.Type
 	t.Logf("new request with no verifier: %d %s in %s", st, typ, took)
 	if st != http.StatusServiceUnavailable || took > timeout {
 		t.Errorf("a new request with no verifier: %d after %s, want 503 at once", st, took)

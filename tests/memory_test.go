@@ -8,13 +8,12 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"runtime/metrics"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sled-project/sled/bench"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
@@ -141,60 +140,35 @@ func TestMemoryIsBounded(t *testing.T) {
 	idle := memSnapshot(t)
 	t.Logf("idle, released: %s", idle)
 
-	if grew := idle.rss - base.rss; grew > memoryBound {
+	if grew := idle.RSS - base.RSS; grew > memoryBound {
 		t.Errorf("idle RSS %.1f MB is %.1f MB above the post-start %.1f MB; the bound is %d MB",
-			mb(idle.rss), mb(grew), mb(base.rss), memoryBound>>20)
+			mb(idle.RSS), mb(grew), mb(base.RSS), memoryBound>>20)
 	}
 	// Relative to the start: earlier tests in this process may have left
 	// free blocks of their own in the arenas.
-	if idle.c.OK && idle.c.Free > base.c.Free+cHeapFreeBound {
+	if idle.C.OK && idle.C.Free > base.C.Free+cHeapFreeBound {
 		t.Errorf("malloc keeps %.1f MB free in its arenas once idle, %.1f MB more than after start; the bound is %d MB (is the mmap threshold fixed?)",
-			mb(idle.c.Free), mb(idle.c.Free-base.c.Free), cHeapFreeBound>>20)
+			mb(idle.C.Free), mb(idle.C.Free-base.C.Free), cHeapFreeBound>>20)
 	}
 	if goroutines > baseGoroutines+2 {
 		t.Errorf("%d goroutines once idle, %d before the load", goroutines, baseGoroutines)
 	}
 }
 
-type memFigures struct {
-	rss, goMapped, goLive uint64
-	c                     engine.CHeapStats
-	goroutines            int
-}
+type memFigures bench.Memory
 
 func (m memFigures) String() string {
 	return fmt.Sprintf("RSS %5.1f MB, Go mapped %5.1f MB (live %5.1f), malloc arenas %5.1f MB (free %5.1f), %d goroutines",
-		mb(m.rss), mb(m.goMapped), mb(m.goLive), mb(m.c.Arena), mb(m.c.Free), m.goroutines)
+		mb(m.RSS), mb(m.GoMapped), mb(m.GoLive), mb(m.C.Arena), mb(m.C.Free), m.Goroutines)
 }
 
 func mb(b uint64) float64 { return float64(int64(b)) / (1 << 20) }
 
 func memSnapshot(t testing.TB) memFigures {
 	t.Helper()
-	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}, {Name: "/gc/heap/live:bytes"}}
-	metrics.Read(s)
-	return memFigures{
-		rss: vmRSS(t), goMapped: s[0].Value.Uint64() - s[1].Value.Uint64(), goLive: s[2].Value.Uint64(),
-		c: engine.CHeap(), goroutines: runtime.NumGoroutine(),
+	m := memFigures(bench.ReadMemory())
+	if m.RSS == 0 {
+		t.Fatal("no VmRSS in /proc/self/status")
 	}
-}
-
-// vmRSS is this process's resident set, from /proc/self/status.
-func vmRSS(t testing.TB) uint64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for l := range strings.Lines(string(b)) {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, err := strconv.ParseUint(f[1], 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS in /proc/self/status")
-	return 0
+	return m
 }

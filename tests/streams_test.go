@@ -3,9 +3,7 @@ package tests
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -61,24 +59,11 @@ func TestDraftsStreamGoneIsBounded(t *testing.T) {
 		Retry: drafter.RetryPolicy{Timeout: 200 * time.Millisecond},
 	})
 	api := "http://" + s.HTTPAddr()
-	complete := func() (int, string, time.Duration) {
-		began := time.Now()
-		body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": 16})
-		// Bounded: a request that hangs fails the test instead of stalling it.
-		c := http.Client{Timeout: 20 * time.Second}
-		resp, err := c.Post(api+"/v1/completions", "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var e struct {
-			Error struct{ Type, Code, Message string }
-		}
-		b, _ := io.ReadAll(resp.Body)
-		json.Unmarshal(b, &e)
-		return resp.StatusCode, e.Error.Message, time.Since(began)
+	post := func() (int, string, time.Duration) {
+		st, e, took := complete(t, api, "Once upon a time", 16)
+		return st, e.Message, took
 	}
-	if st, msg, _ := complete(); st != http.StatusOK {
+	if st, msg, _ := post(); st != http.StatusOK {
 		t.Fatalf("before: %d %s", st, msg)
 	}
 	ctx := context.Background()
@@ -86,7 +71,7 @@ func TestDraftsStreamGoneIsBounded(t *testing.T) {
 	if err := s.JS().DeleteStream(ctx, infra.StreamDrafts); err != nil {
 		t.Fatal(err)
 	}
-	st, msg, took := complete()
+	st, msg, took := post()
 	t.Logf("with no drafts stream: %d %q after %s", st, msg, took.Round(time.Millisecond))
 	if st != http.StatusServiceUnavailable || took > timeout+2*time.Second {
 		t.Errorf("with no drafts stream: %d after %s, want 503 within %s", st, took, timeout+2*time.Second)
@@ -109,7 +94,7 @@ func TestDraftsStreamGoneIsBounded(t *testing.T) {
 	}) {
 		t.Fatal("the batcher did not recreate SLED_DRAFTS")
 	}
-	st, msg, took = complete()
+	st, msg, took = post()
 	t.Logf("after the batcher recreated the stream (%s after its start): %d in %s", time.Since(back).Round(time.Millisecond), st, took.Round(time.Millisecond))
 	if st != http.StatusOK {
 		t.Fatalf("after the batcher came back: %d %s", st, msg)
