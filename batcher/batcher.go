@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/telemetry"
 )
@@ -76,8 +77,9 @@ type Batcher struct {
 
 	mu     sync.Mutex
 	router *Router
-	queues map[string]*queue // worker ("" = shared) -> pending drafts
-	recent Activity          // devices seen within ActiveWindow
+	queues map[string]*queue        // worker ("" = shared) -> pending drafts
+	recent Activity                 // devices seen within ActiveWindow
+	costs  map[string]goodput.Curve // worker -> its pass-cost estimate, from heartbeats
 	stats  Stats
 	wake   chan struct{}
 
@@ -141,14 +143,14 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Batcher, error) {
 		cfg: cfg, nc: nc, js: js, keeper: keeper, pub: infra.NewPublisher(js, infra.PublisherConfig{Keeper: keeper}), source: "/sled/batcher/" + cfg.Pool,
 		prefix: cfg.Pool + "-" + hex.EncodeToString(rb[:]),
 		router: NewRouter(cfg.HeartbeatTimeout, 0),
-		queues: map[string]*queue{}, recent: Activity{Window: cfg.ActiveWindow},
+		queues: map[string]*queue{}, costs: map[string]goodput.Curve{}, recent: Activity{Window: cfg.ActiveWindow},
 		stats: Stats{ByReason: map[string]uint64{}}, wake: make(chan struct{}, 1),
 		tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
 		poolAttrs: metric.WithAttributeSet(attribute.NewSet(pool)),
 		byPolicy:  map[string]metric.MeasurementOption{},
 		byOutcome: map[string]metric.MeasurementOption{},
 	}
-	for _, r := range []string{ReasonSize, ReasonAll, ReasonDeadline} {
+	for _, r := range []string{ReasonSize, ReasonAll, ReasonDeadline, ReasonSLO} {
 		b.byPolicy[r] = metric.WithAttributeSet(attribute.NewSet(pool, attribute.String("policy", r)))
 	}
 	for _, o := range []string{OutcomeBatched, OutcomeSuperseded, OutcomeStale} {
@@ -186,6 +188,9 @@ func (b *Batcher) Run(ctx context.Context) error {
 		}
 		b.mu.Lock()
 		b.router.Heartbeat(h.Worker, time.Now())
+		if len(h.PassCost) > 0 {
+			b.costs[h.Worker] = h.PassCost
+		}
 		b.mu.Unlock()
 	})
 	if err != nil {
@@ -356,7 +361,8 @@ func (b *Batcher) flushReady(ctx context.Context) time.Duration {
 		if busy > 1 {
 			share = 0
 		}
-		sizes, reason, next := b.cfg.Policy.Drain(len(q.items), share, now.Sub(q.oldest))
+		slack, pass := b.slack(now, w, q)
+		sizes, reason, next := b.cfg.Policy.Drain(Queue{Drafts: len(q.items), Active: share, Age: now.Sub(q.oldest), Slack: slack, Pass: pass})
 		for _, n := range sizes {
 			out = append(out, closed{worker: w, reason: reason, items: append([]item(nil), q.items[:n]...)})
 			q.items = append(q.items[:0], q.items[n:]...)
@@ -372,6 +378,30 @@ func (b *Batcher) flushReady(ctx context.Context) time.Duration {
 		b.publish(ctx, c.worker, c.reason, c.items)
 	}
 	return max(wait, 100*time.Microsecond)
+}
+
+// slack is q's Slack for the SLO-aware policy, its drafts' earliest due time
+// less the estimated pass over them, and that pass, from the worker's
+// pass-cost curve (any worker's for the shared queue). Called with b.mu held.
+func (b *Batcher) slack(now time.Time, worker string, q *queue) (time.Duration, time.Duration) {
+	if !b.cfg.Policy.SLO {
+		return NoSlack, 0
+	}
+	dues := make([]time.Time, 0, len(q.items))
+	tokens := 0
+	for _, it := range q.items {
+		dues = append(dues, it.d.Due)
+		tokens += len(it.d.Committed) + len(it.d.Draft)
+	}
+	curve, ok := b.costs[worker]
+	if !ok {
+		for _, c := range b.costs {
+			curve = c
+			break
+		}
+	}
+	ms, _ := curve.Ms(tokens)
+	return Slack(now, dues, ms), time.Duration(ms * float64(time.Millisecond))
 }
 
 // publish stores one batch, then acknowledges its drafts (or, if the batch could

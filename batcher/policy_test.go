@@ -23,7 +23,7 @@ func TestPolicyDecide(t *testing.T) {
 		{1, 0, 0, false, ""}, // unknown activity: wait
 	}
 	for _, c := range cases {
-		ok, reason, wait := p.Decide(c.n, c.active, c.age)
+		ok, reason, wait := p.Decide(Queue{Drafts: c.n, Active: c.active, Age: c.age, Slack: NoSlack})
 		if ok != c.close || reason != c.reason {
 			t.Errorf("Decide(%d, %d, %v) = %v %q, want %v %q", c.n, c.active, c.age, ok, reason, c.close, c.reason)
 		}
@@ -32,7 +32,7 @@ func TestPolicyDecide(t *testing.T) {
 		}
 	}
 	plain := Policy{Size: 4, NoEarlyClose: true}.WithDefaults()
-	if ok, _, _ := plain.Decide(3, 3, 0); ok {
+	if ok, _, _ := plain.Decide(Queue{Drafts: 3, Active: 3, Slack: NoSlack}); ok {
 		t.Error("NoEarlyClose closed on all-active")
 	}
 	if d := (Policy{}).WithDefaults(); d.Size != DefaultSize || d.MaxWait != DefaultMaxWait {
@@ -140,10 +140,52 @@ func TestPolicyDrain(t *testing.T) {
 		{8, 0, 0, []int{4, 4}, ReasonSize, 10 * time.Millisecond},
 	}
 	for _, c := range cases {
-		sizes, reason, wait := p.Drain(c.n, c.active, c.age)
+		sizes, reason, wait := p.Drain(Queue{Drafts: c.n, Active: c.active, Age: c.age, Slack: NoSlack})
 		if fmt.Sprint(sizes) != fmt.Sprint(c.sizes) || reason != c.reason || wait != c.wait {
 			t.Errorf("Drain(%d, %d, %v) = %v %q %v, want %v %q %v", c.n, c.active, c.age, sizes, reason, wait, c.sizes, c.reason, c.wait)
 		}
+	}
+}
+
+// SLO-aware batching: a queue closes when waiting longer would make a draft
+// miss its due time, and otherwise fills for up to its estimated pass.
+func TestPolicySLO(t *testing.T) {
+	ms := time.Millisecond
+	p := Policy{Size: 16, MaxWait: ms, SLO: true, SLOMaxWait: 50 * ms}.WithDefaults()
+	cases := []struct {
+		name   string
+		q      Queue
+		close  bool
+		reason string
+		wait   time.Duration
+	}{
+		{"slack left: wait for it", Queue{Drafts: 3, Active: 8, Slack: 5 * ms, Pass: 30 * ms}, false, "", 5 * ms},
+		{"slack gone: close", Queue{Drafts: 3, Active: 8, Slack: 0, Pass: 30 * ms}, true, ReasonSLO, 0},
+		{"late already: close", Queue{Drafts: 3, Active: 8, Slack: -2 * ms}, true, ReasonSLO, 0},
+		{"no due times: fill up to the pass", Queue{Drafts: 3, Active: 8, Age: 10 * ms, Slack: NoSlack, Pass: 30 * ms}, false, "", 20 * ms},
+		{"filled for a pass: close", Queue{Drafts: 3, Active: 8, Age: 30 * ms, Slack: NoSlack, Pass: 30 * ms}, true, ReasonDeadline, 0},
+		{"pass unknown: SLOMaxWait", Queue{Drafts: 3, Active: 8, Age: 10 * ms, Slack: NoSlack}, false, "", 40 * ms},
+		{"everyone in: close at once", Queue{Drafts: 8, Active: 8, Slack: time.Second}, true, ReasonAll, 0},
+	}
+	for _, c := range cases {
+		ok, reason, wait := p.Decide(c.q)
+		if ok != c.close || reason != c.reason || (!ok && wait != c.wait) {
+			t.Errorf("%s: Decide(%+v) = %v %q %v, want %v %q %v", c.name, c.q, ok, reason, wait, c.close, c.reason, c.wait)
+		}
+	}
+	// Without SLO the same queues close by MaxWait, whatever their slack.
+	plain := p
+	plain.SLO = false
+	if ok, reason, _ := plain.Decide(Queue{Drafts: 3, Active: 8, Age: 2 * ms, Slack: time.Second, Pass: 30 * ms}); !ok || reason != ReasonDeadline {
+		t.Errorf("without SLO: %v %q, want a deadline close", ok, reason)
+	}
+	now := time.Unix(100, 0)
+	dues := []time.Time{{}, now.Add(40 * ms), now.Add(25 * ms)}
+	if got := Slack(now, dues, 10); got != 15*ms {
+		t.Errorf("Slack = %v, want 15ms (earliest due 25ms, less a 10ms pass)", got)
+	}
+	if got := Slack(now, []time.Time{{}}, 10); got != NoSlack {
+		t.Errorf("Slack without due times = %v, want NoSlack", got)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
 )
@@ -49,6 +50,20 @@ type Options struct {
 	Required float64
 	// Policy is the devices' drafting policy (drafter's defaults: θ 0.4, at most 8).
 	Policy drafter.DraftPolicy
+	// Budget is the verifier's goodput policy (draft budgets by default).
+	// Budget.Static: the paper's fixed speculation length only.
+	Budget goodput.Policy
+	// NoStatic skips the static-length SLED that capacity and wstgr measure
+	// beside the budgeted one (Budget.Static in the same run), so that the
+	// policy's gain is measured. Quick implies it for capacity.
+	NoStatic bool
+	// TPOTMs gives every device a latency objective, ms per output token (0:
+	// none).
+	TPOTMs float64
+	// Rates, for capacity, makes the capacity a curve: the largest fleet
+	// served at each required per-device rate (tokens/s), SLED beside
+	// centralized. Empty: Required only.
+	Rates []float64
 	// Batch is the batcher's policy. Default size 32 and a 20ms deadline: with the
 	// batcher's own 1ms default, batches under load stay near one draft (the
 	// batcher does not see the verifier is busy) and the server saturates.
@@ -201,7 +216,7 @@ func (o Options) profiles() ([]Profile, error) {
 }
 
 func (o Options) trial(devices int, p Profile) Trial {
-	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
 	if o.qwen() {
 		t.Timeout = time.Minute // a loaded 1.5B pass takes seconds on a small CPU
 	}
@@ -331,18 +346,27 @@ type CapacityResult struct {
 	// Required is the tokens/s every device had to get.
 	Required float64 `json:"required_tokens_per_sec"`
 	// Bound is the search's upper bound: a capacity equal to it means "at least".
-	Bound      int               `json:"bound"`
-	Profiles   []ProfileCapacity `json:"profiles"`
+	Bound    int               `json:"bound"`
+	Profiles []ProfileCapacity `json:"profiles"`
+	// Curve, with Options.Rates, holds every rate's capacities, rate by rate.
+	Curve      []ProfileCapacity `json:"curve,omitempty"`
 	Trials     []*Measurement    `json:"trials"`
 	Mismatches int               `json:"mismatches"`
 }
 
 // ProfileCapacity is SLED's capacity with devices of one profile.
 type ProfileCapacity struct {
-	Profile     Profile `json:"profile"`
+	Profile Profile `json:"profile"`
+	// Rate is the tokens/s every device had to get.
+	Rate        float64 `json:"required_tokens_per_sec"`
 	SLED        int     `json:"sled_capacity"`
 	Centralized int     `json:"centralized_capacity"`
 	Ratio       float64 `json:"ratio"`
+	// Static is the capacity of SLED with the static speculation length (no
+	// draft budgets) in the same run, StaticRatio its ratio to centralized;
+	// absent when not measured (Quick, NoStatic).
+	Static      *int    `json:"sled_static_capacity,omitempty"`
+	StaticRatio float64 `json:"static_ratio,omitempty"`
 	// Edge is the edge-only baseline: every device alone at its draft rate, so
 	// unbounded in count, and within the requirement only if its rate meets it.
 	EdgeMeets bool `json:"edge_meets_required"`
@@ -375,16 +399,24 @@ func runCapacity(ctx context.Context, o Options) (*Report, error) {
 	res := &CapacityResult{Required: o.Required, Bound: o.MaxDevices}
 	bar := o.progress(6 + 6*len(ps))
 	defer bar.Done()
-	probe := func(system string, p Profile) func(int) (bool, error) {
+	// system: "centralized", "sled" (with the goodput policy, o.Budget) or
+	// "sled-static" (the paper's fixed length, Budget.Static).
+	probe := func(system string, p Profile, rate float64) func(int) (bool, error) {
 		return func(n int) (bool, error) {
-			bar.Step(fmt.Sprintf("%s %s n=%d", system, p.Name, n))
+			bar.Step(fmt.Sprintf("%s %s %.1f tok/s n=%d", system, p.Name, rate, n))
 			var m *Measurement
 			var err error
-			if system == "centralized" {
-				m, err = e.RunCentralized(ctx, o.trial(n, p))
-			} else {
-				m, err = e.RunSLED(ctx, o.trial(n, p))
+			t := o.trial(n, p)
+			switch system {
+			case "centralized":
+				m, err = e.RunCentralized(ctx, t)
+			case "sled-static":
+				t.Budget.Static = true
+				fallthrough
+			default:
+				m, err = e.RunSLED(ctx, t)
 				if m != nil {
+					m.System = system
 					res.Mismatches += m.Mismatches
 				}
 			}
@@ -392,35 +424,70 @@ func runCapacity(ctx context.Context, o Options) (*Report, error) {
 				return false, err
 			}
 			res.Trials = append(res.Trials, m)
-			o.Logger.Info("capacity trial", "system", system, "profile", p.Name, "devices", n, "p5", m.P5PerDevice, "wstgr", m.TokensPerSec)
-			return withinCapacity(m, o.Required), nil
+			o.Logger.Info("capacity trial", "system", system, "profile", p.Name, "rate", rate, "devices", n, "p5", m.P5PerDevice, "wstgr", m.TokensPerSec)
+			return withinCapacity(m, rate), nil
 		}
 	}
-	central, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("centralized", Profile{Name: "thin-client"}))
-	if err != nil {
-		return nil, err
+	rates := o.Rates
+	if len(rates) == 0 {
+		rates = []float64{o.Required}
 	}
-	for _, p := range ps {
-		n, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("sled", p))
+	static := !o.NoStatic && !o.Quick && !o.Budget.Static
+	for ri, rate := range rates {
+		central, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("centralized", Profile{Name: "thin-client"}, rate))
 		if err != nil {
 			return nil, err
 		}
-		pc := ProfileCapacity{Profile: p, SLED: n, Centralized: central, EdgeMeets: p.TokensPerSec >= o.Required}
-		if central > 0 {
-			pc.Ratio = float64(n) / float64(central)
+		for _, p := range ps {
+			n, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("sled", p, rate))
+			if err != nil {
+				return nil, err
+			}
+			pc := ProfileCapacity{Profile: p, Rate: rate, SLED: n, Centralized: central, EdgeMeets: p.TokensPerSec >= rate}
+			if central > 0 {
+				pc.Ratio = float64(n) / float64(central)
+			}
+			if static {
+				ns, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("sled-static", p, rate))
+				if err != nil {
+					return nil, err
+				}
+				pc.Static = &ns
+				if central > 0 {
+					pc.StaticRatio = float64(ns) / float64(central)
+				}
+			}
+			if ri == 0 {
+				res.Profiles = append(res.Profiles, pc)
+			}
+			if len(o.Rates) > 0 {
+				res.Curve = append(res.Curve, pc)
+			}
 		}
-		res.Profiles = append(res.Profiles, pc)
 	}
-	res.SLED, res.Centralized, res.Ratio = res.Profiles[0].SLED, central, res.Profiles[0].Ratio
+	res.Required = rates[0]
+	res.SLED, res.Centralized, res.Ratio = res.Profiles[0].SLED, res.Profiles[0].Centralized, res.Profiles[0].Ratio
 	r := o.report("capacity", e)
 	r.Result = res
 	r.Modelled = append(r.Modelled, fmt.Sprintf("capacity criterion: the 5th-percentile device gets >= %.1f tokens/s over a %s window and no round fails; search: doubling then bisection to within %s", o.Required, o.Duration, map[bool]string{true: "25%", false: "6%"}[o.Quick]))
-	t := Table{Title: fmt.Sprintf("System capacity (devices each getting >= %.1f tokens/s), target %s", o.Required, r.Target),
-		Header: []string{"device profile", "draft tok/s", "SLED", "centralized", "SLED / centralized", "edge-only meets rate"}}
-	for _, pc := range res.Profiles {
-		t.Rows = append(t.Rows, []string{pc.Profile.Name, f1(pc.Profile.TokensPerSec), capStr(pc.SLED, o.MaxDevices), capStr(pc.Centralized, o.MaxDevices), f2(pc.Ratio), fmt.Sprint(pc.EdgeMeets)})
+	capRows := func(pcs []ProfileCapacity) [][]string {
+		var rows [][]string
+		for _, pc := range pcs {
+			st, sr := "-", "-"
+			if pc.Static != nil {
+				st, sr = capStr(*pc.Static, o.MaxDevices), f2(pc.StaticRatio)
+			}
+			rows = append(rows, []string{f1(pc.Rate), pc.Profile.Name, f1(pc.Profile.TokensPerSec), capStr(pc.SLED, o.MaxDevices), st, capStr(pc.Centralized, o.MaxDevices), f2(pc.Ratio), sr, fmt.Sprint(pc.EdgeMeets)})
+		}
+		return rows
 	}
-	r.Tables = append(r.Tables, t, trialsTable(res.Trials))
+	header := []string{"required tok/s", "device profile", "draft tok/s", "SLED (budgets)", "SLED (static length)", "centralized", "SLED / centralized", "static / centralized", "edge-only meets rate"}
+	t := Table{Title: fmt.Sprintf("System capacity (devices each getting >= %.1f tokens/s), target %s", res.Required, r.Target), Header: header, Rows: capRows(res.Profiles)}
+	r.Tables = append(r.Tables, t)
+	if len(res.Curve) > 0 {
+		r.Tables = append(r.Tables, Table{Title: "Capacity curve: the largest fleet served at each required rate, target " + r.Target, Header: header, Rows: capRows(res.Curve)})
+	}
+	r.Tables = append(r.Tables, trialsTable(res.Trials))
 	err = o.plot(r, func(dir string) ([]string, error) {
 		var cats []string
 		var s, c Series

@@ -13,6 +13,7 @@ import (
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/verifier"
@@ -30,6 +31,12 @@ type Trial struct {
 	Policy drafter.DraftPolicy
 	// Batch is the batcher's policy (defaults as batcher's).
 	Batch batcher.Policy
+	// Budget is the verifier's goodput policy; Budget.Static runs the paper's
+	// fixed speculation length (every round as drawn).
+	Budget goodput.Policy
+	// TPOTMs is every device's latency objective, ms per output token (0:
+	// none).
+	TPOTMs float64
 	// Warmup is excluded from the measurement. Default 1s.
 	Warmup time.Duration
 	// Duration is the measuring window. Default 4s.
@@ -80,7 +87,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	}
 	log := e.Cfg.Logger
 	srv, err := services.StartServer(ctx, services.ServerConfig{
-		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Logger: log,
+		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Budget: t.Budget, Logger: log,
 		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers)},
 	})
 	if err != nil {
@@ -178,6 +185,7 @@ type simDevice struct {
 	drafted, accepted, batch                      int
 	queueMs, batchMs, verifyMs, serverMs, draftMs float64
 	mismatches, failures                          int
+	allDrafted, allAccepted                       int // every round's, for the due times
 }
 
 func (f *fleet) newDevice(i int) (*simDevice, error) {
@@ -227,10 +235,16 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 	committed := append([]engine.Token(nil), prompt...)
 	sent := 0 // committed[sent:] is not yet in the verifier's cache
 	var round uint64
+	budget := -1 // the last result's draft budget; -1: none yet
 	for pos := 0; pos < len(cont)-1; {
 		r := d.rounds.Sample()
-		n := max(1, min(r.Len, len(cont)-1-pos))
+		least := 1 // without a budget a round drafts at least one token, as the device's policy does
+		if budget >= 0 {
+			r.Len, least = min(r.Len, budget), 0
+		}
+		n := max(least, min(r.Len, len(cont)-1-pos))
 		m := min(r.Accepted, n)
+		began := time.Now()
 		draft := make([]int32, n)
 		probs := make([]float32, n)
 		for j := range draft {
@@ -250,9 +264,19 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: round,
 			Committed: committed, Sent: sent, Draft: draft, Probs: probs, WithPrefix: round == 1,
 			VocabFingerprint: fp, Timeout: d.f.t.Timeout,
-		}.Event(time.Now())
+			TPOT: time.Duration(d.f.t.TPOTMs * float64(time.Millisecond)),
+		}
+		if ev.TPOT > 0 {
+			rate := 0.5 // as drafter's generation estimates it: its acceptance so far
+			if d.allDrafted > 0 {
+				rate = float64(d.allAccepted) / float64(d.allDrafted)
+			}
+			exp := rate * float64(n)
+			ev.Due = began.Add(time.Duration((1 + exp) * float64(ev.TPOT)))
+		}
+		dr := ev.Event(time.Now())
 		t0 := time.Now()
-		if _, err := d.pub.Publish(ctx, events.New(events.DeviceSource(d.id), ev)); err != nil {
+		if _, err := d.pub.Publish(ctx, events.New(events.DeviceSource(d.id), dr)); err != nil {
 			return ctx.Err() == nil && d.fail(t0)
 		}
 		var res *events.VerifyResult
@@ -279,6 +303,11 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			}
 			return d.f.win.add(d.i, 0, now)
 		}
+		if res.DraftBudget != nil {
+			budget = *res.DraftBudget
+		}
+		d.allDrafted += n
+		d.allAccepted += m
 		committed = append(committed, cont[pos:pos+m+1]...)
 		sent = len(committed) - 1
 		pos += m + 1

@@ -93,6 +93,11 @@ type Config struct {
 	// until raft elects one (its election timeout is 4 to 9 s, a split vote
 	// takes another).
 	NoStreamTimeout time.Duration
+	// TPOT is the device's latency objective per output token for requests
+	// that give none (textgen.Request.TPOT); 0: none. Each round tells the
+	// verifier (events.DraftReady.TPOTMs, Due), whose draft budgets and, with
+	// SLO-aware batching, the batcher try to meet it.
+	TPOT time.Duration
 }
 
 // Device is one edge device: a draft model and a NATS connection. It implements
@@ -328,6 +333,11 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 		d: d, req: req, emit: emit, session: newSessionID(),
 		st:      newRoundState(req.Prompt, req.MaxTokens, d.cfg.MaxContext, d.model.IsEOG),
 		results: make(chan *events.VerifyResult, 64),
+		budget:  -1,
+		tpot:    req.TPOT,
+	}
+	if g.tpot <= 0 {
+		g.tpot = d.cfg.TPOT
 	}
 	d.wmu.Lock()
 	d.waiters[g.session] = g.results
@@ -368,6 +378,37 @@ type generation struct {
 	stats      textgen.Stats
 	lastOK     time.Time
 	rt         round // the open round's trace
+	// budget is the last verdict's draft budget (events.VerifyResult.DraftBudget),
+	// -1 before any: the device drafts at most that many tokens next.
+	budget int
+	// tpot is the generation's latency objective per output token (0: none);
+	// began is when the current round began (its drafting).
+	tpot  time.Duration
+	began time.Time
+}
+
+// maxLen is the most draft tokens the next round may carry: the drafting
+// policy's, within the server's budget.
+func (g *generation) maxLen() int {
+	if g.budget >= 0 {
+		return min(g.budget, g.d.cfg.Draft.MaxLen)
+	}
+	return g.d.cfg.Draft.MaxLen
+}
+
+// due is when the current round's result must arrive for the generation to
+// keep its objective: the round's start plus its expected output tokens (one,
+// plus the pending tokens at the generation's acceptance so far) at tpot each.
+func (g *generation) due() time.Time {
+	if g.tpot <= 0 {
+		return time.Time{}
+	}
+	rate := 0.5
+	if g.stats.Drafted > 0 {
+		rate = float64(g.stats.Accepted) / float64(g.stats.Drafted)
+	}
+	exp := 1 + rate*float64(len(g.st.pending))
+	return g.began.Add(time.Duration(exp * float64(g.tpot)))
 }
 
 func (g *generation) run(ctx context.Context) error {
@@ -387,6 +428,7 @@ func (g *generation) run(ctx context.Context) error {
 			return nil
 		}
 		g.beginRound(ctx)
+		g.began = time.Now()
 		_, sp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.draft")
 		err := g.draft(ctx)
 		if sp.IsRecording() {
@@ -413,7 +455,7 @@ func (g *generation) run(ctx context.Context) error {
 // dynamic drafting policy, within the generation's room.
 func (g *generation) draft(ctx context.Context) error {
 	st := g.st
-	limit := st.draftLimit(g.d.cfg.Draft.MaxLen)
+	limit := st.draftLimit(g.maxLen())
 	ds := g.d.ds
 	if err := ds.sync(ctx, append(st.committed[:len(st.committed):len(st.committed)], st.pending...)); err != nil {
 		return err
@@ -442,6 +484,7 @@ func (g *generation) send(ctx context.Context) error {
 		Sampling: events.Sampling{Temperature: g.req.Temperature, TopP: g.req.TopP, Seed: g.req.Seed},
 		Logprobs: g.req.Logprobs, TopLogprobs: g.req.TopLogprobs,
 		VocabFingerprint: g.d.model.Fingerprint(), Timeout: g.d.cfg.Retry.Timeout,
+		TPOT: g.tpot, Due: g.due(),
 	}.Event(time.Now())
 	e := events.New(g.d.source, ev)
 	o := g.d.obs
@@ -601,7 +644,7 @@ func (g *generation) wait(ctx context.Context, timer *time.Timer, failed bool, a
 	ds := g.d.ds
 	async := !g.d.cfg.NoAsync
 	for {
-		canAhead := async && len(*ahead) < g.d.cfg.Draft.MaxLen+1 && len(g.st.pending)+len(*ahead)+1 < g.st.room() &&
+		canAhead := async && len(*ahead) < g.maxLen()+1 && len(g.st.pending)+len(*ahead)+1 < g.st.room() &&
 			!g.st.endsInEOG(*ahead)
 		if canAhead {
 			select {
@@ -646,6 +689,9 @@ func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool,
 	g.ahead, g.aheadProbs = nil, nil
 	if err != nil {
 		return true, err
+	}
+	if res.DraftBudget != nil {
+		g.budget = *res.DraftBudget
 	}
 	g.observeVerdict(ctx, drafted, res.Accepted)
 	defer g.endRound(OutcomeOK, res)

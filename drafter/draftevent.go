@@ -33,6 +33,10 @@ type DraftRound struct {
 	// Timeout is how long the device waits for the verdict: the event's deadline
 	// is now plus Timeout.
 	Timeout time.Duration
+	// TPOT is the session's latency objective per output token (0: none) and
+	// Due when this round's result must arrive to keep it (zero: none).
+	TPOT time.Duration
+	Due  time.Time
 }
 
 // Event builds the round's draft.ready event, its deadline counted from now.
@@ -49,6 +53,8 @@ func (r DraftRound) Event(now time.Time) *events.DraftReady {
 		TopLogprobs:      r.TopLogprobs,
 		VocabFingerprint: r.VocabFingerprint,
 		Deadline:         now.Add(r.Timeout),
+		TPOTMs:           float64(r.TPOT) / float64(time.Millisecond),
+		Due:              r.Due,
 	}
 	if r.WithPrefix {
 		ev.Prefix = append([]int32(nil), r.Committed...)

@@ -54,6 +54,8 @@ func (d *DraftReady) check(vocab int) error {
 		return fmt.Errorf("%w: %d draft probs for %d draft tokens", ErrInvalid, len(d.DraftProbs), len(d.Draft))
 	case len(d.TopK) != 0 && len(d.TopK) != len(d.Draft):
 		return fmt.Errorf("%w: %d top_k entries for %d draft tokens", ErrInvalid, len(d.TopK), len(d.Draft))
+	case !(d.TPOTMs >= 0 && d.TPOTMs <= MaxTPOTMs):
+		return fmt.Errorf("%w: tpot_ms %v not in [0,%v]", ErrInvalid, d.TPOTMs, float64(MaxTPOTMs))
 	case d.PrefixLen < 0 || d.PrefixLen > schemas.MaxPrefixTokens:
 		return fmt.Errorf("%w: prefix_len %d not in [0,%d]", ErrInvalid, d.PrefixLen, schemas.MaxPrefixTokens)
 	case len(d.Committed) > d.PrefixLen:
@@ -156,6 +158,9 @@ func (r *VerifyResult) check(vocab int) error {
 		}
 		if r.Accepted < 0 || r.Accepted > schemas.MaxDraftTokens {
 			return fmt.Errorf("%w: accepted %d not in [0,%d]", ErrInvalid, r.Accepted, schemas.MaxDraftTokens)
+		}
+		if b := r.DraftBudget; b != nil && (*b < 0 || *b > schemas.MaxDraftTokens) {
+			return fmt.Errorf("%w: draft budget %d not in [0,%d]", ErrInvalid, *b, schemas.MaxDraftTokens)
 		}
 		if len(r.Logprobs) != 0 && len(r.Logprobs) != r.Accepted+1 {
 			return fmt.Errorf("%w: %d logprobs for %d output tokens", ErrInvalid, len(r.Logprobs), r.Accepted+1)

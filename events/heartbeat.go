@@ -1,6 +1,10 @@
 package events
 
-import "time"
+import (
+	"time"
+
+	"github.com/sled-project/sled/goodput"
+)
 
 // Worker heartbeats are plain core-NATS messages (no JetStream, no CloudEvents
 // envelope): they are periodic and only the latest matters. A verifier worker
@@ -25,4 +29,7 @@ type Heartbeat struct {
 	// Model is the id the worker's target model is served under (devices that
 	// front an API name the model by it). Optional.
 	Model string `json:"model,omitempty"`
+	// PassCost is the worker's pass-cost estimate (goodput.CostEstimator):
+	// what an SLO-aware batcher expects a batch's pass to take. Optional.
+	PassCost goodput.Curve `json:"pass_cost,omitempty"`
 }

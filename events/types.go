@@ -49,6 +49,9 @@ type Sampling struct {
 // MaxTopLogprobs bounds DraftReady.TopLogprobs.
 const MaxTopLogprobs = 20
 
+// MaxTPOTMs bounds DraftReady.TPOTMs (a thousand seconds per token).
+const MaxTPOTMs = 1_000_000
+
 // TokenLogprob is the target's log-probability of one output token (natural
 // log, raw distribution: temperature 1, no truncation), with the most likely
 // alternatives at its position when asked for.
@@ -103,7 +106,14 @@ type DraftReady struct {
 	TopLogprobs      int       `json:"top_logprobs,omitempty"`
 	VocabFingerprint string    `json:"vocab_fingerprint"`
 	Deadline         time.Time `json:"deadline"`
-	Prefix           []int32   `json:"prefix,omitempty"`
+	// TPOTMs is the session's latency objective, milliseconds per output
+	// token; 0: none. The verifier's draft budgets try to meet it.
+	TPOTMs float64 `json:"tpot_ms,omitempty"`
+	// Due, when set, is when this round's result must reach the device for
+	// the session to keep its objective; an SLO-aware batcher closes the
+	// batch holding the draft in time for it (batcher.Policy.SLO).
+	Due    time.Time `json:"due,omitzero"`
+	Prefix []int32   `json:"prefix,omitempty"`
 	// TraceParent and TraceState are the round's W3C trace context, as in the
 	// draft event's ce-traceparent and ce-tracestate. A device need not set
 	// them (the event header carries the context); the batcher copies the
@@ -203,6 +213,12 @@ type VerifyResult struct {
 	ServerTiming ServerTiming `json:"server_timing"`
 	BatchID      string       `json:"batch_id,omitempty"`
 	BatchSize    int          `json:"batch_size,omitempty"`
+	// DraftBudget, with StatusOK, is the most draft tokens the device may send
+	// in its next round of the session, 0 ... 64 (0: only its committed token:
+	// plain decoding through the same path), chosen by the verifier's goodput
+	// policy (package goodput). A device drafts min(DraftBudget, what its own
+	// policy would). nil: no budget; the device's own policy decides.
+	DraftBudget *int `json:"draft_budget,omitempty"`
 	// Logprobs, when the draft asked for them (DraftReady.Logprobs), holds
 	// Accepted+1 entries: the target's figures for each accepted draft token
 	// and for Token, in order.

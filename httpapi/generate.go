@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/textgen"
 )
 
@@ -27,7 +28,8 @@ type params struct {
 	stops       []string
 	logprobs    bool
 	topLogprobs int
-	op          string // gen_ai.operation.name: "chat" or "text_completion"
+	tpot        time.Duration // latency objective per output token; 0: the device's default
+	op          string        // gen_ai.operation.name: "chat" or "text_completion"
 }
 
 // settings are the generation settings every endpoint (OpenAI's and Ollama's)
@@ -45,6 +47,7 @@ type settings struct {
 	topLogprobs int
 	topParam    string // the name of the top-logprobs field, for errors
 	op          string // gen_ai.operation.name; default "text_completion"
+	opts        *RequestOptions
 }
 
 // parseParams validates the settings and picks the device.
@@ -67,6 +70,12 @@ func (s *Server) parseParams(r *http.Request, in settings) (*params, *APIError) 
 		return nil, e
 	}
 	p.logprobs, p.topLogprobs = in.logprobs, in.topLogprobs
+	if o := in.opts; o != nil && o.TPOTMs != nil {
+		if !(*o.TPOTMs > 0 && *o.TPOTMs <= events.MaxTPOTMs) {
+			return nil, invalid("sled.tpot_ms", "sled.tpot_ms must be in (0, %d], got %g", events.MaxTPOTMs, *o.TPOTMs)
+		}
+		p.tpot = time.Duration(*o.TPOTMs * float64(time.Millisecond))
+	}
 	if maxTokens != nil {
 		switch {
 		case *maxTokens <= 0:
@@ -200,7 +209,7 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 		}
 		return nil
 	}
-	req := textgen.Request{Prompt: prompt, MaxTokens: p.maxTokens, Temperature: p.temperature, TopP: p.topP, Seed: p.seed,
+	req := textgen.Request{Prompt: prompt, MaxTokens: p.maxTokens, Temperature: p.temperature, TopP: p.topP, Seed: p.seed, TPOT: p.tpot,
 		Logprobs: p.logprobs, TopLogprobs: p.topLogprobs}
 	res, err := gen.Generate(ctx, req, emit)
 	if err != nil {

@@ -24,7 +24,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in := settings{model: req.Model, maxTokens: req.MaxTokens, temperature: req.Temperature, topP: req.TopP,
-		stop: req.Stop, seed: req.Seed, n: req.N, topParam: "logprobs"}
+		stop: req.Stop, seed: req.Seed, n: req.N, topParam: "logprobs", opts: req.SLED}
 	if req.Logprobs != nil {
 		in.logprobs, in.topLogprobs = true, *req.Logprobs
 	}
@@ -126,7 +126,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in := settings{model: req.Model, maxTokens: req.MaxTokens, temperature: req.Temperature, topP: req.TopP,
-		stop: req.Stop, seed: req.Seed, n: req.N, logprobs: req.Logprobs, topParam: "top_logprobs", op: "chat"}
+		stop: req.Stop, seed: req.Seed, n: req.N, logprobs: req.Logprobs, topParam: "top_logprobs", op: "chat", opts: req.SLED}
 	if req.MaxCompletionTokens != nil {
 		in.maxTokens, in.maxParam = req.MaxCompletionTokens, "max_completion_tokens"
 	}

@@ -48,6 +48,18 @@ type CompletionRequest struct {
 	Logprobs *int `json:"logprobs,omitempty"`
 	// User is logged with the request.
 	User string `json:"user,omitempty"`
+	// SLED holds SLED's own request options.
+	SLED *RequestOptions `json:"sled,omitempty"`
+}
+
+// RequestOptions is the "sled" object of a request: options no OpenAI field
+// carries.
+type RequestOptions struct {
+	// TPOTMs is the request's latency objective, milliseconds per output token
+	// (0 < tpot_ms <= events.MaxTPOTMs). The server's draft budgets and an
+	// SLO-aware batcher try to meet it. Absent: the device's default
+	// (drafter.Config.TPOT), if any.
+	TPOTMs *float64 `json:"tpot_ms,omitempty"`
 }
 
 // ChatCompletionRequest is the body of POST /v1/chat/completions.
@@ -67,9 +79,11 @@ type ChatCompletionRequest struct {
 	TopP                *float64       `json:"top_p,omitempty"`
 	// Logprobs asks for each token's log-probability (the target model's, from its
 	// verification logits), with TopLogprobs (0 to MaxTopLogprobs) alternatives.
-	Logprobs    bool   `json:"logprobs,omitempty"`
-	TopLogprobs *int   `json:"top_logprobs,omitempty"`
-	User        string `json:"user,omitempty"`
+	Logprobs    bool `json:"logprobs,omitempty"`
+	TopLogprobs *int `json:"top_logprobs,omitempty"`
+	// SLED holds SLED's own request options.
+	SLED *RequestOptions `json:"sled,omitempty"`
+	User string          `json:"user,omitempty"`
 }
 
 // StreamOptions is OpenAI's stream_options.

@@ -15,6 +15,7 @@ import (
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/telemetry"
@@ -128,7 +129,9 @@ type VerifierRole struct {
 	// its extension.
 	ModelName string
 	Verifier  verifier.Config
-	Logger    *slog.Logger
+	// Budget is the worker's goodput policy (verifier.WorkerConfig.Budget).
+	Budget goodput.Policy
+	Logger *slog.Logger
 	// Telemetry receives spans and metrics (default none).
 	Telemetry *telemetry.Telemetry
 }
@@ -157,7 +160,7 @@ func RunVerifier(ctx context.Context, r VerifierRole) error {
 		return err
 	}
 	defer v.Close()
-	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Model: r.ModelName, Logger: r.Logger, Telemetry: r.Telemetry})
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: r.Pool, Name: r.Name, Model: r.ModelName, Budget: r.Budget, Logger: r.Logger, Telemetry: r.Telemetry})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/sled-project/sled/batcher"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/natsauth"
 	"github.com/sled-project/sled/telemetry"
@@ -44,6 +45,9 @@ type ServerConfig struct {
 	Batch batcher.Policy
 	// Verifier configures the worker's verifier (verifier's defaults).
 	Verifier verifier.Config
+	// Budget is every worker's goodput policy (verifier.WorkerConfig.Budget):
+	// draft budgets by default, Budget.Static for the paper's fixed length.
+	Budget goodput.Policy
 	// NATSURL connects to an external NATS server instead of starting one.
 	NATSURL string
 	// NATS configures the embedded server (a free port and a temporary store
@@ -221,7 +225,7 @@ func (s *Server) startExtraWorker(ctx context.Context, name string) error {
 		nc.Close()
 		return err
 	}
-	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: name, Model: s.cfg.ModelName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: name, Model: s.cfg.ModelName, Budget: s.cfg.Budget, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		v.Close()
 		nc.Close()
@@ -340,7 +344,7 @@ func (s *Server) StartVerifier() error {
 	if err != nil {
 		return err
 	}
-	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Model: s.cfg.ModelName, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Model: s.cfg.ModelName, Budget: s.cfg.Budget, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		v.Close()
 		return err

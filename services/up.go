@@ -22,6 +22,7 @@ import (
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/natsauth"
@@ -93,6 +94,12 @@ type UpConfig struct {
 	Retry drafter.RetryPolicy
 	// NoAsync turns off asynchronous drafting on every device.
 	NoAsync bool
+	// Budget is the verifier's goodput policy (draft budgets; Budget.Static:
+	// the paper's fixed length).
+	Budget goodput.Policy
+	// TPOT is every device's default latency objective per output token (0:
+	// none; drafter.Config.TPOT).
+	TPOT time.Duration
 	// DeviceThreads is each simulated device's llama.cpp thread count. Default 1:
 	// simulated devices share this machine's cores with the server, and the
 	// verifier's threads default to at most the cores the devices leave (at least 1).
@@ -324,7 +331,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		auth = a
 	}
 	srv, err := StartServer(ctx, ServerConfig{
-		Target: s.target, Pool: s.cfg.Pool, WorkerName: s.cfg.WorkerName, ModelName: s.modelName(), Batch: s.cfg.Batch, Verifier: s.cfg.Verifier,
+		Target: s.target, Pool: s.cfg.Pool, WorkerName: s.cfg.WorkerName, ModelName: s.modelName(), Batch: s.cfg.Batch, Verifier: s.cfg.Verifier, Budget: s.cfg.Budget,
 		NATSURL: s.cfg.NATSURL, NATS: s.cfg.NATS, Auth: auth, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 	})
 	if err != nil {
@@ -345,7 +352,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		d, err := drafter.New(ctx, s.models[path], nc, js, drafter.Config{
 			DeviceID: name, ModelName: id, Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			VerifierTimeout: s.cfg.VerifierTimeout,
-			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads,
+			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads, TPOT: s.cfg.TPOT,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 		})

@@ -105,6 +105,15 @@ type Metrics struct {
 	// VerifierSkipped counts drafts past their deadline on arrival, left
 	// unanswered (the device has resent them).
 	VerifierSkipped metric.Int64Counter
+	// The goodput policy's decisions (package goodput), labels pool and
+	// worker: DraftBudget the budgets given; BudgetPlans the plans, by reason
+	// (goodput, slo, no_estimate, static); PlannedPassMs and PlannedGoodput
+	// the last plan's estimated pass cost and expected output tokens per
+	// second of server time; BudgetMissed the devices whose latency objective
+	// a plan does not meet.
+	DraftBudget                   metric.Int64Histogram
+	BudgetPlans, BudgetMissed     metric.Int64Counter
+	PlannedPassMs, PlannedGoodput metric.Float64Gauge
 
 	// Consumers (every JetStream consumer), label consumer.
 
@@ -164,6 +173,15 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 		x, _ := m.Int64Gauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
 		return x
 	}
+	fg := func(name, unit, desc string) metric.Float64Gauge {
+		x, _ := m.Float64Gauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		return x
+	}
+	mm.DraftBudget = ih("sled.goodput.budget", "{token}", "Draft budgets the verifier gave devices for their next round.", LengthBuckets)
+	mm.BudgetPlans = c("sled.goodput.plans", "{plan}", "Draft-budget plans, one per verification, by reason.")
+	mm.BudgetMissed = c("sled.goodput.missed", "{device}", "Devices whose latency objective a plan does not meet.")
+	mm.PlannedPassMs = fg("sled.goodput.pass_ms", "ms", "Estimated cost of the next pass the last plan expects (pass-cost estimator, overhead included).")
+	mm.PlannedGoodput = fg("sled.goodput.planned", "{token}/s", "Expected output tokens per second of server time of the last plan.")
 	mm.Rounds = c("sled.rounds", "{round}", "Rounds by outcome.")
 	mm.DraftedTokens = c("sled.drafted_tokens", "{token}", "Draft tokens of rounds with an ok verdict.")
 	mm.AcceptedTokens = c("sled.accepted_tokens", "{token}", "Draft tokens accepted by the target.")

@@ -404,6 +404,13 @@ const (
 	AttrBatchID     = attribute.Key("sled.batch.id")
 	AttrBatchSize   = attribute.Key("sled.batch.size")
 	AttrBatchPolicy = attribute.Key("sled.batch.policy")
+	// The goodput policy's inputs and choice, on a round's verify span.
+	AttrBudget           = attribute.Key("sled.goodput.budget")
+	AttrPlanReason       = attribute.Key("sled.goodput.reason")
+	AttrPlanTokens       = attribute.Key("sled.goodput.pass_tokens")
+	AttrPlanPassMs       = attribute.Key("sled.goodput.pass_ms")
+	AttrPlanGoodput      = attribute.Key("sled.goodput.tokens_per_second")
+	AttrExpectedAccepted = attribute.Key("sled.goodput.expected_accepted")
 )
 
 // EventAttrs are the CloudEvents and messaging attributes of a span that

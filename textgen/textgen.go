@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sled-project/sled/engine"
 )
@@ -34,6 +35,11 @@ type Request struct {
 	// MaxTopLogprobs) for that many most likely alternatives at each position.
 	Logprobs    bool
 	TopLogprobs int
+	// TPOT is the request's latency objective per output token; 0: the
+	// generator's default. A generator that cannot act on it ignores it
+	// (SLED's devices pass it to the verifier's draft budgets and the
+	// batcher).
+	TPOT time.Duration
 }
 
 // MaxTopLogprobs bounds Request.TopLogprobs (OpenAI's limit).

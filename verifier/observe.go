@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/telemetry"
 )
 
@@ -67,6 +68,7 @@ type batchTrace struct {
 	batch   trace.Span
 	verify  []trace.Span
 	publish []trace.Span
+	plan    *goodput.Plan // the budgets given with the results, nil if none
 }
 
 func (w *Worker) startTrace(ctx context.Context, ev *events.Event, msg jetstream.Msg, b *events.VerifyBatch, drafts []events.DraftReady) *batchTrace {
@@ -121,6 +123,14 @@ func (tr *batchTrace) verdict(i int, start, end time.Time, r *events.VerifyResul
 		sp.SetAttributes(telemetry.AttrStatus.String(string(r.Status)))
 		if r.Status == events.StatusOK {
 			sp.SetAttributes(telemetry.AttrAccepted.Int(r.Accepted))
+			if p := tr.plan; p != nil && r.DraftBudget != nil {
+				sp.SetAttributes(telemetry.AttrBudget.Int(*r.DraftBudget), telemetry.AttrPlanReason.String(p.Reason),
+					telemetry.AttrPlanTokens.Int(p.Tokens), telemetry.AttrPlanPassMs.Float64(p.PassMs),
+					telemetry.AttrPlanGoodput.Float64(p.Goodput))
+				if m, ok := tr.w.tracker.Acceptance(r.DeviceID, *r.DraftBudget); ok {
+					sp.SetAttributes(telemetry.AttrExpectedAccepted.Float64(m))
+				}
+			}
 		} else {
 			sp.SetStatus(codes.Error, r.Reason)
 		}

@@ -26,6 +26,11 @@ type Config struct {
 	BatchTokens int
 	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
+	// SeparateKV gives every slot its own KV stream (engine.ContextOptions.SeparateKV)
+	// instead of the unified cache. Default off: measured on the tiny pair's
+	// capacity, neither layout wins reliably once budgets make most passes one
+	// token per session (docs/benchmarks.md, "Draft budgets").
+	SeparateKV bool
 }
 
 // Defaults of Config.
@@ -59,6 +64,9 @@ type Stats struct {
 	// round (a device answering unknown_session or prefix_mismatch, or resending
 	// a first round that timed out).
 	Sessions, Resyncs, Evictions, ForwardPasses uint64
+	// PassTokens counts tokens evaluated by forward passes (what the pass-cost
+	// estimator of the goodput policy is fed).
+	PassTokens uint64
 	// ReusedPrefixTokens counts prefix tokens of new or resynced sessions that
 	// were already in their slot's cells (an earlier session's) and so were not
 	// evaluated again.
@@ -92,6 +100,7 @@ func New(target *engine.Model, cfg Config) (*Verifier, error) {
 	cfg.BatchTokens = max(cfg.BatchTokens, MinBatchTokens)
 	ectx, err := target.NewContext(engine.ContextOptions{
 		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
+		SeparateKV: cfg.SeparateKV,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("verifier: %w", err)
@@ -318,6 +327,7 @@ func (v *Verifier) pass(ctx context.Context, group []*job, partial map[*job]int)
 		}
 	}
 	v.stats.ForwardPasses++
+	v.stats.PassTokens += uint64(len(entries))
 	rows, err := v.ectx.Decode(ctx, entries)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/schemas"
 	"github.com/sled-project/sled/telemetry"
@@ -41,6 +42,12 @@ type WorkerConfig struct {
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries of one batch. Default 5.
 	MaxDeliver int
+	// Budget is the goodput policy that gives each ok result the device's
+	// draft budget for its next round (events.VerifyResult.DraftBudget), from
+	// the worker's own pass timings and each device's acceptance (package
+	// goodput). Budget.Static sends no budget: devices draft by their own
+	// policy alone (the paper's fixed speculation length).
+	Budget goodput.Policy
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives the worker's spans and metrics. Default: none.
@@ -65,6 +72,11 @@ type Worker struct {
 	pub    *infra.Publisher
 	source string
 
+	// The goodput policy's state: the pass-cost curve and each device's
+	// acceptance. Used by verifyLoop only; the curve is read by heartbeats.
+	cost    *goodput.CostEstimator
+	tracker *goodput.Tracker
+
 	mu      sync.Mutex
 	skipped uint64 // drafts past their deadline or superseded, left unanswered
 	seen    Stats  // verifier counters already exported as metrics
@@ -79,6 +91,7 @@ type Worker struct {
 	m        *telemetry.Metrics
 	attrs    metric.MeasurementOption                   // pool, worker
 	byStatus map[events.Status]metric.MeasurementOption // pool, worker, status
+	byReason map[string]metric.MeasurementOption        // pool, worker, reason (goodput plans)
 	drafted  metric.MeasurementOption                   // pool, worker, kind=drafted
 	accepted metric.MeasurementOption                   // pool, worker, kind=accepted
 	position []metric.MeasurementOption                 // pool, worker, position=i
@@ -105,8 +118,10 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	if cfg.Model == "" {
 		cfg.Model = v.model.ID()
 	}
+	cfg.Budget = cfg.Budget.WithDefaults()
 	tel := cfg.Telemetry.Or()
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
+	cost := goodput.NewEstimator(goodput.EstimatorConfig{})
 	// The streams the worker uses: batches in, results out, dead letters of
 	// rejected batches.
 	keeper := infra.NewStreamKeeper(js, infra.KeeperConfig{
@@ -117,7 +132,8 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		v: v, cfg: cfg, nc: nc, js: js, keeper: keeper, pub: infra.NewPublisher(js, infra.PublisherConfig{Keeper: keeper}),
 		source: "/sled/verifier/" + cfg.Pool + "/" + cfg.Name,
 		ready:  make(chan struct{}, 1),
-		tel:    tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
+		cost:   cost, tracker: goodput.NewTracker(cost, goodput.TrackerConfig{Policy: cfg.Budget}),
+		tel: tel, tracer: tel.Tracer(TracerName), m: tel.Metrics,
 		attrs:    metric.WithAttributeSet(attribute.NewSet(pool, name)),
 		byStatus: map[events.Status]metric.MeasurementOption{},
 		drafted:  metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("kind", "drafted"))),
@@ -126,6 +142,10 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	for _, st := range []events.Status{events.StatusOK, events.StatusUnknownSession, events.StatusPrefixMismatch,
 		events.StatusInvalid, events.StatusOverloaded, events.StatusExpired} {
 		w.byStatus[st] = metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("status", string(st))))
+	}
+	w.byReason = map[string]metric.MeasurementOption{}
+	for _, r := range []string{goodput.ReasonGoodput, goodput.ReasonSLO, goodput.ReasonNoEstimate, goodput.ReasonStatic} {
+		w.byReason[r] = metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.String("reason", r)))
 	}
 	for i := range schemas.MaxDraftTokens {
 		w.position = append(w.position, metric.WithAttributeSet(attribute.NewSet(pool, name, attribute.Int("position", i))))
@@ -207,7 +227,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 func (w *Worker) heartbeat() {
 	cfg := w.v.Config()
-	data, _ := json.Marshal(events.Heartbeat{Worker: w.cfg.Name, Pool: w.cfg.Pool, Sessions: w.v.Sessions(), Slots: cfg.Slots, Time: time.Now(), Model: w.cfg.Model})
+	data, _ := json.Marshal(events.Heartbeat{Worker: w.cfg.Name, Pool: w.cfg.Pool, Sessions: w.v.Sessions(), Slots: cfg.Slots, Time: time.Now(), Model: w.cfg.Model, PassCost: w.cost.Curve()})
 	if err := w.nc.Publish(events.HeartbeatSubject(w.cfg.Pool, w.cfg.Name), data); err != nil {
 		w.cfg.Logger.Debug("heartbeat", "err", err)
 	}
@@ -332,12 +352,24 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 		}
 		return err
 	}
+	before := w.v.Stats().PassTokens
 	results, err := w.v.Verify(ctx, all)
 	verified := time.Now()
 	if err != nil {
 		return endAll(err)
 	}
 	w.m.VerifyTime.Record(ctx, verified.Sub(now).Seconds(), w.attrs)
+	w.cost.Observe(int(w.v.Stats().PassTokens-before), verified.Sub(now))
+	closed := make([]time.Time, len(all)) // when each draft's batch closed
+	for gi, g := range group {
+		for i := spans[gi].from; i < spans[gi].to; i++ {
+			closed[i] = g.b.CreatedAt
+		}
+	}
+	plan := w.planBudgets(ctx, all, results, closed, verified)
+	for _, tr := range traces {
+		tr.plan = plan
+	}
 	futures := make([]jetstream.PubAckFuture, 0, len(results))
 	for gi, g := range group {
 		batchMs := float64(now.Sub(g.b.CreatedAt).Microseconds()) / 1000
@@ -371,6 +403,58 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 		return endAll(fmt.Errorf("verifier: results not stored: %w", err))
 	}
 	endAll(nil)
+	w.cost.ObserveOverhead(time.Since(verified))
 	w.observeBatch(ctx)
 	return nil
 }
+
+// planBudgets gives every ok result of a verification its device's draft
+// budget for the next round (unless the policy is static) and records the
+// plan's metrics.
+//
+// A device's time outside the server is counted up to its batch's closing:
+// the wait in this worker's queue, behind other passes, is the server's.
+func (w *Worker) planBudgets(ctx context.Context, drafts []events.DraftReady, results []events.VerifyResult, closed []time.Time, answered time.Time) *goodput.Plan {
+	if w.cfg.Budget.Static {
+		return nil
+	}
+	var rounds []goodput.Round
+	var idx []int
+	for i := range results {
+		if results[i].Status != events.StatusOK || results[i].EOS {
+			continue // no next round follows
+		}
+		d := &drafts[i]
+		rounds = append(rounds, goodput.Round{
+			Device: d.DeviceID, Drafted: len(d.Draft), Accepted: results[i].Accepted,
+			TPOTMs: d.TPOTMs, Arrived: closed[i],
+		})
+		idx = append(idx, i)
+	}
+	if len(rounds) == 0 {
+		return nil
+	}
+	plan := w.tracker.Plan(rounds, answered)
+	for k, i := range idx {
+		b := plan.Budgets[k]
+		results[i].DraftBudget = &b
+		w.m.DraftBudget.Record(ctx, int64(b), w.attrs)
+	}
+	w.m.BudgetPlans.Add(ctx, 1, w.planAttrs(plan.Reason))
+	if plan.Missed > 0 {
+		w.m.BudgetMissed.Add(ctx, int64(plan.Missed), w.attrs)
+	}
+	w.m.PlannedPassMs.Record(ctx, plan.PassMs, w.attrs)
+	w.m.PlannedGoodput.Record(ctx, plan.Goodput, w.attrs)
+	return &plan
+}
+
+func (w *Worker) planAttrs(reason string) metric.MeasurementOption {
+	if a, ok := w.byReason[reason]; ok {
+		return a
+	}
+	return w.attrs
+}
+
+// CostCurve is the worker's current pass-cost estimate (goodput.CostEstimator).
+func (w *Worker) CostCurve() goodput.Curve { return w.cost.Curve() }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/verifier"
 )
 
@@ -92,6 +93,17 @@ type Config struct {
 	Rounds func(i int) RoundSource
 	// Batch is the batcher's policy (defaults as batcher's).
 	Batch batcher.Policy
+	// Budget is the verifier's goodput policy (package goodput), run as the
+	// verifier runs it: each worker learns its pass-cost curve from its own
+	// simulated passes and each device's acceptance from its rounds, and every
+	// result carries the device's budget for its next round, which truncates
+	// the round its source draws. Budget.Static: no budgets (every round as
+	// drawn).
+	Budget goodput.Policy
+	// TPOTMs is every device's latency objective, milliseconds per output
+	// token (0: none): the budgets try to meet it and, with Batch.SLO, so
+	// does the batcher.
+	TPOTMs float64
 	// ActiveWindow: a device counts as active for Batch's early close when it
 	// sent a draft within it, as in batcher.Config. Default 1s.
 	ActiveWindow time.Duration
@@ -253,6 +265,9 @@ type device struct {
 	cur    Round
 	sent   float64
 	tokens int
+	budget int     // the last result's draft budget, -1 when none
+	due    float64 // when this round's result is due (TPOTMs), seconds; 0 none
+	closed float64 // when the batch holding its draft closed
 	// session state: pos tokens generated in the current session; fresh when
 	// the next round opens a session (it carries the prompt).
 	pos   int
@@ -281,30 +296,45 @@ func SLED(cfg Config) Result {
 		}
 		return s / cfg.DraftRate
 	}
+	workerOf := func(dev int) int { return dev % cfg.Workers }
+	trackers := make([]*goodput.Tracker, cfg.Workers)
+	for w := range trackers {
+		trackers[w] = goodput.NewTracker(goodput.NewEstimator(goodput.EstimatorConfig{}), goodput.TrackerConfig{Policy: cfg.Budget})
+	}
+	ids := make([]string, len(devs))
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
 	start := func(i int) {
 		d := &devs[i]
 		d.cur = d.rounds.Next()
-		d.cur.Len = max(d.cur.Len, 1)
+		least := 1 // a round without a budget drafts at least one token, as the device's policy does
+		if d.budget >= 0 {
+			d.cur.Len, least = min(d.cur.Len, d.budget), 0
+		}
+		d.cur.Len = max(d.cur.Len, least)
 		if cfg.ContLen > 0 {
 			// the session's last round drafts at most what is left of it
-			d.cur.Len = max(1, min(d.cur.Len, cfg.ContLen-1-d.pos))
-			d.cur.Accepted = min(d.cur.Accepted, d.cur.Len)
+			d.cur.Len = max(least, min(d.cur.Len, cfg.ContLen-1-d.pos))
+		}
+		d.cur.Accepted = min(d.cur.Accepted, d.cur.Len)
+		d.due = 0
+		if cfg.TPOTMs > 0 {
+			exp, _ := trackers[workerOf(i)].Acceptance(ids[i], d.cur.Len)
+			d.due = l.Now + (1+exp)*cfg.TPOTMs/1000
 		}
 		l.At(l.Now+draftTime(d.cur.Len), evDrafted, i)
 	}
 	for i := range devs {
 		devs[i].rounds = cfg.Rounds(i)
 		devs[i].fresh = true
+		devs[i].budget = -1
 		start(i)
 	}
 	// The batcher's count of active devices, on the simulated clock.
 	activity := batcher.Activity{Window: cfg.ActiveWindow}
 	epoch := time.Unix(0, 0)
 	at := func(sec float64) time.Time { return epoch.Add(time.Duration(sec * float64(time.Second))) }
-	ids := make([]string, len(devs))
-	for i := range ids {
-		ids[i] = strconv.Itoa(i)
-	}
 	active := func() int { return activity.Count(at(l.Now)) }
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
 	type simWorker struct {
@@ -314,13 +344,14 @@ func SLED(cfg Config) Result {
 		inFlight  [][]int // batches between batcher and worker
 		busy      bool
 		inPass    []int
+		passMs    float64 // its modelled forward pass
+		passTok   int
 		tryAt     float64
 	}
 	ws := make([]simWorker, cfg.Workers)
 	for w := range ws {
 		ws[w].tryAt = -1
 	}
-	workerOf := func(dev int) int { return dev % cfg.Workers }
 	var res Result
 	var batchSum, closedSum, closed, rounds int
 	var roundSum, passSum float64
@@ -356,14 +387,32 @@ func SLED(cfg Config) Result {
 		batchSum += len(wk.inPass)
 		pass := cfg.PassScale * cfg.Cost.Ms(tokens, len(wk.inPass), cells+tokens)
 		passSum += pass
+		wk.passMs, wk.passTok = pass, tokens
 		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))
 		l.At(l.Now+ms/1000, evPassDone, w)
 	}
 	decide := func(w int) {
 		wk := &ws[w]
 		age := time.Duration((l.Now - wk.oldest) * float64(time.Second))
-		sizes, _, wait := cfg.Batch.Drain(len(wk.pending), active(), age)
+		q := batcher.Queue{Drafts: len(wk.pending), Active: active(), Age: age, Slack: batcher.NoSlack}
+		if cfg.Batch.SLO {
+			// As batcher.Batcher: the worker's estimated pass, and the drafts' due times.
+			dues := make([]time.Time, len(wk.pending))
+			tokens := 0
+			for k, j := range wk.pending {
+				if devs[j].due > 0 {
+					dues[k] = at(devs[j].due)
+				}
+				tokens += devs[j].cur.Len + 1
+			}
+			ms, _ := trackers[w].Estimator().Curve().Ms(tokens)
+			q.Slack, q.Pass = batcher.Slack(at(l.Now), dues, ms), time.Duration(ms*float64(time.Millisecond))
+		}
+		sizes, _, wait := cfg.Batch.Drain(q)
 		for _, n := range sizes {
+			for _, j := range wk.pending[:n] {
+				devs[j].closed = l.Now
+			}
 			wk.inFlight = append(wk.inFlight, slices.Clone(wk.pending[:n]))
 			l.At(l.Now+cfg.HopMs/1000, evDeliver, w)
 			wk.pending = wk.pending[n:]
@@ -407,6 +456,20 @@ func SLED(cfg Config) Result {
 			wk := &ws[i]
 			for _, j := range wk.inPass {
 				l.At(l.Now+cfg.DownMs/1000, evResult, j)
+			}
+			if !cfg.Budget.Static {
+				// The worker's goodput policy, fed as verifier.Worker feeds it.
+				tr := trackers[i]
+				tr.Estimator().Observe(wk.passTok, time.Duration(wk.passMs*float64(time.Millisecond)))
+				tr.Estimator().ObserveOverhead(time.Duration((cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))) * float64(time.Millisecond)))
+				rounds := make([]goodput.Round, len(wk.inPass))
+				for k, j := range wk.inPass {
+					rounds[k] = goodput.Round{Device: ids[j], Drafted: devs[j].cur.Len, Accepted: devs[j].cur.Accepted, TPOTMs: cfg.TPOTMs, Arrived: at(devs[j].closed)}
+				}
+				plan := tr.Plan(rounds, at(l.Now))
+				for k, j := range wk.inPass {
+					devs[j].budget = plan.Budgets[k]
+				}
 			}
 			wk.busy = false
 			startPass(i)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/goodput"
 )
 
 func TestLoopOrder(t *testing.T) {
@@ -48,6 +49,7 @@ func TestSLEDOneDevice(t *testing.T) {
 		Devices: 1, DraftRate: 20, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 2} },
 		Batch: batcher.Policy{Size: 8, MaxWait: 20 * time.Millisecond},
 		Cost:  PassCost{FixedMs: 10, PerTokenMs: 1}, UpMs: 2, DownMs: 3, Duration: 2000, Seed: 1,
+		Budget: goodput.Policy{Static: true}, // every round as drawn
 	}
 	r := SLED(cfg)
 	round := 4.0/20 + (2+10+5+3)/1000.0
@@ -68,11 +70,47 @@ func TestSLEDSaturates(t *testing.T) {
 		Devices: 64, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 3, Accepted: 1} },
 		Batch: batcher.Policy{Size: 16, MaxWait: time.Millisecond, NoEarlyClose: true}, Slots: 16,
 		Cost: PassCost{FixedMs: 20, PerTokenMs: 0.5}, Duration: 100,
+		Budget: goodput.Policy{Static: true},
 	}
 	r := SLED(cfg)
 	// Full batches of 16 x 4 tokens: 52 ms per pass, 32 output tokens.
 	if want := 32 / 0.052; math.Abs(r.TokensPerSec-want)/want > 0.02 {
 		t.Errorf("tokens/s %.1f, want %.1f (mean batch %.1f)", r.TokensPerSec, want, r.MeanBatch)
+	}
+}
+
+// The simulator runs the verifier's goodput policy: on a compute-bound server
+// with drafts that are rarely accepted, budgets fall to 0 and SLED matches
+// plain decoding (centralized) instead of losing to it as the static length
+// does; on a server whose passes cost little more for many tokens, with good
+// drafts, budgets stay long and SLED gets well ahead of centralized.
+func TestSLEDBudgets(t *testing.T) {
+	base := Config{
+		Devices: 16, DraftRate: 1e4, Batch: batcher.Policy{Size: 32, MaxWait: 5 * time.Millisecond},
+		UpMs: 1, DownMs: 1, Duration: 30, Seed: 3,
+	}
+	run := func(cost PassCost, round Round, static bool) float64 {
+		c := base
+		c.Cost = cost
+		c.Rounds = func(int) RoundSource { return fixedRounds(round) }
+		c.Budget.Static = static
+		return SLED(c).TokensPerSec
+	}
+	linear := PassCost{FixedMs: 1, PerTokenMs: 4}
+	central := Centralized(Config{Devices: 16, Cost: linear, Duration: 30}).TokensPerSec
+	bad := Round{Len: 6, Accepted: 1}
+	st, bu := run(linear, bad, true), run(linear, bad, false)
+	t.Logf("compute-bound, poor drafts: static %.0f, budgets %.0f, centralized %.0f tokens/s", st, bu, central)
+	if bu < 1.5*st || bu < 0.85*central {
+		t.Errorf("budgets %.0f tokens/s: want well above static %.0f and near centralized %.0f", bu, st, central)
+	}
+	cheap := PassCost{FixedMs: 40, PerTokenMs: 0.05}
+	good := Round{Len: 8, Accepted: 7}
+	st, bu = run(cheap, good, true), run(cheap, good, false)
+	central = Centralized(Config{Devices: 16, Cost: cheap, Duration: 30}).TokensPerSec
+	t.Logf("memory-bound, good drafts: static %.0f, budgets %.0f, centralized %.0f tokens/s", st, bu, central)
+	if bu < 0.95*st || bu < 3*central {
+		t.Errorf("budgets %.0f tokens/s: want about static %.0f and far above centralized %.0f", bu, st, central)
 	}
 }
 

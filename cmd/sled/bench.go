@@ -55,7 +55,7 @@ func benchCmd() *cobra.Command {
 			if cmd.Flags().Changed("threshold") || cmd.Flags().Changed("max-draft") {
 				o.Policy = drafter.DraftPolicy{Threshold: threshold, Fixed: threshold == 0, MaxLen: maxLen}
 			}
-			o.Batch = batcher.Policy{Size: batchSize, MaxWait: batchWait}
+			o.Batch = batcher.Policy{Size: batchSize, MaxWait: batchWait, SLO: o.Batch.SLO}
 			o.Progress = !noProgress
 			o.Logger = slog.Default()
 			r, err := bench.Run(cmd.Context(), args[0], o)
@@ -92,6 +92,12 @@ func benchCmd() *cobra.Command {
 	f.DurationVar(&o.Warmup, "warmup", 0, "trial warm-up, not measured (default 1s, quick 0.5s)")
 	f.DurationVar(&o.Duration, "duration", 0, "trial measuring window (default 4s, quick 1.5s)")
 	f.IntVar(&o.MaxDevices, "max-devices", 0, "capacity search bound (default 256, quick 64)")
+	f.BoolVar(&o.Budget.Static, "static-length", false, "no draft budgets: every device drafts by its own policy (the paper's fixed speculation length)")
+	f.BoolVar(&o.NoStatic, "no-static", false, "capacity, wstgr: skip the static-length SLED measured beside the budgeted one")
+	f.IntVar(&o.Budget.MaxBudget, "max-budget", 0, "goodput policy: largest draft budget (default 8)")
+	f.Float64Var(&o.TPOTMs, "tpot", 0, "every device's latency objective, ms per output token (0: none)")
+	f.BoolVar(&o.Batch.SLO, "slo-batching", false, "batcher: SLO-aware batching (close a batch when waiting longer would make a device miss its objective)")
+	f.Float64SliceVar(&o.Rates, "rates", nil, "capacity: required per-device rates (tokens/s) for a capacity curve, comma-separated")
 	f.IntVar(&o.Threads, "threads", 0, "server llama.cpp threads (default all cores)")
 	f.Uint64Var(&o.Seed, "seed", 1, "seed of the simulated devices")
 	f.BoolVar(&noProgress, "no-progress", false, "no progress bar (it is drawn only on a terminal anyway)")

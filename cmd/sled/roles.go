@@ -48,7 +48,7 @@ func init() {
 				}
 				defer shutdownTelemetry(tel)
 				return services.RunVerifier(cmd.Context(), services.VerifierRole{
-					Conn: conn, Target: ref.Path, ModelName: ref.ID, Pool: p.pool, Name: name, Verifier: p.verifier(), Telemetry: tel,
+					Conn: conn, Target: ref.Path, ModelName: ref.ID, Pool: p.pool, Name: name, Verifier: p.verifier(), Budget: p.budget(), Telemetry: tel,
 				})
 			},
 		}
@@ -111,7 +111,7 @@ func init() {
 				defer shutdownTelemetry(tel)
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
 					Conn: conn, Draft: ref.Path, HTTPAddr: httpAddr, APIKeys: apiKeysOr(apiKeys),
-					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel, NoStreamTimeout: noStream},
+					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel, NoStreamTimeout: noStream, TPOT: p.tpot},
 				})
 			},
 		}

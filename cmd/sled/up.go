@@ -14,6 +14,7 @@ import (
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/infra"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
@@ -34,6 +35,10 @@ type policyFlags struct {
 	slots, batchTokens int
 	verifierThreads    int
 	pool               string
+	staticLength       bool
+	maxBudget          int
+	sloBatching        bool
+	tpot               time.Duration
 }
 
 func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
@@ -47,6 +52,7 @@ func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 		f.IntVar(&p.maxFailures, "max-failures", drafter.DefaultMaxFailures, "consecutive failed rounds before fallback releases drafts")
 		f.BoolVar(&p.fallback, "fallback", false, "lossy fallback: release unverified drafts after --max-failures failed rounds (default strict lossless)")
 		f.BoolVar(&p.noAsync, "no-async", false, "turn off asynchronous drafting (drafting ahead while verification is in flight)")
+		f.DurationVar(&p.tpot, "tpot", 0, "latency objective per output token for requests that give none (sled.tpot_ms), e.g. 100ms (0: none)")
 	}
 	if server {
 		f.IntVar(&p.batchSize, "batch-size", batcher.DefaultSize, "static batch size")
@@ -54,7 +60,14 @@ func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 		f.IntVar(&p.slots, "slots", verifier.DefaultSlots, "verifier KV slots (sessions held at once)")
 		f.IntVar(&p.batchTokens, "batch-tokens", verifier.DefaultBatchTokens, "most tokens per verifier forward pass")
 		f.IntVar(&p.verifierThreads, "verifier-threads", 0, "verifier llama.cpp threads (default: the cores simulated devices leave)")
+		f.BoolVar(&p.staticLength, "static-length", false, "no draft budgets: devices draft by their own policy alone (the paper's fixed speculation length)")
+		f.IntVar(&p.maxBudget, "max-budget", goodput.DefaultMaxBudget, "largest draft budget the goodput policy gives")
+		f.BoolVar(&p.sloBatching, "slo-batching", false, "SLO-aware batching: close a batch when waiting longer would make a device miss its objective, else let it fill")
 	}
+}
+
+func (p *policyFlags) budget() goodput.Policy {
+	return goodput.Policy{Static: p.staticLength, MaxBudget: p.maxBudget}
 }
 
 func (p *policyFlags) draft() drafter.DraftPolicy {
@@ -71,7 +84,7 @@ func (p *policyFlags) verifier() verifier.Config {
 }
 
 func (p *policyFlags) batch() batcher.Policy {
-	return batcher.Policy{Size: p.batchSize, MaxWait: p.maxWait}
+	return batcher.Policy{Size: p.batchSize, MaxWait: p.maxWait, SLO: p.sloBatching}
 }
 
 // modelDir is where model files are looked up: $SLED_MODEL_DIR, else
@@ -133,6 +146,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir, TLS: natsTLS},
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
+				Budget: p.budget(), TPOT: p.tpot,
 			}
 			if auth {
 				if credsDir == "" {

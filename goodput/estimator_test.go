@@ -1,0 +1,135 @@
+package goodput
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestCurveMs(t *testing.T) {
+	c := Curve{{Tokens: 4, Ms: 40}, {Tokens: 16, Ms: 100}, {Tokens: 64, Ms: 400}}
+	cases := map[int]float64{
+		0: 0, 2: 20, 4: 40, // below the first point: in proportion
+		10: 70,           // interpolated
+		64: 400, 80: 500, // beyond: the last slope (300/48 per token)
+	}
+	for tok, want := range cases {
+		if got, ok := c.Ms(tok); !ok || math.Abs(got-want) > 1e-9 {
+			t.Errorf("Ms(%d) = %v %v, want %v", tok, got, ok, want)
+		}
+	}
+	if _, ok := (Curve{}).Ms(3); ok {
+		t.Error("an empty curve estimated a cost")
+	}
+	if got, _ := (Curve{{Tokens: 8, Ms: 80}}).Ms(16); got != 160 {
+		t.Errorf("one point: Ms(16) = %v, want 160 (in proportion)", got)
+	}
+}
+
+func TestEstimatorLearnsCurve(t *testing.T) {
+	e := NewEstimator(EstimatorConfig{})
+	truth := func(n int) time.Duration { // concave then linear
+		ms := 10 + 5*math.Min(float64(n), 16) + 2*math.Max(float64(n-16), 0)
+		return time.Duration(ms * float64(time.Millisecond))
+	}
+	for range 50 {
+		for _, n := range []int{1, 3, 8, 16, 40, 100} {
+			e.Observe(n, truth(n))
+		}
+	}
+	c := e.Curve()
+	for i := 1; i < len(c); i++ {
+		if c[i].Tokens <= c[i-1].Tokens || c[i].Ms < c[i-1].Ms {
+			t.Fatalf("curve not ascending: %v", c)
+		}
+	}
+	for _, n := range []int{1, 8, 16, 100} {
+		got, _ := c.Ms(n)
+		want := float64(truth(n)) / float64(time.Millisecond)
+		if math.Abs(got-want) > 0.02*want {
+			t.Errorf("Ms(%d) = %.2f, truth %.2f", n, got, want)
+		}
+	}
+	e.Observe(0, time.Second) // ignored
+	e.Observe(5, 0)           // ignored
+	if e.Passes() != 300 {
+		t.Errorf("passes %d, want 300", e.Passes())
+	}
+	// A slower server is followed within tens of passes.
+	for range 30 {
+		e.Observe(16, 2*truth(16))
+	}
+	if got, _ := e.Curve().Ms(16); got < 1.9*float64(truth(16))/float64(time.Millisecond) {
+		t.Errorf("after the server slowed down Ms(16) = %.1f", got)
+	}
+	e.ObserveOverhead(3 * time.Millisecond)
+	if e.OverheadMs() != 3 {
+		t.Errorf("overhead %v", e.OverheadMs())
+	}
+}
+
+func TestAcceptance(t *testing.T) {
+	var a Acceptance
+	if r := a.Rates(3); r[0] != DefaultPrior || r[2] != DefaultPrior {
+		t.Errorf("prior rates %v", r)
+	}
+	// Rounds of 4 drafts: position 0 always accepted, position 1 half the time,
+	// nothing after.
+	for i := range 200 {
+		acc := 1
+		if i%2 == 0 {
+			acc = 2
+		}
+		a.Observe(4, acc)
+	}
+	r := a.Rates(5)
+	if r[0] < 0.95 || math.Abs(r[1]-0.5) > 0.1 || r[2] > 0.1 {
+		t.Errorf("rates %v, want about [1 0.5 0 ...]", r)
+	}
+	// Position 4 was never reached: it takes position 3's estimate.
+	if r[4] != r[3] {
+		t.Errorf("unreached position %v, want %v", r[4], r[3])
+	}
+	if m := a.Mean(4); math.Abs(m-1.5) > 0.1 {
+		t.Errorf("mean %v, want about 1.5", m)
+	}
+}
+
+func TestTrackerProbes(t *testing.T) {
+	e := NewEstimator(EstimatorConfig{})
+	for range 5 {
+		e.Observe(4, 80*time.Millisecond) // compute-bound: 20 ms a token
+		e.Observe(40, 800*time.Millisecond)
+	}
+	tr := NewTracker(e, TrackerConfig{Policy: Policy{ProbeEvery: 4}})
+	now := time.Unix(0, 0)
+	var got []int
+	for range 8 {
+		now = now.Add(100 * time.Millisecond)
+		plan := tr.Plan([]Round{{Device: "a", Drafted: 2, Accepted: 0, Arrived: now}, {Device: "b", Arrived: now}}, now)
+		got = append(got, plan.Budgets[0])
+	}
+	want := []int{0, 0, 0, DefaultProbeLen, 0, 0, 0, DefaultProbeLen}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("budgets %v, want %v (a probe every 4th round at 0)", got, want)
+		}
+	}
+	if m, ok := tr.Acceptance("a", 2); !ok || m > 0.2 {
+		t.Errorf("acceptance of a %v %v", m, ok)
+	}
+}
+
+func TestTrackerForgetsOldest(t *testing.T) {
+	tr := NewTracker(NewEstimator(EstimatorConfig{}), TrackerConfig{MaxDevices: 2})
+	for i, id := range []string{"a", "b", "c"} {
+		at := time.Unix(int64(i), 0)
+		tr.Plan([]Round{{Device: id, Arrived: at}}, at)
+	}
+	if _, ok := tr.Acceptance("a", 1); ok {
+		t.Error("the oldest device was kept beyond MaxDevices")
+	}
+	if _, ok := tr.Acceptance("c", 1); !ok {
+		t.Error("the newest device was forgotten")
+	}
+}

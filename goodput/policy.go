@@ -1,0 +1,388 @@
+package goodput
+
+import "sort"
+
+// Policy chooses draft budgets. The zero Policy is ready to use with the
+// documented defaults.
+type Policy struct {
+	// MaxBudget is the largest budget given. Default DefaultMaxBudget; at most
+	// MaxDraftTokens.
+	MaxBudget int
+	// Static turns the policy off: every device gets MaxBudget whatever the
+	// load (the paper's fixed speculation length, kept for comparison).
+	Static bool
+	// ProbeEvery: a device held at budget 0 for this many rounds gets one round
+	// of ProbeLen, so that its acceptance, which budget 0 cannot measure, stays
+	// known. Default DefaultProbeEvery; negative: never.
+	ProbeEvery int
+	// ProbeLen is a probe round's budget. Default DefaultProbeLen.
+	ProbeLen int
+}
+
+// Defaults of Policy.
+const (
+	DefaultMaxBudget  = 8
+	DefaultProbeEvery = 16
+	DefaultProbeLen   = 2
+	// MaxDraftTokens is the event schema's bound on a draft.
+	MaxDraftTokens = 64
+)
+
+// WithDefaults fills zero fields. It is idempotent.
+func (p Policy) WithDefaults() Policy {
+	if p.MaxBudget <= 0 {
+		p.MaxBudget = DefaultMaxBudget
+	}
+	p.MaxBudget = min(p.MaxBudget, MaxDraftTokens)
+	if p.ProbeEvery == 0 {
+		p.ProbeEvery = DefaultProbeEvery
+	}
+	if p.ProbeLen <= 0 {
+		p.ProbeLen = DefaultProbeLen
+	}
+	p.ProbeLen = min(p.ProbeLen, p.MaxBudget)
+	return p
+}
+
+// Device is what Choose knows of one device of the next pass.
+type Device struct {
+	// Accept[j] is the probability that draft position j is accepted given
+	// that every earlier one was (Acceptance.Rates). Positions beyond its
+	// length are taken as never accepted.
+	Accept []float64
+	// Carried is how many tokens the round carries besides its draft (the
+	// committed token, normally 1). Default 1.
+	Carried int
+	// TPOTMs is the device's latency objective, milliseconds per output token;
+	// 0: none.
+	TPOTMs float64
+	// ExternalMs is the device's time per round outside the server with no
+	// draft (the result's trip down, the draft's trip up, queueing at the
+	// batcher), DraftMs what each draft token adds to it (drafting, where the
+	// device cannot draft while it waits). See Tracker.
+	ExternalMs, DraftMs float64
+}
+
+// Expected is the expected number of draft tokens accepted when a device with
+// conditional acceptance accept drafts k tokens: sum over j < k of
+// accept[0] * ... * accept[j].
+func Expected(accept []float64, k int) float64 {
+	e, run := 0.0, 1.0
+	for j := 0; j < k && j < len(accept); j++ {
+		run *= clamp01(accept[j])
+		e += run
+	}
+	return e
+}
+
+func clamp01(p float64) float64 { return min(max(p, 0), 1) }
+
+// Plan is a Choose decision.
+type Plan struct {
+	// Budgets[i] is device i's budget for its next round.
+	Budgets []int
+	// Tokens is the planned pass's size and PassMs its estimated cost
+	// (overhead included).
+	Tokens int
+	PassMs float64
+	// Expected is the expected output tokens of the pass (one per device plus
+	// the expected accepted draft tokens); Goodput is the fleet's expected
+	// output tokens per second with these budgets (see Choose).
+	Expected, Goodput float64
+	// Missed counts devices whose objective the plan does not meet.
+	Missed int
+	// Reason names what decided: ReasonGoodput, ReasonSLO (an objective made a
+	// smaller pass than goodput alone), ReasonNoEstimate (no cost curve yet:
+	// every device gets MaxBudget) or ReasonStatic.
+	Reason string
+}
+
+// Plan reasons.
+const (
+	ReasonGoodput    = "goodput"
+	ReasonSLO        = "slo"
+	ReasonNoEstimate = "no_estimate"
+	ReasonStatic     = "static"
+)
+
+// CostFunc is a pass-cost estimate in milliseconds (Curve.Ms), false when
+// there is none.
+type CostFunc func(tokens int) (float64, bool)
+
+// Choose picks every device's budget for the next pass of devs, maximising
+// the fleet's goodput: the sum over devices of expected output tokens per
+// round, 1 + Expected(Accept, k), over the round's time, ExternalMs +
+// DraftMs*k + cost(tokens) + overheadMs. When the server is the bottleneck
+// (the pass dominates every round) that is expected output tokens per second
+// of server time, and a draft token pays only where the pass-cost curve makes
+// it cheaper than the acceptance it brings; where the devices are (the
+// server idles between rounds), it is the devices' own rates, and a device
+// that drafts slowly gets a shorter budget. Among the choices, those meeting
+// the most latency objectives win: a device meets its objective when its
+// round delivers its expected tokens within TPOTMs each. Devices that would
+// miss their objective at every budget get theirs cut first, so that their
+// drafts do not make the others miss.
+//
+// The search evaluates every pass size along the order of marginal
+// acceptance (a device's (k+1)-th draft token is accepted with probability
+// accept[0]*...*accept[k], which never grows with k, so for each pass size
+// this is the allocation that expects the most tokens), then improves the
+// best one a device at a time while that raises the objective.
+func (p Policy) Choose(devs []Device, cost CostFunc, overheadMs float64) Plan {
+	p = p.WithDefaults()
+	plan := Plan{Budgets: make([]int, len(devs))}
+	if len(devs) == 0 {
+		return plan
+	}
+	base := 0
+	for _, d := range devs {
+		base += carried(d)
+	}
+	if _, ok := cost(base); p.Static || !ok {
+		plan.Reason = ReasonStatic
+		if !p.Static {
+			plan.Reason = ReasonNoEstimate
+		}
+		for i := range plan.Budgets {
+			plan.Budgets[i] = p.MaxBudget
+		}
+		ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
+		return ev.plan(plan.Budgets, plan.Reason)
+	}
+	ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
+	best := p.search(&ev, p.order(devs, nil))
+	if hopeless := ev.hopeless(); len(hopeless) > 0 {
+		// Those that cannot be served in time give way first.
+		best = p.search(&ev, p.order(devs, hopeless))
+	}
+	reason := ReasonGoodput
+	if ev.missed(best.Budgets) < ev.missed(ev.free(p)) {
+		reason = ReasonSLO
+	}
+	return ev.plan(best.Budgets, reason)
+}
+
+func carried(d Device) int {
+	if d.Carried <= 0 {
+		return 1
+	}
+	return d.Carried
+}
+
+// evaluator scores budget vectors for Choose.
+type evaluator struct {
+	devs     []Device
+	cost     CostFunc
+	overhead float64
+	base     int
+	metEver  []bool // devices whose objective some evaluated vector met
+}
+
+type score struct {
+	met          int
+	goodput      float64
+	tokens       int
+	passMs, want float64
+}
+
+func (e *evaluator) score(k []int) score {
+	t := e.base
+	for _, n := range k {
+		t += n
+	}
+	ms, _ := e.cost(t)
+	ms += e.overhead
+	if e.metEver == nil {
+		e.metEver = make([]bool, len(e.devs))
+	}
+	s := score{tokens: t, passMs: ms}
+	for i, d := range e.devs {
+		out := 1 + Expected(d.Accept, k[i])
+		round := d.ExternalMs + d.DraftMs*float64(k[i]) + ms
+		s.want += out
+		if round > 0 {
+			s.goodput += out / round * 1000
+		}
+		if d.TPOTMs > 0 && round <= out*d.TPOTMs {
+			s.met++
+			e.metEver[i] = true
+		}
+	}
+	return s
+}
+
+func better(a, b score) bool {
+	return a.met > b.met || (a.met == b.met && a.goodput > b.goodput)
+}
+
+func (e *evaluator) missed(k []int) int {
+	n := 0
+	for _, d := range e.devs {
+		if d.TPOTMs > 0 {
+			n++
+		}
+	}
+	return n - e.score(k).met
+}
+
+// free is the budgets goodput alone would choose.
+func (e *evaluator) free(p Policy) []int {
+	devs := make([]Device, len(e.devs))
+	for i, d := range e.devs {
+		d.TPOTMs = 0
+		devs[i] = d
+	}
+	f := evaluator{devs: devs, cost: e.cost, overhead: e.overhead, base: e.base}
+	return p.search(&f, p.order(devs, nil)).Budgets
+}
+
+func (e *evaluator) hopeless() map[int]bool {
+	var h map[int]bool
+	for i, d := range e.devs {
+		if d.TPOTMs > 0 && !e.metEver[i] {
+			if h == nil {
+				h = map[int]bool{}
+			}
+			h[i] = true
+		}
+	}
+	return h
+}
+
+func (e *evaluator) plan(k []int, reason string) Plan {
+	s := e.score(k)
+	return Plan{Budgets: k, Tokens: s.tokens, PassMs: s.passMs, Expected: s.want, Goodput: s.goodput,
+		Missed: e.missed(k), Reason: reason}
+}
+
+// gain is one more draft token for device dev, its k-th (from 1).
+type gain struct {
+	dev, k int
+	g      float64
+}
+
+// order lists every possible draft token by marginal gain, largest first;
+// the devices in last go after all others.
+func (p Policy) order(devs []Device, last map[int]bool) []gain {
+	var gs []gain
+	for i, d := range devs {
+		run := 1.0
+		for k := 1; k <= p.MaxBudget; k++ {
+			if k-1 < len(d.Accept) {
+				run *= clamp01(d.Accept[k-1])
+			} else {
+				run = 0
+			}
+			gs = append(gs, gain{dev: i, k: k, g: run})
+		}
+	}
+	sort.SliceStable(gs, func(a, b int) bool {
+		if la, lb := last[gs[a].dev], last[gs[b].dev]; la != lb {
+			return lb
+		}
+		if gs[a].g != gs[b].g {
+			return gs[a].g > gs[b].g
+		}
+		if gs[a].dev != gs[b].dev {
+			return gs[a].dev < gs[b].dev
+		}
+		return gs[a].k < gs[b].k
+	})
+	return gs
+}
+
+// search evaluates every pass size along order, keeps the best, then moves
+// one device's budget up or down while that improves it.
+func (p Policy) search(e *evaluator, order []gain) Plan {
+	k := make([]int, len(e.devs))
+	best := append([]int(nil), k...)
+	bs := e.score(k)
+	for t := 1; t <= len(order); t++ {
+		g := order[t-1]
+		k[g.dev] = g.k
+		if g.g == 0 {
+			continue // a token that is never accepted only adds cost
+		}
+		if s := e.score(k); better(s, bs) {
+			bs = s
+			copy(best, k)
+		}
+	}
+	for range 4 { // local improvement: rarely more than one round moves anything
+		moved := false
+		for i := range best {
+			for _, step := range []int{1, -1} {
+				if n := best[i] + step; n >= 0 && n <= p.MaxBudget {
+					best[i] = n
+					if s := e.score(best); better(s, bs) {
+						bs, moved = s, true
+						continue
+					}
+					best[i] -= step
+				}
+			}
+		}
+		if !moved {
+			break
+		}
+	}
+	return Plan{Budgets: best}
+}
+
+// Acceptance is a device's decaying estimate of its drafts' acceptance per
+// position: of the rounds that reached position j (every earlier draft token
+// accepted), the share that had it accepted, recent rounds weighing more. A
+// position never reached takes the estimate of the one before it. The zero
+// value is ready to use with the defaults (a prior of DefaultPrior, decay
+// DefaultDecay). Not safe for concurrent use.
+type Acceptance struct {
+	// Prior is the estimate of position 0 before any round. Default
+	// DefaultPrior.
+	Prior float64
+	// Decay is the weight past rounds keep per new round. Default DefaultDecay.
+	Decay float64
+
+	reached, accepted [MaxDraftTokens]float64
+}
+
+// Defaults of Acceptance.
+const (
+	DefaultPrior = 0.5
+	DefaultDecay = 0.9
+)
+
+// Observe records a round of drafted draft tokens with the first accepted of
+// them accepted.
+func (a *Acceptance) Observe(drafted, accepted int) {
+	decay := a.Decay
+	if decay <= 0 || decay >= 1 {
+		decay = DefaultDecay
+	}
+	drafted = min(drafted, MaxDraftTokens)
+	for j := 0; j < drafted && j <= accepted; j++ {
+		a.reached[j] = a.reached[j]*decay + 1
+		a.accepted[j] *= decay
+		if j < accepted {
+			a.accepted[j]++
+		}
+	}
+}
+
+// Rates returns the conditional acceptance of positions 0 ... n-1 (see
+// Device.Accept), each smoothed towards the one before it by one pseudo-round.
+func (a *Acceptance) Rates(n int) []float64 {
+	prior := a.Prior
+	if prior <= 0 || prior > 1 {
+		prior = DefaultPrior
+	}
+	n = min(n, MaxDraftTokens)
+	out := make([]float64, n)
+	for j := range out {
+		out[j] = (a.accepted[j] + prior) / (a.reached[j] + 1)
+		prior = out[j]
+	}
+	return out
+}
+
+// Mean is the estimated accepted draft tokens per round of k draft tokens.
+func (a *Acceptance) Mean(k int) float64 { return Expected(a.Rates(k), k) }

@@ -1,0 +1,161 @@
+package goodput
+
+import (
+	"sync"
+	"time"
+)
+
+// Round is what a server learned from one verified round of one device.
+type Round struct {
+	// Device names the device (its budget and acceptance are its own).
+	Device string
+	// Drafted draft tokens, the first Accepted of them accepted.
+	Drafted, Accepted int
+	// Carried is how many tokens the round carried besides its draft.
+	// Default 1.
+	Carried int
+	// TPOTMs is the round's latency objective, milliseconds per output token;
+	// 0: none.
+	TPOTMs float64
+	// Arrived is when the round reached the server (for the device's time
+	// outside it, Device.ExternalMs).
+	Arrived time.Time
+}
+
+// TrackerConfig configures a Tracker. Zero fields take the documented
+// defaults.
+type TrackerConfig struct {
+	// Policy decides the budgets.
+	Policy Policy
+	// Prior and Decay of every device's Acceptance (defaults as Acceptance's).
+	Prior, Decay float64
+	// MaxDevices bounds the devices whose state is kept; the one whose last
+	// round is oldest is forgotten first. Default 4096.
+	MaxDevices int
+}
+
+// Tracker keeps what Policy needs to know of each device (its Acceptance, its
+// time outside the server, how long it has been held at budget 0) and the
+// server's pass cost, and plans each pass's budgets. A verifier worker holds
+// one; the simulator (bench/sim) holds one per simulated worker. A Tracker is
+// safe for concurrent use.
+type Tracker struct {
+	cfg  TrackerConfig
+	est  *CostEstimator
+	mu   sync.Mutex
+	devs map[string]*devState
+}
+
+type devState struct {
+	acc      Acceptance
+	answered time.Time // when its last result went out
+	ext      lineFit   // time outside the server against the round's draft tokens
+	zeros    int       // consecutive rounds planned at budget 0
+}
+
+// lineFit is a decaying least-squares line y = a + b*x, b >= 0: a device's
+// time per round outside the server (y, ms) against its draft tokens (x).
+// Rounds all of one length say nothing of b, which is then 0 until rounds of
+// other lengths are seen.
+type lineFit struct{ w, x, y, xx, xy float64 }
+
+func (f *lineFit) add(x, y float64) {
+	const decay = 0.9
+	f.w, f.x, f.y, f.xx, f.xy = f.w*decay+1, f.x*decay+x, f.y*decay+y, f.xx*decay+x*x, f.xy*decay+x*y
+}
+
+func (f *lineFit) line() (a, b float64) {
+	if f.w == 0 {
+		return 0, 0
+	}
+	mx, my := f.x/f.w, f.y/f.w
+	if v := f.xx/f.w - mx*mx; v > 0.25 { // draft lengths vary by at least about one token
+		b = max((f.xy/f.w-mx*my)/v, 0)
+	}
+	return max(my-b*mx, 0), b
+}
+
+// NewTracker returns a tracker planning with cfg.Policy from est's curve.
+func NewTracker(est *CostEstimator, cfg TrackerConfig) *Tracker {
+	cfg.Policy = cfg.Policy.WithDefaults()
+	if cfg.MaxDevices <= 0 {
+		cfg.MaxDevices = 4096
+	}
+	return &Tracker{cfg: cfg, est: est, devs: map[string]*devState{}}
+}
+
+// Estimator is the tracker's cost estimator.
+func (t *Tracker) Estimator() *CostEstimator { return t.est }
+
+// Policy is the policy the tracker plans with (defaults filled).
+func (t *Tracker) Policy() Policy { return t.cfg.Policy }
+
+// Plan records the rounds of one verified pass and returns their devices'
+// budgets for their next rounds (Plan.Budgets, in the order of rounds); their
+// results go out at answered.
+func (t *Tracker) Plan(rounds []Round, answered time.Time) Plan {
+	curve := t.est.Curve()
+	over := t.est.OverheadMs()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pol := t.cfg.Policy
+	devs := make([]Device, len(rounds))
+	states := make([]*devState, len(rounds))
+	for i, r := range rounds {
+		s := t.devs[r.Device]
+		if s == nil {
+			t.evict()
+			s = &devState{acc: Acceptance{Prior: t.cfg.Prior, Decay: t.cfg.Decay}}
+			t.devs[r.Device] = s
+		}
+		s.acc.Observe(r.Drafted, r.Accepted)
+		if !s.answered.IsZero() {
+			if gap := r.Arrived.Sub(s.answered); gap > 0 && gap < time.Minute {
+				s.ext.add(float64(r.Drafted), float64(gap)/float64(time.Millisecond))
+			}
+		}
+		s.answered = answered
+		states[i] = s
+		a, b := s.ext.line()
+		devs[i] = Device{Accept: s.acc.Rates(pol.MaxBudget), Carried: r.Carried, TPOTMs: r.TPOTMs, ExternalMs: a, DraftMs: b}
+	}
+	plan := pol.Choose(devs, curve.Ms, over)
+	for i, s := range states {
+		switch {
+		case plan.Budgets[i] > 0:
+			s.zeros = 0
+		case pol.ProbeEvery > 0:
+			if s.zeros++; s.zeros >= pol.ProbeEvery {
+				plan.Budgets[i], s.zeros = pol.ProbeLen, 0
+			}
+		}
+	}
+	return plan
+}
+
+// Acceptance is the tracker's estimate for device: the expected accepted
+// tokens of a round of k draft tokens, and whether the device is known.
+func (t *Tracker) Acceptance(device string, k int) (float64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.devs[device]
+	if s == nil {
+		return 0, false
+	}
+	return s.acc.Mean(k), true
+}
+
+// evict forgets the device heard from least recently when the table is full.
+func (t *Tracker) evict() {
+	if len(t.devs) < t.cfg.MaxDevices {
+		return
+	}
+	var oldest string
+	var at time.Time
+	for id, s := range t.devs {
+		if oldest == "" || s.answered.Before(at) {
+			oldest, at = id, s.answered
+		}
+	}
+	delete(t.devs, oldest)
+}
