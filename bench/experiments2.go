@@ -15,8 +15,11 @@ import (
 
 // WSTGRPoint is one batch size of the wstgr experiment.
 type WSTGRPoint struct {
-	Batch       int          `json:"batch"`
-	SLED        *Measurement `json:"sled"`
+	Batch int          `json:"batch"`
+	SLED  *Measurement `json:"sled"`
+	// Static is SLED with the static speculation length (no draft budgets),
+	// in the same run; absent with Options.NoStatic or a static Budget.
+	Static      *Measurement `json:"sled_static,omitempty"`
 	Centralized *Measurement `json:"centralized"`
 	Edge        *Measurement `json:"edge"`
 }
@@ -39,7 +42,8 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer e.Close()
-	bar := o.progress(2 * len(sizes))
+	static := !o.NoStatic && !o.Budget.Static
+	bar := o.progress(3 * len(sizes))
 	defer bar.Done()
 	var pts []WSTGRPoint
 	for _, b := range sizes {
@@ -50,23 +54,37 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		var st *Measurement
+		if static {
+			bar.Step(fmt.Sprintf("sled static batch %d", b))
+			ts := t
+			ts.Budget.Static = true
+			if st, err = e.RunSLED(ctx, ts); err != nil {
+				return nil, err
+			}
+			st.System = "sled-static"
+		}
 		bar.Step(fmt.Sprintf("centralized batch %d", b))
 		c, err := e.RunCentralized(ctx, t)
 		if err != nil {
 			return nil, err
 		}
-		pts = append(pts, WSTGRPoint{Batch: b, SLED: s, Centralized: c, Edge: EdgeOnly(p, b)})
+		pts = append(pts, WSTGRPoint{Batch: b, SLED: s, Static: st, Centralized: c, Edge: EdgeOnly(p, b)})
 	}
 	r := o.report("wstgr", e)
 	r.Result = pts
 	r.Modelled = append(r.Modelled, "edge-only: devices x profile rate (the draft model's text, not the target's)")
 	t := Table{Title: fmt.Sprintf("Whole-system token generation rate vs batch size (%s devices, %s)", p.Name, r.Target),
-		Header: []string{"batch = devices", "SLED tok/s", "centralized tok/s", "SLED / centralized", "edge-only tok/s", "SLED mean batch", "SLED round p50 ms", "SLED per device", "centralized per device"}}
+		Header: []string{"batch = devices", "SLED tok/s", "static-length SLED tok/s", "centralized tok/s", "SLED / centralized", "static / centralized", "edge-only tok/s", "SLED mean draft", "SLED mean batch", "SLED round p50 ms", "SLED per device", "centralized per device"}}
 	var sx, sy, cy, ey Series
 	sx.Name, cy.Name, ey.Name = "SLED", "centralized", "edge-only (draft text)"
 	for _, q := range pts {
-		t.Rows = append(t.Rows, []string{itoa(q.Batch), f1(q.SLED.TokensPerSec), f1(q.Centralized.TokensPerSec), f2(q.SLED.TokensPerSec / q.Centralized.TokensPerSec),
-			f1(q.Edge.TokensPerSec), f1(q.SLED.MeanBatch), f1(q.SLED.RoundMs.P50), f1(q.SLED.MeanPerDevice), f1(q.Centralized.MeanPerDevice)})
+		st, sr := "-", "-"
+		if q.Static != nil {
+			st, sr = f1(q.Static.TokensPerSec), f2(q.Static.TokensPerSec/q.Centralized.TokensPerSec)
+		}
+		t.Rows = append(t.Rows, []string{itoa(q.Batch), f1(q.SLED.TokensPerSec), st, f1(q.Centralized.TokensPerSec), f2(q.SLED.TokensPerSec / q.Centralized.TokensPerSec), sr,
+			f1(q.Edge.TokensPerSec), f2(q.SLED.MeanDraftLen), f1(q.SLED.MeanBatch), f1(q.SLED.RoundMs.P50), f1(q.SLED.MeanPerDevice), f1(q.Centralized.MeanPerDevice)})
 		x := float64(q.Batch)
 		sx.X, sx.Y = append(sx.X, x), append(sx.Y, q.SLED.TokensPerSec)
 		cy.X, cy.Y = append(cy.X, x), append(cy.Y, q.Centralized.TokensPerSec)

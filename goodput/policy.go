@@ -24,7 +24,9 @@ const (
 	DefaultMaxBudget  = 8
 	DefaultProbeEvery = 16
 	DefaultProbeLen   = 2
-	// MaxDraftTokens is the event schema's bound on a draft.
+	// MaxDraftTokens is the event schema's bound on a draft
+	// (schemas.MaxDraftTokens; a test holds them equal, so that this package
+	// imports nothing and events may carry its Curve).
 	MaxDraftTokens = 64
 )
 

@@ -4,6 +4,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/sled-project/sled/schemas"
 )
 
 func linear(fixed, perToken float64) CostFunc {
@@ -193,6 +195,12 @@ func TestNoEstimateAndStatic(t *testing.T) {
 		if plan.Reason != c.reason {
 			t.Errorf("reason %q, want %q", plan.Reason, c.reason)
 		}
+	}
+}
+
+func TestMaxDraftTokensIsTheSchemas(t *testing.T) {
+	if MaxDraftTokens != schemas.MaxDraftTokens {
+		t.Fatalf("goodput.MaxDraftTokens %d, schemas.MaxDraftTokens %d", MaxDraftTokens, schemas.MaxDraftTokens)
 	}
 }
 

@@ -180,7 +180,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mm.DraftBudget = ih("sled.goodput.budget", "{token}", "Draft budgets the verifier gave devices for their next round.", LengthBuckets)
 	mm.BudgetPlans = c("sled.goodput.plans", "{plan}", "Draft-budget plans, one per verification, by reason.")
 	mm.BudgetMissed = c("sled.goodput.missed", "{device}", "Devices whose latency objective a plan does not meet.")
-	mm.PlannedPassMs = fg("sled.goodput.pass_ms", "ms", "Estimated cost of the next pass the last plan expects (pass-cost estimator, overhead included).")
+	mm.PlannedPassMs = fg("sled.goodput.pass", "ms", "Estimated cost of the next pass the last plan expects (pass-cost estimator, overhead included).")
 	mm.PlannedGoodput = fg("sled.goodput.planned", "{token}/s", "Expected output tokens per second of server time of the last plan.")
 	mm.Rounds = c("sled.rounds", "{round}", "Rounds by outcome.")
 	mm.DraftedTokens = c("sled.drafted_tokens", "{token}", "Draft tokens of rounds with an ok verdict.")

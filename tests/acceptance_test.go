@@ -7,6 +7,7 @@ import (
 
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/services"
 )
@@ -51,8 +52,11 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 	ps := prompts[:10]
 	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
 	// One draft token per round and no threshold: the acceptance rate is then the
-	// per-token agreement of the pair on the target's own text.
-	fixed1 := start(t, services.UpConfig{Drafts: drafts, Devices: 2,
+	// per-token agreement of the pair on the target's own text. The drafting
+	// policy is what is measured here, so the server sends no draft budgets
+	// (they would cut drafts by the server's load).
+	static := goodput.Policy{Static: true}
+	fixed1 := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Budget: static,
 		Draft: drafter.DraftPolicy{Fixed: true, MinLen: 1, MaxLen: 1}})
 	// Both devices run every prompt so the figures compare like with like.
 	type figures struct{ acc, drafted int }
@@ -96,10 +100,10 @@ func TestAcceptanceMatchesOfflineAgreement(t *testing.T) {
 
 	// Fixed length 8 vs the confidence threshold: θ stops drafting where the draft
 	// is unsure, so more of what is drafted is accepted.
-	fixed8 := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Draft: drafter.DraftPolicy{Fixed: true, MinLen: 8, MaxLen: 8}})
+	fixed8 := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Budget: static, Draft: drafter.DraftPolicy{Fixed: true, MinLen: 8, MaxLen: 8}})
 	f8, _ := runEach(fixed8)
 	fixed8.Close()
-	dyn := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Draft: drafter.DraftPolicy{Threshold: drafter.DefaultThreshold, MaxLen: 8}})
+	dyn := start(t, services.UpConfig{Drafts: drafts, Devices: 2, Budget: static, Draft: drafter.DraftPolicy{Threshold: drafter.DefaultThreshold, MaxLen: 8}})
 	fd, _ := runEach(dyn)
 	for i := range drafts {
 		r8, rd := rate(f8[i].acc, f8[i].drafted), rate(fd[i].acc, fd[i].drafted)

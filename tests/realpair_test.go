@@ -9,6 +9,7 @@ import (
 	"github.com/sled-project/sled/bench"
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
 	"github.com/sled-project/sled/modelcache"
@@ -49,6 +50,13 @@ func TestRealPairLosslessThroughAPI(t *testing.T) {
 		Target: target, Drafts: drafts, HTTPAddr: "127.0.0.1:0",
 		Verifier: verifier.Config{Threads: engine.DefaultThreads()},
 		Retry:    drafter.RetryPolicy{Timeout: 30 * time.Second},
+		// The pair's acceptance is measured (issue 9: at least 2 accepted
+		// tokens per round on code), so the devices draft by their own
+		// policy: draft budgets would hold them near 0 on a fast 2-core
+		// server (docs/benchmarks.md, "Draft budgets"). Lossless under
+		// budgets is TestLosslessAgainstCentralized's and
+		// TestDraftBudgetsOnTheWire's.
+		Budget: goodput.Policy{Static: true},
 	})
 	tm := s.Target()
 	var codeRounds, codeAccepted int
