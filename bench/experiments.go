@@ -53,6 +53,9 @@ type Options struct {
 	// Budget is the verifier's goodput policy (draft budgets by default).
 	// Budget.Static: the paper's fixed speculation length only.
 	Budget goodput.Policy
+	// SeparateKV gives the verifier a KV stream per slot, as the centralized
+	// server has (verifier.Config.SeparateKV).
+	SeparateKV bool
 	// NoStatic skips the static-length SLED that capacity and wstgr measure
 	// beside the budgeted one (Budget.Static in the same run), so that the
 	// policy's gain is measured. Quick implies it for capacity.
@@ -216,7 +219,7 @@ func (o Options) profiles() ([]Profile, error) {
 }
 
 func (o Options) trial(devices int, p Profile) Trial {
-	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, SeparateKV: o.SeparateKV, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
 	if o.qwen() {
 		t.Timeout = time.Minute // a loaded 1.5B pass takes seconds on a small CPU
 	}

@@ -34,6 +34,8 @@ type Trial struct {
 	// Budget is the verifier's goodput policy; Budget.Static runs the paper's
 	// fixed speculation length (every round as drawn).
 	Budget goodput.Policy
+	// SeparateKV gives the verifier a KV stream per slot (verifier.Config.SeparateKV).
+	SeparateKV bool
 	// TPOTMs is every device's latency objective, ms per output token (0:
 	// none).
 	TPOTMs float64
@@ -88,7 +90,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	log := e.Cfg.Logger
 	srv, err := services.StartServer(ctx, services.ServerConfig{
 		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Budget: t.Budget, Logger: log,
-		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers)},
+		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers), SeparateKV: t.SeparateKV},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)

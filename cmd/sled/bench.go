@@ -93,6 +93,7 @@ func benchCmd() *cobra.Command {
 	f.DurationVar(&o.Duration, "duration", 0, "trial measuring window (default 4s, quick 1.5s)")
 	f.IntVar(&o.MaxDevices, "max-devices", 0, "capacity search bound (default 256, quick 64)")
 	f.BoolVar(&o.Budget.Static, "static-length", false, "no draft budgets: every device drafts by its own policy (the paper's fixed speculation length)")
+	f.BoolVar(&o.SeparateKV, "separate-kv", false, "verifier: a KV stream per slot instead of one unified cache")
 	f.BoolVar(&o.NoStatic, "no-static", false, "capacity, wstgr: skip the static-length SLED measured beside the budgeted one")
 	f.IntVar(&o.Budget.MaxBudget, "max-budget", 0, "goodput policy: largest draft budget (default 8)")
 	f.Float64Var(&o.TPOTMs, "tpot", 0, "every device's latency objective, ms per output token (0: none)")
