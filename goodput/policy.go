@@ -158,7 +158,9 @@ func (p Policy) Choose(devs []Device, cost CostFunc, overheadMs float64) Plan {
 		best = p.search(&ev, p.order(devs, hopeless))
 	}
 	reason := ReasonGoodput
-	if ev.missed(best.Budgets) < ev.missed(ev.free(p)) {
+	// Only objectives can make the plan differ from goodput's own: the second
+	// search that tells which runs only when a device has one.
+	if ev.objectives() && ev.missed(best.Budgets) < ev.missed(ev.free(p)) {
 		reason = ReasonSLO
 	}
 	return ev.plan(best.Budgets, reason)
@@ -215,6 +217,15 @@ func (e *evaluator) score(k []int) score {
 
 func better(a, b score) bool {
 	return a.met > b.met || (a.met == b.met && a.goodput > b.goodput)
+}
+
+func (e *evaluator) objectives() bool {
+	for _, d := range e.devs {
+		if d.TPOTMs > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *evaluator) missed(k []int) int {
