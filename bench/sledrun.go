@@ -268,14 +268,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			VocabFingerprint: fp, Timeout: d.f.t.Timeout,
 			TPOT: time.Duration(d.f.t.TPOTMs * float64(time.Millisecond)),
 		}
-		if ev.TPOT > 0 {
-			rate := 0.5 // as drafter's generation estimates it: its acceptance so far
-			if d.allDrafted > 0 {
-				rate = float64(d.allAccepted) / float64(d.allDrafted)
-			}
-			exp := rate * float64(n)
-			ev.Due = began.Add(time.Duration((1 + exp) * float64(ev.TPOT)))
-		}
+		ev.Due = drafter.RoundDue(began, ev.TPOT, n, d.allDrafted, d.allAccepted)
 		dr := ev.Event(time.Now())
 		t0 := time.Now()
 		if _, err := d.pub.Publish(ctx, events.New(events.DeviceSource(d.id), dr)); err != nil {

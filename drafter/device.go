@@ -397,18 +397,9 @@ func (g *generation) maxLen() int {
 }
 
 // due is when the current round's result must arrive for the generation to
-// keep its objective: the round's start plus its expected output tokens (one,
-// plus the pending tokens at the generation's acceptance so far) at tpot each.
+// keep its objective (RoundDue).
 func (g *generation) due() time.Time {
-	if g.tpot <= 0 {
-		return time.Time{}
-	}
-	rate := 0.5
-	if g.stats.Drafted > 0 {
-		rate = float64(g.stats.Accepted) / float64(g.stats.Drafted)
-	}
-	exp := 1 + rate*float64(len(g.st.pending))
-	return g.began.Add(time.Duration(exp * float64(g.tpot)))
+	return RoundDue(g.began, g.tpot, len(g.st.pending), g.stats.Drafted, g.stats.Accepted)
 }
 
 func (g *generation) run(ctx context.Context) error {

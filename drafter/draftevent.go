@@ -39,6 +39,23 @@ type DraftRound struct {
 	Due  time.Time
 }
 
+// RoundDue is when a round begun at began with pending draft tokens must get
+// its result for the session to keep tpot per output token: its expected
+// output, one token plus the pending ones at the session's acceptance so far
+// (accepted of drafted; one half before any), at tpot each. Zero without an
+// objective. The device, the benchmark's simulated devices and the simulator
+// (bench/sim) all set DraftRound.Due with it.
+func RoundDue(began time.Time, tpot time.Duration, pending, drafted, accepted int) time.Time {
+	if tpot <= 0 {
+		return time.Time{}
+	}
+	rate := 0.5
+	if drafted > 0 {
+		rate = float64(accepted) / float64(drafted)
+	}
+	return began.Add(time.Duration((1 + rate*float64(pending)) * float64(tpot)))
+}
+
 // Event builds the round's draft.ready event, its deadline counted from now.
 // It copies every slice, so the round's own may change afterwards.
 func (r DraftRound) Event(now time.Time) *events.DraftReady {

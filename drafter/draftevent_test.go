@@ -48,3 +48,18 @@ func TestDraftRoundEvent(t *testing.T) {
 		t.Fatalf("event does not decode: %v", err)
 	}
 }
+
+func TestRoundDue(t *testing.T) {
+	began := time.Unix(100, 0)
+	if d := RoundDue(began, 0, 5, 10, 5); !d.IsZero() {
+		t.Errorf("no objective: due %v, want zero", d)
+	}
+	// Before any round: one token plus half the pending ones.
+	if d := RoundDue(began, 100*time.Millisecond, 4, 0, 0); !d.Equal(began.Add(300 * time.Millisecond)) {
+		t.Errorf("first round: due %v after start, want 300ms", d.Sub(began))
+	}
+	// 3 of 4 accepted so far: 1 + 0.75*4 = 4 tokens.
+	if d := RoundDue(began, 100*time.Millisecond, 4, 40, 30); !d.Equal(began.Add(400 * time.Millisecond)) {
+		t.Errorf("due %v after start, want 400ms", d.Sub(began))
+	}
+}

@@ -140,18 +140,16 @@ func (p Policy) Choose(devs []Device, cost CostFunc, overheadMs float64) Plan {
 	for _, d := range devs {
 		base += carried(d)
 	}
+	ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
 	if _, ok := cost(base); p.Static || !ok {
-		plan.Reason = ReasonStatic
-		if !p.Static {
-			plan.Reason = ReasonNoEstimate
-		}
 		for i := range plan.Budgets {
 			plan.Budgets[i] = p.MaxBudget
 		}
-		ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
-		return ev.plan(plan.Budgets, plan.Reason)
+		if p.Static {
+			return ev.plan(plan.Budgets, ReasonStatic)
+		}
+		return ev.plan(plan.Budgets, ReasonNoEstimate)
 	}
-	ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
 	best := p.search(&ev, p.order(devs, nil))
 	if hopeless := ev.hopeless(); len(hopeless) > 0 {
 		// Those that cannot be served in time give way first.

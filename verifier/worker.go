@@ -455,6 +455,3 @@ func (w *Worker) planAttrs(reason string) metric.MeasurementOption {
 	}
 	return w.attrs
 }
-
-// CostCurve is the worker's current pass-cost estimate (goodput.CostEstimator).
-func (w *Worker) CostCurve() goodput.Curve { return w.cost.Curve() }

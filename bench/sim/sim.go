@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/verifier"
 )
@@ -268,6 +269,9 @@ type device struct {
 	budget int     // the last result's draft budget, -1 when none
 	due    float64 // when this round's result is due (TPOTMs), seconds; 0 none
 	closed float64 // when the batch holding its draft closed
+	// drafted and accepted count every round's tokens (the device's own
+	// acceptance, for its due times)
+	drafted, accepted int
 	// session state: pos tokens generated in the current session; fresh when
 	// the next round opens a session (it carries the prompt).
 	pos   int
@@ -305,6 +309,9 @@ func SLED(cfg Config) Result {
 	for i := range ids {
 		ids[i] = strconv.Itoa(i)
 	}
+	epoch := time.Unix(0, 0)
+	at := func(sec float64) time.Time { return epoch.Add(time.Duration(sec * float64(time.Second))) }
+	tpot := time.Duration(cfg.TPOTMs * float64(time.Millisecond))
 	start := func(i int) {
 		d := &devs[i]
 		d.cur = d.rounds.Next()
@@ -319,9 +326,8 @@ func SLED(cfg Config) Result {
 		}
 		d.cur.Accepted = min(d.cur.Accepted, d.cur.Len)
 		d.due = 0
-		if cfg.TPOTMs > 0 {
-			exp, _ := trackers[workerOf(i)].Acceptance(ids[i], d.cur.Len)
-			d.due = l.Now + (1+exp)*cfg.TPOTMs/1000
+		if due := drafter.RoundDue(at(l.Now), tpot, d.cur.Len, d.drafted, d.accepted); !due.IsZero() {
+			d.due = due.Sub(epoch).Seconds()
 		}
 		l.At(l.Now+draftTime(d.cur.Len), evDrafted, i)
 	}
@@ -333,8 +339,6 @@ func SLED(cfg Config) Result {
 	}
 	// The batcher's count of active devices, on the simulated clock.
 	activity := batcher.Activity{Window: cfg.ActiveWindow}
-	epoch := time.Unix(0, 0)
-	at := func(sec float64) time.Time { return epoch.Add(time.Duration(sec * float64(time.Second))) }
 	active := func() int { return activity.Count(at(l.Now)) }
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
 	type simWorker struct {
@@ -483,6 +487,8 @@ func SLED(cfg Config) Result {
 			}
 			d.fresh = false
 			d.pos += got
+			d.drafted += d.cur.Len
+			d.accepted += d.cur.Accepted
 			if cfg.ContLen > 0 && d.pos >= cfg.ContLen-1 {
 				d.pos, d.fresh = 0, true
 			}
