@@ -104,10 +104,7 @@ def check_openai():
     streamed = "".join(k.choices[0].delta.content or "" for k in chunks if k.choices)
     assert streamed == cr.choices[0].message.content, (streamed, cr.choices[0].message.content)
     slp = [t for k in chunks if k.choices and k.choices[0].logprobs for t in k.choices[0].logprobs.content]
-    # The same tokens with the same figures, up to llama.cpp's batch differences
-    # (draft budgets change how a pass is composed; logits then move by ~1e-5).
-    assert [t.token for t in slp] == [t.token for t in content], (slp, content)
-    assert all(abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(slp, content)), (slp, content)
+    assert [t.logprob for t in slp] == [t.logprob for t in content], (slp, content)
     assert chunks[-1].usage.completion_tokens == cr.usage.completion_tokens
 
     # a parameter SLED would not apply is refused by name
