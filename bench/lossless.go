@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/gumbel"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
 	"github.com/sled-project/sled/verifier"
@@ -96,8 +98,9 @@ func ReadPrompts(path string) ([]Prompt, error) {
 	return ParsePrompts(f)
 }
 
-// Reference is a model's own greedy decoding of one prompt, one sequence, one
-// token per forward pass: the output a lossless system must reproduce. Like every
+// Reference is a model's own decoding of one prompt (greedy, or coupled
+// sampling with a seed), one sequence, one token per forward pass: the output a
+// lossless system must reproduce. Like every
 // generator's output it ends with the end-of-generation token when the model
 // produced one.
 type Reference struct {
@@ -121,6 +124,56 @@ const RefAlternatives = 4
 // GreedyReference decodes up to n tokens of prompt with m alone, greedily, one
 // token per pass, stopping after an end-of-generation token.
 func GreedyReference(ctx context.Context, m *engine.Model, prompt []engine.Token, n, threads int) (*Reference, error) {
+	return decodeReference(ctx, m, prompt, n, threads, func(row []float32, _ int) (engine.Token, []Alt) {
+		top := engine.TopK(row, RefAlternatives+1, 1)
+		best := top[0].Token
+		alts := make([]Alt, 0, len(top)-1)
+		for _, tp := range top[1:] {
+			alts = append(alts, Alt{Token: tp.Token, Gap: row[best] - row[tp.Token]})
+		}
+		return best, alts
+	})
+}
+
+// CoupledReference decodes up to n tokens of prompt with m alone by coupled
+// sampling (engine.Coupled at temp and topP with seed), one token per pass:
+// the output SLED must reproduce for that seed. The gaps of its Alts are in
+// logit units, like a greedy reference's: temp times the winner's perturbed
+// score less the alternative's, the change in the logits that would flip the
+// choice; so NearTieGap means the same for both.
+func CoupledReference(ctx context.Context, m *engine.Model, prompt []engine.Token, n, threads int, temp, topP float32, seed uint64) (*Reference, error) {
+	return decodeReference(ctx, m, prompt, n, threads, func(row []float32, pos int) (engine.Token, []Alt) {
+		keep := engine.Distribution(nil, row, temp, topP)
+		type scored struct {
+			t engine.Token
+			s float64
+		}
+		var top []scored // the best RefAlternatives+1 perturbed scores, best first
+		for t, v := range row {
+			if keep[t] == 0 {
+				continue
+			}
+			s := float64(v)/float64(temp) + gumbel.Noise(seed, pos, engine.Token(t))
+			j := len(top)
+			for j > 0 && s > top[j-1].s {
+				j--
+			}
+			if j <= RefAlternatives {
+				top = slices.Insert(top, j, scored{engine.Token(t), s})
+				top = top[:min(len(top), RefAlternatives+1)]
+			}
+		}
+		alts := make([]Alt, 0, len(top)-1)
+		for _, a := range top[1:] {
+			alts = append(alts, Alt{Token: a.t, Gap: float32(float64(temp) * (top[0].s - a.s))})
+		}
+		return top[0].t, alts
+	})
+}
+
+// decodeReference decodes with m alone, one token per pass, choose picking
+// each token from the logits row at its absolute position.
+func decodeReference(ctx context.Context, m *engine.Model, prompt []engine.Token, n, threads int, choose func(row []float32, pos int) (engine.Token, []Alt)) (*Reference, error) {
 	if len(prompt) == 0 {
 		return nil, errors.New("bench: empty prompt")
 	}
@@ -141,12 +194,7 @@ func GreedyReference(ctx context.Context, m *engine.Model, prompt []engine.Token
 	ref := &Reference{}
 	row := rows[0]
 	for range n {
-		top := engine.TopK(row, RefAlternatives+1, 1)
-		best := top[0].Token
-		alts := make([]Alt, 0, len(top)-1)
-		for _, tp := range top[1:] {
-			alts = append(alts, Alt{Token: tp.Token, Gap: row[best] - row[tp.Token]})
-		}
+		best, alts := choose(row, len(prompt)+len(ref.Tokens))
 		ref.Tokens = append(ref.Tokens, best)
 		ref.Alts = append(ref.Alts, alts)
 		if m.IsEOG(best) || len(ref.Tokens) == n {

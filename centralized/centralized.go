@@ -127,7 +127,7 @@ func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(te
 		return textgen.Result{}, err
 	}
 	r := &request{ctx: ctx, req: req, out: make(chan textgen.Chunk, 64)}
-	if req.Temperature > 0 {
+	if req.Temperature > 0 && !req.Coupled() {
 		r.rng = rand.New(rand.NewPCG(req.Seed, 0x51ed))
 	}
 	select {
@@ -264,10 +264,15 @@ func (s *Server) Run(ctx context.Context) error {
 		s.mu.Unlock()
 		for i, r := range owners {
 			var next engine.Token
-			if r.rng != nil {
+			switch {
+			case r.req.Coupled():
+				// The position of the token in the sequence, prompt included:
+				// what a device's verifier keys the same sample by.
+				next = engine.Coupled(rows[i], r.req.Temperature, r.req.TopP, r.req.Seed, len(r.req.Prompt)+len(r.tokens)).Token
+			case r.rng != nil:
 				r.probs = engine.Distribution(r.probs, rows[i], r.req.Temperature, r.req.TopP)
 				next = engine.Sample(r.rng, r.probs)
-			} else {
+			default:
 				next = engine.Argmax(rows[i])
 			}
 			r.tokens = append(r.tokens, next)

@@ -335,6 +335,7 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 		results: make(chan *events.VerifyResult, 64),
 		budget:  -1,
 		tpot:    req.TPOT,
+		pick:    newPicker(req),
 	}
 	if g.tpot <= 0 {
 		g.tpot = d.cfg.TPOT
@@ -381,6 +382,8 @@ type generation struct {
 	// budget is the last verdict's draft budget (events.VerifyResult.DraftBudget),
 	// -1 before any: the device drafts at most that many tokens next.
 	budget int
+	// pick chooses draft tokens (see picker).
+	pick picker
 	// tpot is the generation's latency objective per output token (0: none);
 	// began is when the current round began (its drafting).
 	tpot  time.Duration
@@ -452,7 +455,7 @@ func (g *generation) draft(ctx context.Context) error {
 		return err
 	}
 	for len(st.pending) < limit && !st.endsInEOG(nil) { // nothing follows an end of sequence
-		t, p := ds.peek()
+		t, p := g.pick.next(ds)
 		if !g.d.cfg.Draft.Continue(len(st.pending), p) {
 			break
 		}
@@ -465,14 +468,14 @@ func (g *generation) draft(ctx context.Context) error {
 }
 
 // send publishes the next round: every unverified token and the drafts.
-func (g *generation) send(ctx context.Context) error {
+func (g *generation) send(ctx context.Context, dists [][]engine.TokenProb) error {
 	g.beginRound(ctx)
 	g.round++
 	st := g.st
 	ev := DraftRound{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: g.round,
 		Committed: st.committed, Sent: st.sent, Draft: st.pending, Probs: st.probs, WithPrefix: st.needPrefix,
-		Sampling: events.Sampling{Temperature: g.req.Temperature, TopP: g.req.TopP, Seed: g.req.Seed},
+		Dists: dists, Sampling: g.pick.sampling(g.req),
 		Logprobs: g.req.Logprobs, TopLogprobs: g.req.TopLogprobs,
 		VocabFingerprint: g.d.model.Fingerprint(), Timeout: g.d.cfg.Retry.Timeout,
 		TPOT: g.tpot, Due: g.due(),
@@ -523,9 +526,13 @@ func (g *generation) roundTrip(ctx context.Context) (*events.VerifyResult, error
 				return nil, err
 			}
 		}
+		dists, err := g.pick.dists(len(g.st.committed), g.st.pending)
+		if err != nil {
+			return nil, err
+		}
 		failed := false
 		sent := time.Now()
-		if err := g.send(ctx); err != nil {
+		if err := g.send(ctx, dists); err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -648,7 +655,7 @@ func (g *generation) wait(ctx context.Context, timer *time.Timer, failed bool, a
 				return nil, ctx.Err()
 			default:
 			}
-			t, p := ds.peek()
+			t, p := g.pick.next(ds)
 			if len(*ahead) > 0 && !g.d.cfg.Draft.Continue(len(*ahead)-1, p) {
 				canAhead = false
 			} else {
@@ -758,7 +765,7 @@ func (g *generation) draftOne(ctx context.Context) error {
 	if err := ds.sync(ctx, g.st.committed); err != nil {
 		return err
 	}
-	t, p := ds.peek()
+	t, p := g.pick.next(ds)
 	if err := ds.push(ctx, t); err != nil {
 		return err
 	}

@@ -21,6 +21,11 @@ type DraftRound struct {
 	// each.
 	Draft []engine.Token
 	Probs []float32
+	// Dists, when the device sampled Draft from its top-k distributions
+	// (textgen.SamplingTopK), holds that distribution for each draft token;
+	// with rejection sampling and no Dists, the event declares a point mass on
+	// each draft token (greedy drafting).
+	Dists [][]engine.TokenProb
 	// WithPrefix sends the whole committed sequence, for a verifier that lacks
 	// the session (the first round, or a resync).
 	WithPrefix bool
@@ -76,10 +81,22 @@ func (r DraftRound) Event(now time.Time) *events.DraftReady {
 	if r.WithPrefix {
 		ev.Prefix = append([]int32(nil), r.Committed...)
 	}
-	if r.Sampling.Temperature > 0 {
-		// The device drafts greedily, so its draft distribution is a point mass on
-		// each draft token; telling the verifier so keeps speculative sampling
-		// exact (accept with p(x), resample from p without x on rejection).
+	switch {
+	case r.Sampling.Temperature <= 0 || r.Sampling.Mode == events.SamplingCoupled:
+		// Greedy, or coupled: the verifier needs no draft distribution.
+	case len(r.Dists) == len(r.Draft):
+		for _, d := range r.Dists {
+			tk := events.TopK{IDs: make([]int32, len(d)), Probs: make([]float32, len(d))}
+			for i, tp := range d {
+				tk.IDs[i], tk.Probs[i] = tp.Token, tp.Prob
+			}
+			ev.TopK = append(ev.TopK, tk)
+		}
+	default:
+		// The device drafted greedily, so its draft distribution is a point
+		// mass on each draft token; telling the verifier so keeps speculative
+		// sampling exact (accept with p(x), resample from p without x on
+		// rejection).
 		for _, t := range r.Draft {
 			ev.TopK = append(ev.TopK, events.TopK{IDs: []int32{t}, Probs: []float32{1}})
 		}

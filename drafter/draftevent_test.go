@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
 )
 
@@ -39,6 +40,16 @@ func TestDraftRoundEvent(t *testing.T) {
 	if len(ev.TopK) != 2 || ev.TopK[1].IDs[0] != 21 || ev.TopK[1].Probs[0] != 1 {
 		t.Fatalf("top-k %v", ev.TopK)
 	}
+	// Top-k drafts carry their distributions; coupled drafts none.
+	r.Dists = [][]engine.TokenProb{{{Token: 20, Prob: 0.7}, {Token: 5, Prob: 0.3}}, {{Token: 21, Prob: 1}}}
+	if ev := r.Event(now); len(ev.TopK) != 2 || fmt.Sprint(ev.TopK[0].IDs, ev.TopK[0].Probs) != "[20 5] [0.7 0.3]" {
+		t.Fatalf("top-k dists %v", ev.TopK)
+	}
+	r.Sampling.Mode = events.SamplingCoupled
+	if ev := r.Event(now); ev.TopK != nil || ev.Sampling.Mode != events.SamplingCoupled {
+		t.Fatalf("coupled round carries top-k %v, mode %q", ev.TopK, ev.Sampling.Mode)
+	}
+	r.Dists, r.Sampling.Mode = nil, ""
 	// It passes the decoder's schema and semantic checks.
 	m, err := events.Encode(events.New("/sled/device/d1", ev))
 	if err != nil {

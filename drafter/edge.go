@@ -60,15 +60,18 @@ func (e *Edge) Generate(ctx context.Context, req textgen.Request, emit func(text
 	}
 	var rng *rand.Rand
 	var probs []float32
-	if req.Temperature > 0 {
+	if req.Temperature > 0 && !req.Coupled() {
 		rng = rand.New(rand.NewPCG(req.Seed, 0xed6e))
 	}
 	for len(res.Tokens) < req.MaxTokens && len(req.Prompt)+len(res.Tokens) < e.maxCtx {
 		var t engine.Token
-		if rng != nil {
+		switch {
+		case req.Coupled():
+			t = engine.Coupled(e.ds.logits, req.Temperature, req.TopP, req.Seed, len(req.Prompt)+len(res.Tokens)).Token
+		case rng != nil:
 			probs = engine.Distribution(probs, e.ds.logits, req.Temperature, req.TopP)
 			t = engine.Sample(rng, probs)
-		} else {
+		default:
 			t, _ = e.ds.peek()
 		}
 		res.Tokens = append(res.Tokens, t)

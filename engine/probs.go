@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+
+	"github.com/sled-project/sled/gumbel"
 )
 
 // The functions below turn a logits row into probabilities. They are pure and
@@ -65,25 +67,27 @@ type TokenProb struct {
 	Prob  float32 `json:"prob"`
 }
 
-// TopK returns the k most likely tokens at temperature temp, most likely first,
-// with their probabilities renormalised to sum to 1 over the k.
+// TopK returns the k most likely tokens at temperature temp, most likely first
+// (ties to the lower id), with their probabilities renormalised to sum to 1
+// over the k.
 func TopK(logits []float32, k int, temp float32) []TokenProb {
 	k = max(1, min(k, len(logits)))
-	idx := make([]int, len(logits))
-	for i := range idx {
-		idx[i] = i
-	}
-	// Partial selection would be O(n); the sort is simple and fast enough for the
-	// drafter's k and vocabularies up to a few hundred thousand.
-	slices.SortStableFunc(idx, func(a, b int) int {
-		switch {
-		case logits[a] > logits[b]:
-			return -1
-		case logits[a] < logits[b]:
-			return 1
+	// Keep the k best by insertion into a short sorted list: one comparison for
+	// almost every token of a large vocabulary.
+	idx := make([]int, 0, k+1)
+	for i, v := range logits {
+		if len(idx) == k && v <= logits[idx[k-1]] {
+			continue
 		}
-		return 0
-	})
+		j := len(idx)
+		for j > 0 && v > logits[idx[j-1]] {
+			j--
+		}
+		idx = slices.Insert(idx, j, i)
+		if len(idx) > k {
+			idx = idx[:k]
+		}
+	}
 	if temp <= 0 {
 		temp = 1
 	}
@@ -205,4 +209,33 @@ func Logprobs(logits []float32, t Token, n int) (float32, []TopLogprob) {
 		top[i].Logprob = float32(float64(logits[top[i].Token]) - lse)
 	}
 	return lp, top
+}
+
+// Coupled is the shared-randomness sample of logits at temperature temp (> 0)
+// truncated to topP (as Distribution truncates it) at absolute position pos of
+// a sequence under seed: the Gumbel-max of package gumbel. Every party that
+// samples a seeded sequence (the verifier, a device drafting, the centralized
+// server, an edge-only device) draws through this one definition, so a seed
+// gives the same text whoever computed it, up to near-ties (Choice.Margin).
+func Coupled(logits []float32, temp, topP float32, seed uint64, pos int) gumbel.Choice {
+	if temp <= 0 {
+		temp = 1
+	}
+	scale := 1 / float64(temp)
+	if topP <= 0 || topP >= 1 {
+		return gumbel.Max(logits, scale, seed, pos)
+	}
+	// Truncate by the nucleus, but keep the logits themselves as the scores:
+	// a token inside the nucleus scores exactly as it does untruncated.
+	p := Distribution(nil, logits, temp, topP)
+	w := make([]float32, len(logits))
+	inf := float32(math.Inf(-1))
+	for t, pt := range p {
+		if pt > 0 {
+			w[t] = logits[t]
+		} else {
+			w[t] = inf
+		}
+	}
+	return gumbel.Max(w, scale, seed, pos)
 }

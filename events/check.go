@@ -70,6 +70,8 @@ func (d *DraftReady) check(vocab int) error {
 		return fmt.Errorf("%w: top_logprobs without logprobs", ErrInvalid)
 	case !(d.Sampling.TopP >= 0 && d.Sampling.TopP <= 1):
 		return fmt.Errorf("%w: sampling.top_p %v not in [0,1]", ErrSchema, d.Sampling.TopP)
+	case d.Sampling.Mode != "" && d.Sampling.Mode != SamplingCoupled && d.Sampling.Mode != SamplingRejection:
+		return fmt.Errorf("%w: sampling.mode %q is not %q or %q", ErrSchema, truncate(d.Sampling.Mode, 32), SamplingCoupled, SamplingRejection)
 	case len(d.TraceState) > 512:
 		return fmt.Errorf("%w: tracestate is %d bytes, limit 512", ErrInvalid, len(d.TraceState))
 	}

@@ -289,7 +289,7 @@ func TestPrefixHash(t *testing.T) {
 // Sampling parameters the system does not apply (and out-of-range ones) are
 // refused, not ignored.
 func TestSamplingUnsupportedRefused(t *testing.T) {
-	for _, field := range []string{`"top_k":40`, `"top_p":1.5`, `"min_p":0.1`} {
+	for _, field := range []string{`"top_k":40`, `"top_p":1.5`, `"min_p":0.1`, `"mode":"beam"`, `"mode":""`} {
 		m := encodeT(t, sampleDraft("d1", "s1", 1))
 		data := strings.Replace(string(m.Data), `"sampling":{`, `"sampling":{`+field+`,`, 1)
 		if data == string(m.Data) {
@@ -297,6 +297,22 @@ func TestSamplingUnsupportedRefused(t *testing.T) {
 		}
 		if _, err := Decode(m.Subject, m.Header, []byte(data)); !errors.Is(err, ErrSchema) {
 			t.Errorf("sampling with %s: %v, want ErrSchema", field, err)
+		}
+	}
+}
+
+// Both sampling modes are carried.
+func TestSamplingModes(t *testing.T) {
+	for _, mode := range []string{SamplingCoupled, SamplingRejection} {
+		d := sampleDraft("d1", "s1", 1)
+		d.Sampling.Mode = mode
+		m := encodeT(t, d)
+		got, err := Decode(m.Subject, m.Header, m.Data)
+		if err != nil {
+			t.Fatalf("mode %s: %v", mode, err)
+		}
+		if g := got.Data.(*DraftReady).Sampling.Mode; g != mode {
+			t.Errorf("mode %s decoded as %q", mode, g)
 		}
 	}
 }

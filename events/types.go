@@ -35,16 +35,36 @@ type Payload interface {
 }
 
 // Sampling holds the decoding parameters of a session. Temperature 0 means
-// greedy decoding (exact argmax match); otherwise the verifier uses the
-// rejection-sampling rule with the draft distribution against the target's
-// distribution at Temperature truncated to TopP (engine.Distribution). TopP 0
-// or 1 means no truncation. There is no top-k: the schema refuses it rather than
-// let a producer believe it was applied.
+// greedy decoding (exact argmax match); otherwise the target's distribution is
+// taken at Temperature truncated to TopP (engine.Distribution) and Mode says
+// how the verifier samples from it. TopP 0 or 1 means no truncation. There is
+// no top-k of the target: the schema refuses it rather than let a producer
+// believe it was applied (a draft's own top-k distribution travels in
+// DraftReady.TopK).
 type Sampling struct {
 	Temperature float32 `json:"temperature,omitempty"`
 	TopP        float32 `json:"top_p,omitempty"`
 	Seed        uint64  `json:"seed,omitempty"`
+	// Mode is SamplingCoupled or SamplingRejection; empty means
+	// SamplingRejection (what v1 producers before coupled sampling meant).
+	Mode string `json:"mode,omitempty"`
 }
+
+// Sampling modes (Sampling.Mode), at Temperature > 0.
+const (
+	// SamplingCoupled: the token at each absolute position p of the sequence
+	// is the Gumbel-max of the target's distribution with the noise of (Seed,
+	// p) (engine.Coupled); the verifier accepts a draft token while its own
+	// sample equals it and draws the correction or bonus token the same way.
+	// The output is a pure function of the seed and the prompt, whoever
+	// drafted it; draft distributions are not needed and are ignored.
+	SamplingCoupled = "coupled"
+	// SamplingRejection: the rejection rule of Leviathan et al. with the draft
+	// distributions of DraftReady.TopK (a point mass on each draft token where
+	// absent), randomness from (Seed, Round): exact, not reproducible across
+	// devices.
+	SamplingRejection = "rejection"
+)
 
 // MaxTopLogprobs bounds DraftReady.TopLogprobs.
 const MaxTopLogprobs = 20

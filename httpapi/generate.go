@@ -25,6 +25,9 @@ type params struct {
 	temperature float32
 	topP        float32
 	seed        uint64
+	seedOut     int64  // the seed as the response reports it
+	sampling    string // textgen.Sampling* when temperature > 0, else ""
+	draftTopK   int
 	stops       []string
 	logprobs    bool
 	topLogprobs int
@@ -95,11 +98,35 @@ func (s *Server) parseParams(r *http.Request, in settings) (*params, *APIError) 
 		return nil, invalid("stop", "at most %d stop sequences are allowed, got %d", MaxStops, len(stop))
 	}
 	p.stops = stop
+	if o := in.opts; o != nil && o.Sampling != nil {
+		switch *o.Sampling {
+		case textgen.SamplingCoupled, textgen.SamplingTopK, textgen.SamplingPoint:
+			p.sampling = *o.Sampling
+		default:
+			return nil, invalid("sled.sampling", "sled.sampling must be %q, %q or %q, got %q",
+				textgen.SamplingCoupled, textgen.SamplingTopK, textgen.SamplingPoint, *o.Sampling)
+		}
+	}
+	if o := in.opts; o != nil && o.DraftTopK != nil {
+		if *o.DraftTopK < 1 || *o.DraftTopK > textgen.MaxDraftTopK {
+			return nil, invalid("sled.draft_top_k", "sled.draft_top_k must be in [1, %d], got %d", textgen.MaxDraftTopK, *o.DraftTopK)
+		}
+		p.draftTopK = *o.DraftTopK
+	}
+	switch {
+	case p.temperature <= 0:
+		p.sampling = ""
+	case p.sampling == "":
+		p.sampling = textgen.SamplingCoupled
+	}
 	switch {
 	case seed != nil:
-		p.seed = uint64(*seed)
+		p.seed, p.seedOut = uint64(*seed), *seed
 	case p.temperature > 0:
-		p.seed = rand.Uint64()
+		// Drawn within int64, so that the seed the response reports is one a
+		// client can send back.
+		p.seedOut = rand.Int64()
+		p.seed = uint64(p.seedOut)
 	}
 	dev, e := s.pickDevice(r, model)
 	if e != nil {
@@ -149,6 +176,8 @@ type outcome struct {
 	spans    [][2]int
 	logprobs []tokenLogprob // when asked for: every output token's (non-nil)
 	first    time.Time      // when the first output came; zero if none did
+	sampling string         // Stats.Sampling
+	seed     *int64         // Stats.Seed
 }
 
 func (o *outcome) usage(promptTokens int) *Usage {
@@ -160,7 +189,7 @@ func (o *outcome) stats(device string) *Stats {
 	st := o.result.Stats
 	return &Stats{
 		Device: device, Rounds: st.Rounds, Drafted: st.Drafted, Accepted: st.Accepted,
-		AcceptanceRate: st.AcceptanceRate, UnverifiedTokens: st.Unverified,
+		AcceptanceRate: st.AcceptanceRate, Sampling: o.sampling, Seed: o.seed, UnverifiedTokens: st.Unverified,
 		Retries: st.Retries, Resyncs: st.Resyncs, UnverifiedSpans: o.spans,
 	}
 }
@@ -210,7 +239,7 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 		return nil
 	}
 	req := textgen.Request{Prompt: prompt, MaxTokens: p.maxTokens, Temperature: p.temperature, TopP: p.topP, Seed: p.seed, TPOT: p.tpot,
-		Logprobs: p.logprobs, TopLogprobs: p.topLogprobs}
+		Sampling: p.sampling, DraftTopK: p.draftTopK, Logprobs: p.logprobs, TopLogprobs: p.topLogprobs}
 	res, err := gen.Generate(ctx, req, emit)
 	if err != nil {
 		return nil, err
@@ -225,7 +254,11 @@ func (s *Server) generate(ctx context.Context, p *params, prompt []engine.Token,
 		return nil, err
 	}
 	s.observe(ctx, p, len(prompt), len(res.Tokens), began, first, time.Now())
-	return &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans(), logprobs: all, first: first}, nil
+	o := &outcome{text: ta.text(), finish: finish, result: res, spans: ta.unverifiedSpans(), logprobs: all, first: first, sampling: "greedy"}
+	if p.temperature > 0 {
+		o.sampling, o.seed = p.sampling, &p.seedOut
+	}
+	return o, nil
 }
 
 // generationError maps an error from Generate to an API error; nil when the

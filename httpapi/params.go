@@ -53,6 +53,7 @@ var completionFields = map[string]fieldRule{
 	"top_p": honoured, "stop": honoured, "stream": honoured, "stream_options": honoured,
 	"seed": honoured, "n": honoured, "echo": honoured, "logprobs": honoured,
 	"user":             honoured, // logged with the request
+	"sled":             honoured, // RequestOptions
 	"presence_penalty": neutral("0"), "frequency_penalty": neutral("0"), "best_of": neutral("1"),
 	"logit_bias": neutral("{}"), "suffix": neutral(`""`),
 }
@@ -62,7 +63,7 @@ var chatFields = map[string]fieldRule{
 	"model": honoured, "messages": honoured, "max_tokens": honoured, "max_completion_tokens": honoured,
 	"temperature": honoured, "top_p": honoured, "stop": honoured, "stream": honoured,
 	"stream_options": honoured, "seed": honoured, "n": honoured, "logprobs": honoured,
-	"top_logprobs": honoured, "user": honoured,
+	"top_logprobs": honoured, "user": honoured, "sled": honoured,
 	"presence_penalty": neutral("0"), "frequency_penalty": neutral("0"), "logit_bias": neutral("{}"),
 	"response_format": neutral(`{"type":"text"}`), "tools": neutral("[]"), "tool_choice": neutral(`"none"`),
 	"functions": neutral("[]"), "function_call": neutral(`"none"`),

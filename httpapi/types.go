@@ -60,6 +60,15 @@ type RequestOptions struct {
 	// SLO-aware batcher try to meet it. Absent: the device's default
 	// (drafter.Config.TPOT), if any.
 	TPOTMs *float64 `json:"tpot_ms,omitempty"`
+	// Sampling is the sampling mode at temperature > 0: "coupled" (the
+	// default: shared randomness, the same text for a seed whichever device
+	// or mode served it), "topk" (devices send top-k draft distributions and
+	// the verifier applies the rejection rule) or "point" (greedy drafts, the
+	// rejection rule). See textgen.SamplingCoupled and its siblings.
+	Sampling *string `json:"sampling,omitempty"`
+	// DraftTopK is the size of the draft distributions in "topk" mode (1 to
+	// textgen.MaxDraftTopK); absent: textgen.DefaultDraftTopK.
+	DraftTopK *int `json:"draft_top_k,omitempty"`
 }
 
 // ChatCompletionRequest is the body of POST /v1/chat/completions.
@@ -226,6 +235,13 @@ type Stats struct {
 	Drafted        int     `json:"drafted"`
 	Accepted       int     `json:"accepted"`
 	AcceptanceRate float64 `json:"acceptance_rate"`
+	// Sampling is how the text was chosen: "greedy" (temperature 0), or the
+	// sampling mode ("coupled", "topk", "point").
+	Sampling string `json:"sampling"`
+	// Seed is the seed the text was sampled with, the request's or one the
+	// server drew (absent when greedy): sent back with the same prompt and
+	// settings in "coupled" mode, it gives the same text.
+	Seed *int64 `json:"seed,omitempty"`
 	// UnverifiedTokens counts tokens a device released without the target's
 	// verification (lossy fallback mode). Zero in strict mode.
 	UnverifiedTokens int `json:"unverified_tokens"`

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -136,4 +137,74 @@ func textDiff(m *engine.Model, ref *bench.Reference, got string) bench.Diff {
 		return ref.DiffAt(len(ref.Tokens), -1)
 	}
 	return bench.Diff{FirstDiff: -1}
+}
+
+// TestRealPairCoupledSampling: on the Qwen2.5-Coder pair at temperature 0.8,
+// the same chat prompt and seed give the same text on both devices (the 0.5B
+// and its Q4_0 requantization drafting) and in centralized mode, equal to the
+// 1.5B alone's coupled sample; a difference must be a near-tie of that
+// reference, shown with its margin.
+func TestRealPairCoupledSampling(t *testing.T) {
+	const maxTokens, temp = 32, 0.8
+	ctx := context.Background()
+	pair, _ := modelcache.LookupPair(modelcache.PairQwen)
+	var drafts []string
+	for _, d := range pair.Drafts {
+		p, err := services.FindModel(ctx, d, services.FindOptions{Fetch: modelcache.FetchOptions{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		drafts = append(drafts, p)
+	}
+	target := testmodels.Real(t, testmodels.QwenTarget)
+	up := services.UpConfig{
+		Target: target, Drafts: drafts, Devices: len(drafts), HTTPAddr: "127.0.0.1:0",
+		Verifier: verifier.Config{Threads: engine.DefaultThreads()},
+		Retry:    drafter.RetryPolicy{Timeout: 30 * time.Second},
+	}
+	s := start(t, up)
+	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Target: target, Devices: 1, HTTPAddr: "127.0.0.1:0"})
+	tm := s.Target()
+	seed := int64(7)
+	var identical, texts, rounds, accepted int
+	for _, p := range []bench.Prompt{realPrompts[0], realPrompts[4]} {
+		prompt, err := promptTokens(tm, p.Text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := bench.CoupledReference(ctx, tm, prompt, maxTokens, engine.DefaultThreads(), temp, 0, uint64(seed))
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets := append(append([]httpapi.Device(nil), s.Generators()...), central.Generators()...)
+		for i, g := range targets {
+			addr := s.HTTPAddr()
+			if i >= len(s.Generators()) {
+				addr = central.HTTPAddr()
+			}
+			n, tmp := maxTokens, temp
+			client := &httpapi.Client{BaseURL: "http://" + addr, Device: g.Name}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			resp, err := client.Chat(rctx, httpapi.ChatCompletionRequest{
+				Messages:  []httpapi.ChatMessage{{Role: "user", Content: httpapi.MessageContent(p.Text)}},
+				MaxTokens: &n, Temperature: &tmp, Seed: &seed,
+			}, nil)
+			cancel()
+			if err != nil {
+				t.Fatalf("%s: %v", g.Name, err)
+			}
+			if checkAgainst(t, tm, ref, string(resp.Choices[0].Message.Content), fmt.Sprintf("%s prompt on %s", p.Kind, g.Name)) {
+				identical++
+			}
+			texts++
+			if st := resp.SLED; st != nil && i < len(s.Generators()) {
+				rounds += st.Rounds
+				accepted += st.Accepted
+			}
+		}
+	}
+	t.Logf("%d of %d texts identical to the 1.5B's seeded sample; devices accepted %.2f draft tokens per round", identical, texts, float64(accepted)/float64(max(rounds, 1)))
+	if identical < texts/2 {
+		t.Errorf("only %d of %d texts identical to the reference", identical, texts)
+	}
 }

@@ -27,8 +27,19 @@ type Request struct {
 	// tokens whose probability reaches it (engine.Nucleus). 0 or 1: no truncation.
 	// Ignored when greedy.
 	TopP float32
-	// Seed makes sampling reproducible.
+	// Seed makes sampling reproducible. With SamplingCoupled (the default) the
+	// output is a pure function of the prompt, the sampling settings and the
+	// seed, whichever generator (device, draft model, centralized server)
+	// produced it, up to near-ties.
 	Seed uint64
+	// Sampling is the sampling mode at Temperature > 0: SamplingCoupled
+	// (empty means it), SamplingTopK or SamplingPoint. Ignored when greedy.
+	// Generators that do not speculate sample the target's distribution the
+	// same way in every mode but coupled, which they too compute by position.
+	Sampling string
+	// DraftTopK is the size of the draft distribution a device sends in
+	// SamplingTopK (1 to MaxDraftTopK); 0: DefaultDraftTopK.
+	DraftTopK int
 	// Logprobs asks for each generated token's log-probability under the model
 	// that decides the output (for speculative decoding: the target, from its
 	// verification logits), in Chunk.Logprobs, and TopLogprobs (0 to
@@ -44,6 +55,31 @@ type Request struct {
 
 // MaxTopLogprobs bounds Request.TopLogprobs (OpenAI's limit).
 const MaxTopLogprobs = 20
+
+// Sampling modes (Request.Sampling).
+const (
+	// SamplingCoupled: shared randomness. Each position's token is the
+	// Gumbel-max of the deciding model's distribution with noise keyed by the
+	// seed and the position (engine.Coupled); a device drafts with the same
+	// noise over its own logits and the verifier accepts while its own sample
+	// equals the draft. Exact and reproducible by seed.
+	SamplingCoupled = "coupled"
+	// SamplingTopK: a device samples each draft token from its top-DraftTopK
+	// distribution at the request's temperature (renormalised), sends that
+	// distribution, and the verifier applies the rejection rule with it. Exact
+	// for the distribution sampled; not reproducible across devices.
+	SamplingTopK = "topk"
+	// SamplingPoint: a device drafts greedily and declares a point mass; the
+	// rejection rule then accepts a draft token with the target's probability
+	// of it (SLED's sampling before coupled sampling, kept to compare).
+	SamplingPoint = "point"
+)
+
+// DefaultDraftTopK and MaxDraftTopK bound Request.DraftTopK.
+const (
+	DefaultDraftTopK = 8
+	MaxDraftTopK     = 64
+)
 
 // Logprob is one generated token's log-probability (natural log, under the raw
 // distribution: temperature 1, no truncation) and the most likely alternatives at
@@ -135,6 +171,10 @@ func Validate(model *engine.Model, req Request, ctxLen int) error {
 		return fmt.Errorf("%w: top_p must be in [0, 1], got %v", ErrInvalidRequest, req.TopP)
 	case req.TopLogprobs < 0 || req.TopLogprobs > MaxTopLogprobs:
 		return fmt.Errorf("%w: top_logprobs must be in [0, %d], got %d", ErrInvalidRequest, MaxTopLogprobs, req.TopLogprobs)
+	case req.Sampling != "" && req.Sampling != SamplingCoupled && req.Sampling != SamplingTopK && req.Sampling != SamplingPoint:
+		return fmt.Errorf("%w: sampling mode %q is not %q, %q or %q", ErrInvalidRequest, req.Sampling, SamplingCoupled, SamplingTopK, SamplingPoint)
+	case req.DraftTopK < 0 || req.DraftTopK > MaxDraftTopK:
+		return fmt.Errorf("%w: draft top_k must be in [1, %d], got %d", ErrInvalidRequest, MaxDraftTopK, req.DraftTopK)
 	case req.TopLogprobs > 0 && !req.Logprobs:
 		return fmt.Errorf("%w: top_logprobs needs logprobs", ErrInvalidRequest)
 	case len(req.Prompt) >= ctxLen:
@@ -146,6 +186,12 @@ func Validate(model *engine.Model, req Request, ctxLen int) error {
 		}
 	}
 	return nil
+}
+
+// Coupled reports whether req samples by shared randomness: Temperature > 0 in
+// SamplingCoupled (the default mode).
+func (req Request) Coupled() bool {
+	return req.Temperature > 0 && (req.Sampling == "" || req.Sampling == SamplingCoupled)
 }
 
 // LogprobAt is the Logprob of token t chosen from the logits row, with top

@@ -29,8 +29,15 @@ type AcceptInput struct {
 	// 0 or 1: none. The rule stays exact for the truncated distribution: it is the
 	// p of the rejection rule.
 	TopP float32
-	// Rand drives speculative sampling; unused when greedy.
+	// Rand drives the rejection rule; unused when greedy or coupled.
 	Rand *rand.Rand
+	// Coupled selects shared-randomness sampling (events.SamplingCoupled) at
+	// Temperature > 0: the token at absolute position p is
+	// engine.Coupled(row, Temperature, TopP, Seed, p), Draft[0] sitting at
+	// position Pos. DraftProbs, DraftDists and Rand are not used.
+	Coupled bool
+	Seed    uint64
+	Pos     int
 }
 
 // Verdict is the outcome for one sequence: Draft[:Accepted] are accepted and Next
@@ -49,12 +56,32 @@ type Verdict struct {
 // Draft[i] with probability min(1, p(x)/q(x)); on rejection sample Next from
 // norm(max(0, p-q)); if all are accepted sample the bonus token from p).
 //
+// With Coupled set (and Temperature > 0) the rule is greedy acceptance
+// against the target's coupled samples instead of its argmax: accept while the
+// draft token is the target's Gumbel-max at its position; Next is the target's
+// Gumbel-max at the first disagreement (or after the last draft token). The
+// outcome is then the target's coupled sample of the sequence, which depends
+// on the seed and the positions only, not on the draft.
+//
 // Accept is a pure function of its input (and the state of in.Rand).
 func Accept(in AcceptInput) Verdict {
-	if in.Temperature <= 0 {
+	switch {
+	case in.Temperature <= 0:
 		return acceptGreedy(in)
+	case in.Coupled:
+		return acceptCoupled(in)
 	}
 	return acceptSampling(in)
+}
+
+func acceptCoupled(in AcceptInput) Verdict {
+	for i, d := range in.Draft {
+		if t := engine.Coupled(in.Target[i], in.Temperature, in.TopP, in.Seed, in.Pos+i).Token; t != d {
+			return Verdict{Accepted: i, Next: t}
+		}
+	}
+	n := len(in.Draft)
+	return Verdict{Accepted: n, Next: engine.Coupled(in.Target[n], in.Temperature, in.TopP, in.Seed, in.Pos+n).Token}
 }
 
 func acceptGreedy(in AcceptInput) Verdict {

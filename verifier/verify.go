@@ -358,7 +358,9 @@ func (v *Verifier) pass(ctx context.Context, group []*job, partial map[*job]int)
 func (v *Verifier) accept(j *job, rows [][]float32) {
 	d := j.d
 	in := AcceptInput{Draft: d.Draft, DraftProbs: d.DraftProbs, Target: rows, Temperature: d.Sampling.Temperature, TopP: d.Sampling.TopP}
-	if in.Temperature > 0 {
+	if in.Temperature > 0 && d.Sampling.Mode == events.SamplingCoupled {
+		in.Coupled, in.Seed, in.Pos = true, d.Sampling.Seed, d.PrefixLen
+	} else if in.Temperature > 0 {
 		in.Rand = rand.New(rand.NewPCG(d.Sampling.Seed, d.Round))
 		for _, tk := range d.TopK {
 			dist := make([]engine.TokenProb, len(tk.IDs))
