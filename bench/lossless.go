@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/gumbel"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
@@ -279,6 +280,17 @@ type LosslessConfig struct {
 	Drafts []string
 	// Chat formats each prompt as a user's turn with the target's chat template.
 	Chat bool
+	// CrossVocab lets drafts with another tokenizer draft across
+	// vocabularies (services.UpConfig.CrossVocab).
+	CrossVocab bool
+	// Budget is the verifier's goodput policy (default: draft budgets;
+	// Budget.Static: devices draft by their own policy, which is what an
+	// acceptance measurement wants).
+	Budget goodput.Policy
+	// EveryDevice serves each prompt on every device (one device per draft),
+	// so that drafts are compared on the same prompts; default: prompts are
+	// spread over the devices round-robin.
+	EveryDevice bool
 	// Prompts default to DefaultLosslessPrompts.
 	Prompts []Prompt
 	// MaxTokens per prompt. Default 64.
@@ -320,9 +332,14 @@ type LosslessResult struct {
 	NearTies  int           `json:"near_ties"`
 	// Unexplained counts differences that are not near-ties: bugs.
 	Unexplained int `json:"unexplained"`
-	// AcceptedPerRound by prompt kind.
-	AcceptedPerRound map[string]float64 `json:"accepted_per_round_by_kind"`
-	NearTieGap       float32            `json:"near_tie_gap"`
+	// AcceptedPerRound by prompt kind, and by device and kind ("device/kind").
+	AcceptedPerRound       map[string]float64 `json:"accepted_per_round_by_kind"`
+	AcceptedPerRoundDevice map[string]float64 `json:"accepted_per_round_by_device,omitempty"`
+	// TokensPerSecond by device: SLED's, one request at a time; RefTokensPerSecond
+	// the target alone's over the same prompts.
+	TokensPerSecond    map[string]float64 `json:"tokens_per_second_by_device,omitempty"`
+	RefTokensPerSecond float64            `json:"ref_tokens_per_second,omitempty"`
+	NearTieGap         float32            `json:"near_tie_gap"`
 }
 
 // RunLossless serves each prompt with SLED (sled up in this process: embedded
@@ -359,7 +376,7 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 		drafts = append(drafts, p)
 	}
 	sys, err := services.Start(ctx, services.UpConfig{
-		Target: target, Drafts: drafts, Logger: cfg.Logger,
+		Target: target, Drafts: drafts, Devices: len(drafts), Logger: cfg.Logger, CrossVocab: cfg.CrossVocab, Budget: cfg.Budget,
 		Verifier: verifier.Config{Threads: cfg.Threads},
 	})
 	if err != nil {
@@ -367,23 +384,50 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 	}
 	defer sys.Close()
 	tm := sys.Target()
-	res := &LosslessResult{AcceptedPerRound: map[string]float64{}, NearTieGap: NearTieGap}
+	res := &LosslessResult{AcceptedPerRound: map[string]float64{}, AcceptedPerRoundDevice: map[string]float64{},
+		TokensPerSecond: map[string]float64{}, NearTieGap: NearTieGap}
 	kindRounds, kindAccepted := map[string]int{}, map[string]int{}
+	devRounds, devAccepted := map[string]int{}, map[string]int{}
+	devTokens, devSecs := map[string]int{}, map[string]float64{}
+	var refTokens int
+	var refSecs float64
+	type job struct {
+		i   int
+		p   Prompt
+		dev int
+	}
+	var jobs []job
 	for i, p := range cfg.Prompts {
+		if !cfg.EveryDevice {
+			jobs = append(jobs, job{i, p, i % len(sys.Generators())})
+			continue
+		}
+		for d := range sys.Generators() {
+			jobs = append(jobs, job{i, p, d})
+		}
+	}
+	refs := map[int]*Reference{}
+	for _, j := range jobs {
+		i, p := j.i, j.p
 		toks, err := promptTokens(tm, p.Text, cfg.Chat)
 		if err != nil {
 			return nil, fmt.Errorf("bench: prompt %d: %w", i+1, err)
 		}
-		dev := sys.Generators()[i%len(sys.Generators())]
+		dev := sys.Generators()[j.dev]
 		start := time.Now()
 		out, err := dev.Generator.Generate(ctx, textgen.Request{Prompt: toks, MaxTokens: cfg.MaxTokens}, func(textgen.Chunk) error { return nil })
 		if err != nil {
 			return nil, fmt.Errorf("bench: prompt %d on %s: %w", i+1, dev.Name, err)
 		}
 		sledTime := time.Since(start)
-		ref, err := GreedyReference(ctx, tm, toks, cfg.MaxTokens, cfg.Threads)
-		if err != nil {
-			return nil, err
+		ref := refs[i]
+		if ref == nil {
+			if ref, err = GreedyReference(ctx, tm, toks, cfg.MaxTokens, cfg.Threads); err != nil {
+				return nil, err
+			}
+			refs[i] = ref
+			refTokens += len(ref.Tokens)
+			refSecs += ref.Elapsed.Seconds()
 		}
 		d := Compare(ref, out.Tokens)
 		st := out.Stats
@@ -405,6 +449,11 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 		}
 		kindRounds[p.Kind] += st.Rounds
 		kindAccepted[p.Kind] += st.Accepted
+		dk := dev.Name + "/" + p.Kind
+		devRounds[dk] += st.Rounds
+		devAccepted[dk] += st.Accepted
+		devTokens[dev.Name] += len(out.Tokens)
+		devSecs[dev.Name] += sledTime.Seconds()
 		res.Rows = append(res.Rows, row)
 		if cfg.Progress != nil {
 			fmt.Fprintf(cfg.Progress, "prompt %d/%d (%s) on %s: %s\n", i+1, len(cfg.Prompts), p.Kind, dev.Name, rowVerdict(row))
@@ -413,6 +462,13 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 	for k, r := range kindRounds {
 		res.AcceptedPerRound[k] = float64(kindAccepted[k]) / float64(max(r, 1))
 	}
+	for k, r := range devRounds {
+		res.AcceptedPerRoundDevice[k] = float64(devAccepted[k]) / float64(max(r, 1))
+	}
+	for d, n := range devTokens {
+		res.TokensPerSecond[d] = float64(n) / devSecs[d]
+	}
+	res.RefTokensPerSecond = float64(refTokens) / refSecs
 	rep := &Report{
 		Experiment: "lossless", Time: time.Now(), Machine: machine(),
 		Target: filepath.Base(target), Pair: strings.Join(baseNames(drafts), ", "),
@@ -439,6 +495,17 @@ func RunLossless(ctx context.Context, cfg LosslessConfig) (*Report, error) {
 	rep.Tables = append(rep.Tables, t)
 	rep.Tables = append(rep.Tables, Table{Title: "Summary", Header: []string{"prompts", "identical", "near-ties", "unexplained"},
 		Rows: [][]string{{itoa(len(res.Rows)), itoa(res.Identical), itoa(res.NearTies), itoa(res.Unexplained)}}})
+	bd := Table{Title: "By device", Header: []string{"device", "kind", "accepted/round", "tokens/s (one request at a time)", "target alone tokens/s"}}
+	for _, g := range sys.Generators() {
+		for _, kind := range []string{"code", "prose", ""} {
+			v, ok := res.AcceptedPerRoundDevice[g.Name+"/"+kind]
+			if !ok {
+				continue
+			}
+			bd.Rows = append(bd.Rows, []string{g.Name, kind, f2(v), f1(res.TokensPerSecond[g.Name]), f1(res.RefTokensPerSecond)})
+		}
+	}
+	rep.Tables = append(rep.Tables, bd)
 	return rep, nil
 }
 

@@ -98,6 +98,17 @@ type Config struct {
 	// verifier (events.DraftReady.TPOTMs, Due), whose draft budgets and, with
 	// SLO-aware batching, the batcher try to meet it.
 	TPOT time.Duration
+	// TargetVocab, when its vocabulary is not the draft model's, makes the
+	// device draft across vocabularies: its tokens (requests, drafts,
+	// verdicts, Model) are TargetVocab's, and the draft model drafts text that
+	// the device maps onto them (see crossVocab). A model loaded with
+	// engine.ModelOptions.VocabOnly suffices: the target file itself, or any
+	// file with the target's tokenizer. Nil, or the draft's own vocabulary:
+	// the device drafts in the draft model's tokens, which must be the
+	// target's. Greedy output is the target's either way; at temperature > 0
+	// a cross-vocabulary device drafts greedily (coupled sampling stays exact
+	// and reproducible; top-k declares point masses).
+	TargetVocab *engine.Model
 }
 
 // Device is one edge device: a draft model and a NATS connection. It implements
@@ -113,7 +124,7 @@ type Device struct {
 	obs    *observer
 
 	gen sync.Mutex // one generation at a time; guards ds
-	ds  *draftState
+	ds  draftSource
 
 	closing context.Context // done once Close starts: generations in progress end
 	close   context.CancelFunc
@@ -158,20 +169,33 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 	if cfg.NoStreamTimeout <= 0 {
 		cfg.NoStreamTimeout = cfg.VerifierTimeout
 	}
-	ds, err := newDraftState(draft, cfg.Threads, cfg.MaxContext)
-	if err != nil {
-		return nil, fmt.Errorf("drafter: %w", err)
+	vocab := draft
+	var ds draftSource
+	if tv := cfg.TargetVocab; tv != nil && tv.Fingerprint() != draft.Fingerprint() {
+		cv, err := newCrossVocab(tv, draft, cfg.Threads, cfg.MaxContext)
+		if err != nil {
+			return nil, fmt.Errorf("drafter: %w", err)
+		}
+		ds, vocab = cv, tv
+		cfg.Logger.Info("drafting across vocabularies", "draft_vocab", draft.VocabSize(), "target_vocab", tv.VocabSize())
+	} else {
+		st, err := newDraftState(draft, cfg.Threads, cfg.MaxContext)
+		if err != nil {
+			return nil, fmt.Errorf("drafter: %w", err)
+		}
+		ds = sameVocab{st}
 	}
 	d := &Device{
-		cfg: cfg, model: draft, nc: nc, ds: ds,
+		cfg: cfg, model: vocab, nc: nc, ds: ds,
 		pub:     infra.NewPublisher(js, infra.PublisherConfig{}),
-		dec:     &events.Decoder{VocabSize: draft.VocabSize()},
+		dec:     &events.Decoder{VocabSize: vocab.VocabSize()},
 		source:  events.DeviceSource(cfg.DeviceID),
 		waiters: make(map[string]chan *events.VerifyResult),
 		obs:     newObserver(cfg.Telemetry, cfg.DeviceID, cfg.ModelName),
 		beat:    make(chan struct{}),
 	}
 	d.closing, d.close = context.WithCancel(context.Background())
+	var err error
 	d.sub, err = nc.Subscribe(events.ResultSubject(cfg.DeviceID), d.onResult)
 	if err != nil {
 		ds.close()
@@ -455,8 +479,8 @@ func (g *generation) draft(ctx context.Context) error {
 		return err
 	}
 	for len(st.pending) < limit && !st.endsInEOG(nil) { // nothing follows an end of sequence
-		t, p := g.pick.next(ds)
-		if !g.d.cfg.Draft.Continue(len(st.pending), p) {
+		t, p, ok := g.pick.next(ds)
+		if !ok || !g.d.cfg.Draft.Continue(len(st.pending), p) {
 			break
 		}
 		if err := ds.push(ctx, t); err != nil {
@@ -655,8 +679,8 @@ func (g *generation) wait(ctx context.Context, timer *time.Timer, failed bool, a
 				return nil, ctx.Err()
 			default:
 			}
-			t, p := g.pick.next(ds)
-			if len(*ahead) > 0 && !g.d.cfg.Draft.Continue(len(*ahead)-1, p) {
+			t, p, ok := g.pick.next(ds)
+			if !ok || len(*ahead) > 0 && !g.d.cfg.Draft.Continue(len(*ahead)-1, p) {
 				canAhead = false
 			} else {
 				if err := ds.push(ctx, t); err != nil {
@@ -765,7 +789,10 @@ func (g *generation) draftOne(ctx context.Context) error {
 	if err := ds.sync(ctx, g.st.committed); err != nil {
 		return err
 	}
-	t, p := g.pick.next(ds)
+	t, p, ok := g.pick.next(ds)
+	if !ok {
+		return fmt.Errorf("drafter: the draft model has no token to release: %w", textgen.ErrUnavailable)
+	}
 	if err := ds.push(ctx, t); err != nil {
 		return err
 	}

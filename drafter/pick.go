@@ -63,15 +63,25 @@ func newPicker(req textgen.Request) picker {
 }
 
 // next is the draft token after the context ds holds, and the draft model's
-// confidence in it.
-func (p *picker) next(ds *draftState) (engine.Token, float32) {
-	pos := len(ds.kv)
+// confidence in it; ok false when ds has nothing to draft. A draft model with
+// another vocabulary has no logits over the target's: it drafts by its own
+// argmax in every mode (coupled verification stays exact and reproducible
+// with any drafts; top-k then declares the point mass).
+func (p *picker) next(ds draftSource) (engine.Token, float32, bool) {
+	row, pos, ok := ds.logits()
+	if !ok {
+		t, prob, ok := ds.peek()
+		if ok && p.drawn != nil {
+			p.drawn[pos] = drawn{token: t, dist: []engine.TokenProb{{Token: t, Prob: 1}}}
+		}
+		return t, prob, ok
+	}
 	switch p.mode {
 	case textgen.SamplingCoupled:
-		t := engine.Coupled(ds.logits, p.temp, p.topP, p.seed, pos).Token
-		return t, probAt(ds.logits, t, p.temp)
+		t := engine.Coupled(row, p.temp, p.topP, p.seed, pos).Token
+		return t, probAt(row, t, p.temp), true
 	case textgen.SamplingTopK:
-		dist := engine.TopK(ds.logits, p.topK, p.temp)
+		dist := engine.TopK(row, p.topK, p.temp)
 		u := p.rng.Float32()
 		d := dist[len(dist)-1]
 		for _, tp := range dist {
@@ -81,7 +91,7 @@ func (p *picker) next(ds *draftState) (engine.Token, float32) {
 			}
 		}
 		p.drawn[pos] = drawn{token: d.Token, dist: dist}
-		return d.Token, d.Prob
+		return d.Token, d.Prob, true
 	}
 	return ds.peek()
 }

@@ -26,7 +26,7 @@ func TestPickerModes(t *testing.T) {
 		if got := p.sampling(tc.req).Mode; got != tc.wire {
 			t.Errorf("%+v: wire mode %q, want %q", tc.req, got, tc.wire)
 		}
-		tok, prob := p.next(ds)
+		tok, prob, _ := p.next(sameVocab{ds})
 		switch p.mode {
 		case "", textgen.SamplingPoint:
 			if tok != 1 {

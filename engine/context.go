@@ -132,6 +132,9 @@ func (m *Model) NewContext(opts ContextOptions) (*Context, error) {
 	if m.cm == nil {
 		return nil, ErrClosed
 	}
+	if m.vocabOK {
+		return nil, fmt.Errorf("engine: %s was loaded vocabulary-only: it tokenizes but cannot evaluate", m.info.Path)
+	}
 	opts = opts.withDefaults(m)
 	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.Attention == AttentionFlash, opts.SeparateKV, opts.KVType)
 	if err != nil {

@@ -73,13 +73,14 @@ type cModel struct {
 	vocab *C.struct_llama_vocab
 }
 
-func loadCModel(path string, gpuLayers int, mmap bool) (*cModel, error) {
+func loadCModel(path string, gpuLayers int, mmap, vocabOnly bool) (*cModel, error) {
 	initBackend()
 	beginWork()
 	defer endWork()
 	p := C.llama_model_default_params()
 	p.n_gpu_layers = C.int32_t(gpuLayers)
 	p.use_mmap = C.bool(mmap)
+	p.vocab_only = C.bool(vocabOnly)
 	C.sled_quiet_loading(&p)
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
@@ -158,12 +159,13 @@ func (cm *cModel) tokenize(text string, addSpecial, parseSpecial bool) ([]Token,
 	return out[:n], nil
 }
 
-// piece is the text of one token; control tokens render as nothing.
-func (cm *cModel) piece(t Token) []byte {
+// piece is the text of one token; control tokens render as nothing unless
+// special is set (then as their spelling).
+func (cm *cModel) piece(t Token, special bool) []byte {
 	buf := make([]byte, 32)
 	for {
 		n := int(C.llama_token_to_piece(cm.vocab, C.llama_token(t),
-			(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), 0, false))
+			(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)), 0, C.bool(special)))
 		if n >= 0 {
 			return buf[:n]
 		}

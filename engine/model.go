@@ -34,6 +34,11 @@ type ModelOptions struct {
 	GPULayers int
 	// NoMmap reads the weights into memory instead of mapping the file.
 	NoMmap bool
+	// VocabOnly loads the tokenizer and nothing else: a model that tokenizes
+	// and detokenizes (a cross-vocabulary device's view of the target's
+	// vocabulary) but cannot evaluate (NewContext fails). Loading reads the
+	// file's metadata only.
+	VocabOnly bool
 }
 
 // Info describes a loaded model.
@@ -60,6 +65,10 @@ type Model struct {
 	info   Info
 	pieces [][]byte // text of every token; control tokens map to nil
 	ctrl   []bool   // control (non-text) tokens
+	// spell holds each control token's spelling ("<|im_end|>"), for text
+	// that crosses vocabularies (DetokenizeSpecial).
+	spell   map[Token][]byte
+	vocabOK bool // loaded VocabOnly
 }
 
 // LoadModel validates the GGUF file at path and loads it. A missing or malformed
@@ -69,7 +78,7 @@ func LoadModel(path string, opts ModelOptions) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	cm, err := loadCModel(path, opts.GPULayers, !opts.NoMmap)
+	cm, err := loadCModel(path, opts.GPULayers, !opts.NoMmap, opts.VocabOnly)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrModelFile, err)
 	}
@@ -85,10 +94,14 @@ func LoadModel(path string, opts ModelOptions) (*Model, error) {
 		pieces: make([][]byte, f.nVocab),
 		ctrl:   make([]bool, f.nVocab),
 	}
+	m.spell = make(map[Token][]byte)
+	m.vocabOK = opts.VocabOnly
 	for t := range f.nVocab {
 		m.ctrl[t] = cm.isControl(Token(t))
 		if !m.ctrl[t] {
-			m.pieces[t] = cm.piece(Token(t))
+			m.pieces[t] = cm.piece(Token(t), false)
+		} else {
+			m.spell[Token(t)] = cm.piece(Token(t), true)
 		}
 	}
 	return m, nil
@@ -221,6 +234,25 @@ func (m *Model) Detokenize(tokens []Token) string {
 	}
 	return string(b)
 }
+
+// DetokenizeSpecial is Detokenize with control tokens spelled out ("<|im_start|>"
+// rather than nothing): text that TokenizeSpecial turns back into the same
+// control tokens, in this model's vocabulary or in another that spells them
+// alike. For trusted text only (a committed sequence crossing vocabularies).
+func (m *Model) DetokenizeSpecial(tokens []Token) string {
+	var b []byte
+	for _, t := range tokens {
+		if m.ValidToken(t) && m.ctrl[t] {
+			b = append(b, m.spell[t]...)
+			continue
+		}
+		b = append(b, m.Piece(t)...)
+	}
+	return string(b)
+}
+
+// VocabOnly reports whether m was loaded with ModelOptions.VocabOnly.
+func (m *Model) VocabOnly() bool { return m.vocabOK }
 
 // ChatMessage is one turn of a conversation.
 type ChatMessage struct {

@@ -194,6 +194,11 @@ func RunBatcher(ctx context.Context, r BatcherRole) error {
 type DrafterRole struct {
 	Conn  Conn
 	Draft string // draft model file (required)
+	// TargetVocab, when set, is a model file with the target's tokenizer
+	// (the target itself, or any file that shares its vocabulary), loaded
+	// vocabulary-only: a draft with another tokenizer then drafts across
+	// vocabularies (drafter.Config.TargetVocab).
+	TargetVocab string
 	// Device configures the device, Telemetry included.
 	Device   drafter.Config
 	HTTPAddr string // device API address (default 127.0.0.1:8080)
@@ -211,6 +216,14 @@ func RunDrafter(ctx context.Context, r DrafterRole) error {
 		return err
 	}
 	defer m.Close()
+	if r.TargetVocab != "" {
+		tv, err := engine.LoadModel(r.TargetVocab, engine.ModelOptions{VocabOnly: true})
+		if err != nil {
+			return fmt.Errorf("services: target vocabulary: %w", err)
+		}
+		defer tv.Close()
+		r.Device.TargetVocab = tv
+	}
 	nc, js, err := r.Conn.dial(ctx, "sled-device-"+r.Device.DeviceID, false)
 	if err != nil {
 		return err

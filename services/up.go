@@ -100,6 +100,11 @@ type UpConfig struct {
 	// TPOT is every device's default latency objective per output token (0:
 	// none; drafter.Config.TPOT).
 	TPOT time.Duration
+	// CrossVocab lets a draft model whose tokenizer is not the target's draft
+	// across vocabularies (drafter.Config.TargetVocab: the device maps its
+	// draft text onto the target's tokens). Without it such a draft is
+	// refused at start, as a likely mistake.
+	CrossVocab bool
 	// DeviceThreads is each simulated device's llama.cpp thread count. Default 1:
 	// simulated devices share this machine's cores with the server, and the
 	// verifier's threads default to at most the cores the devices leave (at least 1).
@@ -289,9 +294,9 @@ func (s *System) loadModels() error {
 		if err != nil {
 			return err
 		}
-		if s.target != nil && s.cfg.Mode == ModeSLED {
+		if s.target != nil && s.cfg.Mode == ModeSLED && !s.cfg.CrossVocab {
 			if err := s.target.CheckCompatible(m); err != nil {
-				return fmt.Errorf("services: %w", err)
+				return fmt.Errorf("services: %w (a draft with another tokenizer can draft across vocabularies: sled up --cross-vocab; a device process: --target-vocab FILE)", err)
 			}
 		}
 	}
@@ -355,6 +360,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads, TPOT: s.cfg.TPOT,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
+			TargetVocab: s.targetVocab(),
 		})
 		if err != nil {
 			return err
@@ -368,6 +374,15 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		if err := d.WaitVerifier(ctx); err != nil {
 			s.cfg.Logger.Warn("device has no verifier yet", "device", d.ID(), "err", err)
 		}
+	}
+	return nil
+}
+
+// targetVocab is what devices map cross-vocabulary drafts onto: the target,
+// when CrossVocab allows them.
+func (s *System) targetVocab() *engine.Model {
+	if s.cfg.CrossVocab {
+		return s.target
 	}
 	return nil
 }

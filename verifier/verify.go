@@ -199,7 +199,7 @@ func fail(r *events.VerifyResult, st events.Status, reason, msg string) {
 func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map[string]bool) *job {
 	if d.VocabFingerprint != v.model.Fingerprint() {
 		fail(r, events.StatusInvalid, ReasonVocabMismatch, fmt.Sprintf(
-			"draft vocabulary %.12s differs from the target's %.12s: use a draft model with the target's tokenizer", d.VocabFingerprint, v.model.Fingerprint()))
+			"draft vocabulary %.12s differs from the target's %.12s: use a draft model with the target's tokenizer, or draft across vocabularies (a device given the target's vocabulary, drafter.Config.TargetVocab / --target-vocab, sends the target's tokens)", d.VocabFingerprint, v.model.Fingerprint()))
 		return nil
 	}
 	for _, set := range [][]int32{d.Committed, d.Draft, d.Prefix} {

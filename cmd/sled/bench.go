@@ -16,7 +16,7 @@ import (
 
 func init() {
 	b := benchCmd()
-	b.AddCommand(losslessCmd(), loadCmd(), soakCmd())
+	b.AddCommand(losslessCmd(), samplingCmd(), loadCmd(), soakCmd())
 	rootCmd.AddCommand(b)
 }
 

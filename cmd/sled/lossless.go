@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sled-project/sled/bench"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/services"
 )
@@ -21,6 +22,7 @@ func losslessCmd() *cobra.Command {
 		drafts                                          []string
 		maxTokens, threads                              int
 		chat                                            string
+		cross, every, static                            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "lossless",
@@ -39,6 +41,7 @@ func losslessCmd() *cobra.Command {
 			}
 			cfg := bench.LosslessConfig{
 				Target: target, Drafts: drafts, MaxTokens: maxTokens, Threads: threads, Chat: pair.Chat,
+				CrossVocab: cross, EveryDevice: every, Budget: goodput.Policy{Static: static},
 				Find:     services.FindOptions{Dir: models, Progress: os.Stderr},
 				Progress: cmd.ErrOrStderr(), Logger: slog.Default(),
 			}
@@ -97,6 +100,9 @@ func losslessCmd() *cobra.Command {
 	f.StringArrayVar(&drafts, "draft", nil, "draft model, repeatable: one device each (default: the pair's)")
 	f.StringVar(&models, "models", "", "model directory (default $SLED_MODEL_DIR or ../shared/models)")
 	f.IntVar(&threads, "threads", 0, "llama.cpp threads of the reference and the verifier (default all cores, at most 8)")
+	f.BoolVar(&cross, "cross-vocab", false, "let drafts with another tokenizer draft across vocabularies (the device maps its text onto the target's tokens)")
+	f.BoolVar(&static, "static-length", false, "devices draft by their own policy (the paper's fixed length) instead of the server's draft budgets: for acceptance figures")
+	f.BoolVar(&every, "every-device", false, "serve every prompt on every device (compare drafts on the same prompts)")
 	f.StringVar(&chat, "chat", "auto", "format prompts as a chat user turn: auto (the pair's instruct models do), on, off")
 	return cmd
 }

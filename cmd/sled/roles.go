@@ -88,7 +88,7 @@ func init() {
 	{
 		var p policyFlags
 		var tf telemetryFlags
-		var models, draft, id, httpAddr string
+		var models, draft, id, httpAddr, targetVocab string
 		var threads int
 		var noStream time.Duration
 		var apiKeys []string
@@ -109,8 +109,16 @@ func init() {
 					return err
 				}
 				defer shutdownTelemetry(tel)
+				tvPath := ""
+				if targetVocab != "" {
+					tv, err := resolveModel(cmd.Context(), models, targetVocab)
+					if err != nil {
+						return err
+					}
+					tvPath = tv.Path
+				}
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
-					Conn: conn, Draft: ref.Path, HTTPAddr: httpAddr, APIKeys: apiKeysOr(apiKeys),
+					Conn: conn, Draft: ref.Path, TargetVocab: tvPath, HTTPAddr: httpAddr, APIKeys: apiKeysOr(apiKeys),
 					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel, NoStreamTimeout: noStream, TPOT: p.tpot},
 				})
 			},
@@ -118,6 +126,7 @@ func init() {
 		connFlags(cmd)
 		cmd.Flags().StringVar(&models, "models", "", "directory to find model files in (default $SLED_MODEL_DIR or ../shared/models)")
 		cmd.Flags().StringVar(&draft, "draft", defaultPair().Drafts[0], "draft model: a file, a file in --models, a catalogue name (fetched on first use), an Ollama model name, NAME@TYPE requantized")
+		cmd.Flags().StringVar(&targetVocab, "target-vocab", "", "a model with the target's tokenizer (the target, or a draft that shares it), read vocabulary-only: a --draft with another tokenizer then drafts across vocabularies")
 		cmd.Flags().StringVar(&id, "id", "device-1", "device id (letters, digits, - and _)")
 		cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "HTTP API listen address")
 		cmd.Flags().StringArrayVar(&apiKeys, "api-key", nil, "bearer key the HTTP API requires (repeatable; default $SLED_API_KEYS)")

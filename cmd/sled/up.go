@@ -121,6 +121,7 @@ func init() {
 		auth     bool
 		credsDir string
 		natsTLS  infra.TLSFiles
+		cross    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -146,7 +147,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir, TLS: natsTLS},
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
-				Budget: p.budget(), TPOT: p.tpot,
+				Budget: p.budget(), TPOT: p.tpot, CrossVocab: cross,
 			}
 			if auth {
 				if credsDir == "" {
@@ -238,6 +239,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 	f.StringVar(&natsURL, "nats", "", "external NATS URL instead of the embedded server")
 	f.IntVar(&natsPort, "nats-port", -1, "embedded NATS client port (-1: a free port)")
 	f.StringVar(&storeDir, "store-dir", "", "embedded JetStream store directory (default: a temporary directory)")
+	f.BoolVar(&cross, "cross-vocab", false, "let drafts whose tokenizer is not the target's draft across vocabularies (each device maps its draft text onto the target's tokens)")
 	f.BoolVar(&auth, "auth", false, "turn NATS authentication on: every role and device connects under its own credential (see docs/deployment.md)")
 	f.StringVar(&credsDir, "creds-dir", "", "with --auth: the NATS authority's directory (made on first use), where every device's and role's credential is written as <id>.creds")
 	serverTLSFlags(cmd, &natsTLS)

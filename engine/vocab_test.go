@@ -1,0 +1,63 @@
+package engine_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/internal/testmodels"
+)
+
+// A vocabulary-only load tokenizes and detokenizes as the full model does
+// (control tokens spelled out by DetokenizeSpecial, and read back by
+// TokenizeSpecial), and refuses to evaluate.
+func TestVocabOnly(t *testing.T) {
+	path := testmodels.Real(t, testmodels.QwenDraft)
+	full, err := engine.LoadModel(path, engine.ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	vo, err := engine.LoadModel(path, engine.ModelOptions{VocabOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vo.Close()
+	if !vo.VocabOnly() || full.VocabOnly() || vo.Fingerprint() != full.Fingerprint() || vo.VocabSize() != full.VocabSize() {
+		t.Fatalf("vocab-only %v/%v, fingerprints %s %s", vo.VocabOnly(), full.VocabOnly(), vo.Fingerprint(), full.Fingerprint())
+	}
+	chat, _ := full.FormatChat([]engine.ChatMessage{{Role: "user", Content: "Write a Go function that reverses a string."}}, true)
+	a, err := full.TokenizeSpecial(chat, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := vo.TokenizeSpecial(chat, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equal(a, b) {
+		t.Fatalf("tokens differ:\n%v\n%v", a, b)
+	}
+	text := vo.DetokenizeSpecial(a)
+	if !strings.Contains(text, "<|im_start|>") || strings.Contains(vo.Detokenize(a), "<|im_start|>") {
+		t.Fatalf("DetokenizeSpecial %q, Detokenize %q", text, vo.Detokenize(a))
+	}
+	if back, err := vo.TokenizeSpecial(text, false); err != nil || !equal(back, a) {
+		t.Fatalf("round trip: %v (%v), want %v", back, err, a)
+	}
+	if _, err := vo.NewContext(engine.ContextOptions{}); err == nil || !strings.Contains(err.Error(), "vocabulary-only") {
+		t.Fatalf("NewContext on a vocabulary-only model: %v", err)
+	}
+}
+
+func equal(a, b []engine.Token) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
