@@ -1,10 +1,13 @@
 package engine_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/engine/gguf"
 	"github.com/sled-project/sled/internal/testmodels"
 )
 
@@ -60,4 +63,36 @@ func equal(a, b []engine.Token) bool {
 		}
 	}
 	return true
+}
+
+// A tokenizer-only file (gguf.ExtractVocab) loads vocabulary-only and
+// tokenizes as the full model does, at a small fraction of its size.
+func TestExtractedVocab(t *testing.T) {
+	path := testmodels.Real(t, testmodels.QwenTarget)
+	dst := filepath.Join(t.TempDir(), "qwen-vocab.gguf")
+	if err := gguf.ExtractVocab(path, dst); err != nil {
+		t.Fatal(err)
+	}
+	full, err := engine.LoadModel(path, engine.ModelOptions{VocabOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	vo, err := engine.LoadModel(dst, engine.ModelOptions{VocabOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vo.Close()
+	st, _ := os.Stat(dst)
+	src, _ := os.Stat(path)
+	t.Logf("tokenizer file %d bytes, model %d", st.Size(), src.Size())
+	if vo.Fingerprint() != full.Fingerprint() || st.Size() > src.Size()/20 {
+		t.Fatalf("fingerprint %s vs %s, %d bytes", vo.Fingerprint(), full.Fingerprint(), st.Size())
+	}
+	text := "def reverse(s: str) -> str:\n    return s[::-1]  # ünïcode ✓"
+	a, _ := full.Tokenize(text, true)
+	b, _ := vo.Tokenize(text, true)
+	if !equal(a, b) || vo.Detokenize(b) != full.Detokenize(a) {
+		t.Fatalf("tokens differ: %v vs %v", a, b)
+	}
 }

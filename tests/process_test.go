@@ -17,6 +17,7 @@ import (
 
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/ollamastore"
 	"github.com/sled-project/sled/services"
@@ -95,23 +96,31 @@ func TestRolesAsProcesses(t *testing.T) {
 	startProc("verifier", "verifier", "--nats", url, "--target", ollamaName, "--verifier-threads", "1")
 	startProc("batcher", "batcher", "--nats", url)
 	startProc("drafter", "drafter", "--nats", url, "--draft", testmodels.Draft4L, "--id", "edge-1", "--http", fmt.Sprintf("127.0.0.1:%d", httpPort), "--threads", "1")
+	// A second device drafts across vocabularies: SmolLM2-135M (49,152 tokens)
+	// for the 512-token target, given only the target's tokenizer, extracted
+	// by `sled model vocab`.
+	vocab := filepath.Join(t.TempDir(), "stories-vocab.gguf")
+	if out, err := exec.Command(bin, "model", "vocab", testmodels.Path(t, testmodels.Target), vocab).CombinedOutput(); err != nil {
+		t.Fatalf("sled model vocab: %v\n%s", err, out)
+	}
+	crossPort := freePort(t)
+	startProc("cross-drafter", "drafter", "--nats", url, "--draft", testmodels.Real(t, modelcache.SmolLM2), "--target-vocab", vocab,
+		"--id", "edge-2", "--http", fmt.Sprintf("127.0.0.1:%d", crossPort), "--threads", "1", "--metrics-addr", "")
 	api := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	waitFor(t, func() bool {
-		r, err := http.Get(api + "/healthz")
-		if err == nil {
-			r.Body.Close()
-		}
-		return err == nil && r.StatusCode == 200
-	})
+	crossAPI := fmt.Sprintf("http://127.0.0.1:%d", crossPort)
+	for _, a := range []string{api, crossAPI} {
+		waitFor(t, func() bool {
+			r, err := http.Get(a + "/healthz")
+			if err == nil {
+				r.Body.Close()
+			}
+			return err == nil && r.StatusCode == 200
+		})
+	}
 
 	body, _ := json.Marshal(map[string]any{"prompt": "Once upon a time", "max_tokens": 30})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "POST", api+"/v1/completions", bytes.NewReader(body))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got struct {
 		Choices []struct {
 			Text string `json:"text"`
@@ -122,18 +131,26 @@ func TestRolesAsProcesses(t *testing.T) {
 			Accepted int    `json:"accepted"`
 		} `json:"sled"`
 	}
-	json.NewDecoder(resp.Body).Decode(&got)
-	resp.Body.Close()
 	want := ", there was a little girl named Lily. She loved to play outside in the park."
-	if resp.StatusCode != 200 || len(got.Choices) != 1 || !strings.HasPrefix(got.Choices[0].Text, want) {
-		for _, p := range procs {
-			t.Logf("%s:\n%s", p.name, p.out)
+	for _, dev := range []struct{ api, id string }{{api, "edge-1"}, {crossAPI, "edge-2"}} {
+		req, _ := http.NewRequestWithContext(ctx, "POST", dev.api+"/v1/completions", bytes.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
-		t.Fatalf("status %d, completion %+v", resp.StatusCode, got)
-	}
-	t.Logf("four processes: %q from %s in %d rounds (%d draft tokens accepted)", got.Choices[0].Text, got.SLED.Device, got.SLED.Rounds, got.SLED.Accepted)
-	if got.SLED.Device != "edge-1" || got.SLED.Rounds == 0 || got.SLED.Rounds >= 30 {
-		t.Fatalf("sled figures %+v", got.SLED)
+		got.SLED.Rounds, got.Choices = 0, nil
+		json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || len(got.Choices) != 1 || !strings.HasPrefix(got.Choices[0].Text, want) {
+			for _, p := range procs {
+				t.Logf("%s:\n%s", p.name, p.out)
+			}
+			t.Fatalf("%s: status %d, completion %+v", dev.id, resp.StatusCode, got)
+		}
+		t.Logf("%s: %q in %d rounds (%d draft tokens accepted)", got.SLED.Device, got.Choices[0].Text, got.SLED.Rounds, got.SLED.Accepted)
+		if got.SLED.Device != dev.id || got.SLED.Rounds == 0 || dev.id == "edge-1" && got.SLED.Rounds >= 30 {
+			t.Fatalf("sled figures %+v", got.SLED)
+		}
 	}
 	// The device serves the target's id, learned from the verifier.
 	var served struct {

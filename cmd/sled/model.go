@@ -20,7 +20,7 @@ import (
 // The model commands inspect, cut down and synthesise GGUF model files,
 // without loading them into llama.cpp.
 func init() {
-	modelGroupCmd().AddCommand(modelInspectCmd(), modelDeriveCmd(), modelSynthCmd(), modelShapesCmd())
+	modelGroupCmd().AddCommand(modelInspectCmd(), modelDeriveCmd(), modelVocabCmd(), modelSynthCmd(), modelShapesCmd())
 }
 
 func modelInspectCmd() *cobra.Command {
@@ -141,6 +141,29 @@ func modelDeriveCmd() *cobra.Command {
 	cmd.Flags().StringVar(&typ, "type", "", "convert weight matrices to F32, F16, Q8_0 or Q4_0 (default: keep)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every tensor")
 	return cmd
+}
+
+// modelVocabCmd is `sled model vocab`: a tokenizer-only file.
+func modelVocabCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "vocab SRC DST",
+		Short: "Write SRC's tokenizer alone (no weights): what a cross-vocabulary device needs of its target",
+		Long: "vocab writes DST with the metadata of the GGUF model SRC, its tokenizer included, and no\n" +
+			"tensor (a few megabytes). A device whose draft model has another tokenizer drafts across\n" +
+			"vocabularies with it: sled drafter --draft SMALL --target-vocab DST.",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := gguf.ExtractVocab(args[0], args[1]); err != nil {
+				return err
+			}
+			st, err := os.Stat(args[1])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: the tokenizer of %s, %d bytes\n", args[1], args[0], st.Size())
+			return nil
+		},
+	}
 }
 
 // printReport says which tensors kept their type and why, grouped by

@@ -242,3 +242,20 @@ func (f *File) tensorSource(t TensorInfo, to Type) WriteTensor {
 	}
 	return wt
 }
+
+// ExtractVocab writes the metadata of the model file at src, its tokenizer
+// included, without a tensor: a file of a few megabytes that
+// engine.ModelOptions.VocabOnly loads, for a device that drafts across
+// vocabularies and needs the target's tokenizer but not its weights. dst is
+// written atomically.
+func ExtractVocab(src, dst string) error {
+	f, err := Open(src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if f.VocabFingerprint() == "" {
+		return fmt.Errorf("gguf: %s has no tokenizer (tokenizer.ggml.tokens)", src)
+	}
+	return writeFile(dst, func(w io.Writer) error { return Write(w, f.KV, nil) })
+}
