@@ -17,8 +17,8 @@ import (
 
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/testmodels"
-	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/internal/testwait"
+	"github.com/sled-project/sled/modelcache"
 	"github.com/sled-project/sled/ollamastore"
 	"github.com/sled-project/sled/services"
 )
