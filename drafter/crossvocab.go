@@ -3,6 +3,7 @@ package drafter
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/sled-project/sled/engine"
@@ -116,9 +117,9 @@ func (c *crossVocab) peek() (engine.Token, float32, bool) {
 
 func (c *crossVocab) sync(ctx context.Context, seq []engine.Token) error {
 	// The common case: seq is the context so far plus tokens drafted from it.
-	if len(seq) >= len(c.seq) && equalTokens(seq[:len(c.seq)], c.seq) && !c.dirty {
+	if len(seq) >= len(c.seq) && slices.Equal(seq[:len(c.seq)], c.seq) && !c.dirty {
 		extra := seq[len(c.seq):]
-		if len(extra) <= len(c.queue) && equalTokens(extra, queueTokens(c.queue[:len(extra)])) {
+		if len(extra) <= len(c.queue) && slices.Equal(extra, queueTokens(c.queue[:len(extra)])) {
 			for _, t := range extra {
 				if err := c.push(ctx, t); err != nil { // refills when it empties the queue
 					return err
@@ -211,7 +212,7 @@ func (c *crossVocab) mapAhead() error {
 	if err != nil {
 		return fmt.Errorf("drafter: cross-vocabulary draft: %w", err)
 	}
-	if len(toks) >= len(tail) && equalTokens(toks[:len(tail)], tail) {
+	if len(toks) >= len(tail) && slices.Equal(toks[:len(tail)], tail) {
 		toks = toks[len(tail):]
 	} else if toks, err = c.target.TokenizeSpecial(c.ahead, false); err != nil {
 		return fmt.Errorf("drafter: cross-vocabulary draft: %w", err)
@@ -243,18 +244,6 @@ func (c *crossVocab) confidence(from, to int) float32 {
 		start = s.end
 	}
 	return p
-}
-
-func equalTokens(a, b []engine.Token) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func queueTokens(q []queued) []engine.Token {

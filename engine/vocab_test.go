@@ -3,6 +3,7 @@ package engine_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,31 +39,19 @@ func TestVocabOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !equal(a, b) {
+	if !slices.Equal(a, b) {
 		t.Fatalf("tokens differ:\n%v\n%v", a, b)
 	}
 	text := vo.DetokenizeSpecial(a)
 	if !strings.Contains(text, "<|im_start|>") || strings.Contains(vo.Detokenize(a), "<|im_start|>") {
 		t.Fatalf("DetokenizeSpecial %q, Detokenize %q", text, vo.Detokenize(a))
 	}
-	if back, err := vo.TokenizeSpecial(text, false); err != nil || !equal(back, a) {
+	if back, err := vo.TokenizeSpecial(text, false); err != nil || !slices.Equal(back, a) {
 		t.Fatalf("round trip: %v (%v), want %v", back, err, a)
 	}
 	if _, err := vo.NewContext(engine.ContextOptions{}); err == nil || !strings.Contains(err.Error(), "vocabulary-only") {
 		t.Fatalf("NewContext on a vocabulary-only model: %v", err)
 	}
-}
-
-func equal(a, b []engine.Token) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // A tokenizer-only file (gguf.ExtractVocab) loads vocabulary-only and
@@ -92,7 +81,7 @@ func TestExtractedVocab(t *testing.T) {
 	text := "def reverse(s: str) -> str:\n    return s[::-1]  # ünïcode ✓"
 	a, _ := full.Tokenize(text, true)
 	b, _ := vo.Tokenize(text, true)
-	if !equal(a, b) || vo.Detokenize(b) != full.Detokenize(a) {
+	if !slices.Equal(a, b) || vo.Detokenize(b) != full.Detokenize(a) {
 		t.Fatalf("tokens differ: %v vs %v", a, b)
 	}
 }

@@ -37,15 +37,7 @@ var realPrompts = []bench.Prompt{
 func TestRealPairLosslessThroughAPI(t *testing.T) {
 	const maxTokens = 64
 	ctx := context.Background()
-	pair, _ := modelcache.LookupPair(modelcache.PairQwen)
-	var drafts []string
-	for _, d := range pair.Drafts {
-		p, err := services.FindModel(ctx, d, services.FindOptions{Fetch: modelcache.FetchOptions{}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		drafts = append(drafts, p)
-	}
+	drafts := realDrafts(t)
 	target := testmodels.Real(t, testmodels.QwenTarget)
 	s := start(t, services.UpConfig{
 		Target: target, Drafts: drafts, HTTPAddr: "127.0.0.1:0",
@@ -109,6 +101,22 @@ func TestRealPairLosslessThroughAPI(t *testing.T) {
 	}
 }
 
+// realDrafts are the qwen pair's drafts (the 0.5B twice and its Q4_0
+// requantization), fetched or derived on first use.
+func realDrafts(t testing.TB) []string {
+	t.Helper()
+	pair, _ := modelcache.LookupPair(modelcache.PairQwen)
+	var drafts []string
+	for _, d := range pair.Drafts {
+		p, err := services.FindModel(context.Background(), d, services.FindOptions{Fetch: modelcache.FetchOptions{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		drafts = append(drafts, p)
+	}
+	return drafts
+}
+
 func promptTokens(m *engine.Model, text string) ([]engine.Token, error) {
 	s, _ := m.FormatChat([]engine.ChatMessage{{Role: "user", Content: text}}, true)
 	return m.TokenizeSpecial(s, true)
@@ -147,15 +155,7 @@ func textDiff(m *engine.Model, ref *bench.Reference, got string) bench.Diff {
 func TestRealPairCoupledSampling(t *testing.T) {
 	const maxTokens, temp = 32, 0.8
 	ctx := context.Background()
-	pair, _ := modelcache.LookupPair(modelcache.PairQwen)
-	var drafts []string
-	for _, d := range pair.Drafts {
-		p, err := services.FindModel(ctx, d, services.FindOptions{Fetch: modelcache.FetchOptions{}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		drafts = append(drafts, p)
-	}
+	drafts := realDrafts(t)
 	target := testmodels.Real(t, testmodels.QwenTarget)
 	up := services.UpConfig{
 		Target: target, Drafts: drafts, Devices: len(drafts), HTTPAddr: "127.0.0.1:0",

@@ -33,9 +33,10 @@ func sampled(t testing.TB, addr, dev, prompt string, n int, temp float64, seed *
 	return resp
 }
 
-// checkAgainst compares an API text with the target's own coupled sample: it
-// must be identical or part at a near-tie of the reference, shown with its
-// margin. It reports whether the text was identical.
+// checkAgainst compares an API text with the target's own output (a greedy
+// or a coupled-sampling bench.Reference): it must be identical or part at a
+// near-tie of the reference, shown with its margin. It reports whether the
+// text was identical.
 func checkAgainst(t testing.TB, m *engine.Model, ref *bench.Reference, got, who string) bool {
 	t.Helper()
 	d := textDiff(m, ref, got)
@@ -43,10 +44,10 @@ func checkAgainst(t testing.TB, m *engine.Model, ref *bench.Reference, got, who 
 	case d.Identical():
 		return true
 	case d.NearTie():
-		t.Logf("%s: near-tie at token %d: reference %q, got %q, %.3f below it in the reference (perturbed top-2 gap %.3f)",
+		t.Logf("%s: near-tie at token %d: reference %q, got %q, %.3f below it in the reference (top-2 gap %.3f)",
 			who, d.FirstDiff, m.Piece(d.RefToken), m.Piece(d.GotToken), d.GotGap, d.Gap)
 	default:
-		t.Errorf("%s: differs from the target's coupled sample at token %d with a clear margin: reference %q (perturbed top-2 gap %.3f), got's gap %.3f (-1: not a runner-up)\ngot: %q\nref: %q",
+		t.Errorf("%s: differs from the target's output at token %d with a clear margin: reference %q (top-2 gap %.3f), got's gap %.3f (-1: not a runner-up)\ngot: %q\nref: %q",
 			who, d.FirstDiff, m.Piece(d.RefToken), d.Gap, d.GotGap, got, m.Detokenize(ref.Tokens))
 	}
 	return false

@@ -60,17 +60,11 @@ func losslessCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("--chat %q: want auto, on or off", chat)
 			}
-			if promptsPath != "" {
-				ps, err := bench.ReadPrompts(promptsPath)
-				if err != nil {
-					return err
-				}
-				cfg.Prompts = ps
-			} else if pair.Name == modelcache.PairTiny {
-				for _, p := range bench.DefaultPrompts {
-					cfg.Prompts = append(cfg.Prompts, bench.Prompt{Text: p, Kind: "prose"})
-				}
+			ps, err := benchPrompts(promptsPath, pair)
+			if err != nil {
+				return err
 			}
+			cfg.Prompts = ps
 			r, err := bench.RunLossless(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -105,4 +99,21 @@ func losslessCmd() *cobra.Command {
 	f.BoolVar(&every, "every-device", false, "serve every prompt on every device (compare drafts on the same prompts)")
 	f.StringVar(&chat, "chat", "auto", "format prompts as a chat user turn: auto (the pair's instruct models do), on, off")
 	return cmd
+}
+
+// benchPrompts are the prompts of a lossless or sampling run: the file's when
+// one is given, else the tiny pair's stories (as prose), else nil (the
+// experiment's defaults: 4 code and 4 prose chat prompts).
+func benchPrompts(path string, pair modelcache.Pair) ([]bench.Prompt, error) {
+	if path != "" {
+		return bench.ReadPrompts(path)
+	}
+	if pair.Name != modelcache.PairTiny {
+		return nil, nil
+	}
+	var out []bench.Prompt
+	for _, p := range bench.DefaultPrompts {
+		out = append(out, bench.Prompt{Text: p, Kind: "prose"})
+	}
+	return out, nil
 }

@@ -57,17 +57,11 @@ func samplingCmd() *cobra.Command {
 			if cfg.Draft == "" {
 				cfg.Draft = pair.Drafts[0]
 			}
-			if promptsPath != "" {
-				ps, err := bench.ReadPrompts(promptsPath)
-				if err != nil {
-					return err
-				}
-				cfg.Prompts = ps
-			} else if pair.Name == modelcache.PairTiny {
-				for _, p := range bench.DefaultPrompts {
-					cfg.Prompts = append(cfg.Prompts, bench.Prompt{Text: p, Kind: "prose"})
-				}
+			ps, err := benchPrompts(promptsPath, pair)
+			if err != nil {
+				return err
 			}
+			cfg.Prompts = ps
 			r, err := bench.RunSampling(cmd.Context(), cfg)
 			if err != nil {
 				return err
