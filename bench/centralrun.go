@@ -35,7 +35,7 @@ func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error)
 	go func() { defer close(done); _ = srv.Run(runCtx) }()
 	defer func() { cancel(); <-done; srv.Close() }()
 
-	win := newWindow(t.Devices, time.Now(), t.Warmup, t.Duration)
+	win := newWindow(t.Devices, time.Now(), t.Warmup, t.Timeout, t.Duration)
 	var mu sync.Mutex
 	mismatches := 0
 	var wg sync.WaitGroup

@@ -70,39 +70,78 @@ func quantiles(xs []float64) Quantiles {
 	return Quantiles{Mean: s / float64(len(xs)), P50: q(0.5), P90: q(0.9), P99: q(0.99)}
 }
 
-// window counts tokens per device within [from, to).
+// window counts tokens per device within [from, to). It opens once the run
+// is past its warm-up and settled: every device has had its first token (its
+// prompt prefilled and answered), so that a short window measures the steady
+// state rather than the cold start in which every device's prompt arrives at
+// once. A device still without a token settle after the warm-up no longer
+// holds the window back.
 type window struct {
-	from, to time.Time
 	mu       sync.Mutex
+	from, to time.Time // zero until the window opens
+	warm     time.Time // the warm-up's end: the earliest from
+	latest   time.Time // the window opens by then whoever is still waiting
+	d        time.Duration
+	started  []bool
+	waiting  int // devices without a first token
 	tokens   []int
 }
 
-func newWindow(devices int, start time.Time, warmup, d time.Duration) *window {
-	return &window{from: start.Add(warmup), to: start.Add(warmup + d), tokens: make([]int, devices)}
+func newWindow(devices int, start time.Time, warmup, settle, d time.Duration) *window {
+	w := &window{warm: start.Add(warmup), latest: start.Add(warmup + settle), d: d, started: make([]bool, devices), waiting: devices, tokens: make([]int, devices)}
+	if devices == 0 {
+		w.open(w.warm)
+	}
+	return w
+}
+
+func (w *window) open(t time.Time) {
+	w.from = t
+	if t.Before(w.warm) {
+		w.from = w.warm
+	}
+	w.to = w.from.Add(w.d)
 }
 
 // add records n tokens of device i arriving at t; it reports whether t is
 // before the window's end.
 func (w *window) add(i, n int, t time.Time) bool {
-	if t.Before(w.from) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n > 0 && !w.started[i] {
+		w.started[i] = true
+		w.waiting--
+		if w.waiting == 0 && w.from.IsZero() {
+			w.open(t)
+		}
+	}
+	if w.from.IsZero() && !t.Before(w.latest) {
+		w.open(w.latest)
+	}
+	if w.from.IsZero() || t.Before(w.from) {
 		return true
 	}
 	if !t.Before(w.to) {
 		return false
 	}
-	w.mu.Lock()
 	w.tokens[i] += n
-	w.mu.Unlock()
 	return true
 }
 
-func (w *window) in(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to) }
+func (w *window) in(t time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.from.IsZero() && !t.Before(w.from) && t.Before(w.to)
+}
 
 // fill sets the throughput fields of m from the window.
 func (w *window) fill(m *Measurement) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	m.Devices = len(w.tokens)
+	if w.from.IsZero() {
+		return // never opened: the run was cancelled
+	}
 	m.Seconds = w.to.Sub(w.from).Seconds()
 	m.PerDevice = make([]float64, len(w.tokens))
 	for i, n := range w.tokens {

@@ -34,12 +34,18 @@ type Trial struct {
 	// Budget is the verifier's goodput policy; Budget.Static runs the paper's
 	// fixed speculation length (every round as drawn).
 	Budget goodput.Policy
+	// GatherMax bounds the worker's wait for the rounds it expects back
+	// (verifier.WorkerConfig.GatherMax: 0 its default, negative never).
+	GatherMax time.Duration
 	// SeparateKV gives the verifier a KV stream per slot (verifier.Config.SeparateKV).
 	SeparateKV bool
 	// TPOTMs is every device's latency objective, ms per output token (0:
 	// none).
 	TPOTMs float64
-	// Warmup is excluded from the measurement. Default 1s.
+	// Warmup is excluded from the measurement. Default 1s. The window opens
+	// after it once every device has had its first token (the fleet's prompts,
+	// which all arrive at the start, are prefilled), or at the latest Timeout
+	// after it: a trial measures the steady state, not the cold start.
 	Warmup time.Duration
 	// Duration is the measuring window. Default 4s.
 	Duration time.Duration
@@ -89,7 +95,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	}
 	log := e.Cfg.Logger
 	srv, err := services.StartServer(ctx, services.ServerConfig{
-		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Budget: t.Budget, Logger: log,
+		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Budget: t.Budget, GatherMax: t.GatherMax, Logger: log,
 		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers), SeparateKV: t.SeparateKV},
 	})
 	if err != nil {
@@ -118,7 +124,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	start := time.Now()
-	fleet.win = newWindow(t.Devices, start, t.Warmup, t.Duration)
+	fleet.win = newWindow(t.Devices, start, t.Warmup, t.Timeout, t.Duration)
 	devs := make([]*simDevice, t.Devices)
 	for i := range devs {
 		d, err := fleet.newDevice(i)
