@@ -51,6 +51,10 @@ type devState struct {
 	answered time.Time // when its last result went out
 	ext      lineFit   // time outside the server against the round's draft tokens
 	zeros    int       // consecutive rounds planned at budget 0
+	// Its next round, expected at next with nextTokens tokens, until Arrived.
+	next       time.Time
+	nextTokens int
+	waited     bool
 }
 
 // lineFit is a decaying least-squares line y = a + b*x, b >= 0: a device's
@@ -129,8 +133,44 @@ func (t *Tracker) Plan(rounds []Round, answered time.Time) Plan {
 				plan.Budgets[i], s.zeros = pol.ProbeLen, 0
 			}
 		}
+		d := devs[i]
+		s.waited = true
+		s.nextTokens = plan.Budgets[i] + carried(d)
+		s.next = answered.Add(time.Duration((d.ExternalMs + d.DraftMs*float64(plan.Budgets[i])) * float64(time.Millisecond)))
 	}
 	return plan
+}
+
+// Arrived records that device's next round has reached the server: it is no
+// longer Pending.
+func (t *Tracker) Arrived(device string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.devs[device]; s != nil {
+		s.waited = false
+	}
+}
+
+// pendingFor is how long past its expected time a round stays Pending: one
+// that late is not coming soon (its session ended, its device went away).
+const pendingFor = time.Second
+
+// Pending lists the rounds the server expects (for Gather): every device
+// answered by a Plan whose next round has not Arrived, expected at its
+// answer time plus its time outside the server at its budget (ExternalMs +
+// DraftMs * budget), carrying its budget and its committed token. A device
+// first seen by that Plan has no outside time yet and is expected at once.
+// Rounds more than a second overdue are left out.
+func (t *Tracker) Pending(now time.Time) []Arrival {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []Arrival
+	for _, s := range t.devs {
+		if s.waited && now.Sub(s.next) < pendingFor {
+			out = append(out, Arrival{At: s.next, Tokens: s.nextTokens})
+		}
+	}
+	return out
 }
 
 // Acceptance is the tracker's estimate for device: the expected accepted

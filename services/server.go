@@ -48,6 +48,9 @@ type ServerConfig struct {
 	// Budget is every worker's goodput policy (verifier.WorkerConfig.Budget):
 	// draft budgets by default, Budget.Static for the paper's fixed length.
 	Budget goodput.Policy
+	// GatherMax is every worker's wait bound for the rounds it expects back
+	// (verifier.WorkerConfig.GatherMax; default there, negative: never wait).
+	GatherMax time.Duration
 	// NATSURL connects to an external NATS server instead of starting one.
 	NATSURL string
 	// NATS configures the embedded server (a free port and a temporary store
@@ -225,7 +228,7 @@ func (s *Server) startExtraWorker(ctx context.Context, name string) error {
 		nc.Close()
 		return err
 	}
-	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: name, Model: s.cfg.ModelName, Budget: s.cfg.Budget, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	w, err := verifier.NewWorker(v, nc, js, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: name, Model: s.cfg.ModelName, Budget: s.cfg.Budget, GatherMax: s.cfg.GatherMax, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		v.Close()
 		nc.Close()
@@ -344,7 +347,7 @@ func (s *Server) StartVerifier() error {
 	if err != nil {
 		return err
 	}
-	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Model: s.cfg.ModelName, Budget: s.cfg.Budget, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
+	w, err := verifier.NewWorker(v, s.wconn, s.wjs, verifier.WorkerConfig{Pool: s.cfg.Pool, Name: s.cfg.WorkerName, Model: s.cfg.ModelName, Budget: s.cfg.Budget, GatherMax: s.cfg.GatherMax, Logger: s.cfg.Logger, Telemetry: s.cfg.Telemetry})
 	if err != nil {
 		v.Close()
 		return err

@@ -48,11 +48,24 @@ type WorkerConfig struct {
 	// goodput). Budget.Static sends no budget: devices draft by their own
 	// policy alone (the paper's fixed speculation length).
 	Budget goodput.Policy
+	// GatherMax bounds how long a free worker holding drafts waits for the
+	// rounds it has just answered to come back and join the same pass
+	// (goodput.Gather, from the policy's pass-cost curve and each device's
+	// time outside the server), so that a fleet does not split into waves
+	// that each pay a whole pass. The queued drafts' due times bound it too.
+	// Default DefaultGatherMax; negative: never wait (every queued batch runs
+	// as soon as the verifier frees). Budget.Static never waits.
+	GatherMax time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives the worker's spans and metrics. Default: none.
 	Telemetry *telemetry.Telemetry
 }
+
+// DefaultGatherMax is WorkerConfig.GatherMax's default: about one loaded
+// pass of a small model on a CPU; a wave that takes longer to come back
+// costs more idle time than its pass saves anyway.
+const DefaultGatherMax = 50 * time.Millisecond
 
 // TracerName is the instrumentation scope of the verifier's spans.
 const TracerName = "github.com/sled-project/sled/verifier"
@@ -119,6 +132,9 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		cfg.Model = v.model.ID()
 	}
 	cfg.Budget = cfg.Budget.WithDefaults()
+	if cfg.GatherMax == 0 {
+		cfg.GatherMax = DefaultGatherMax
+	}
 	tel := cfg.Telemetry.Or()
 	pool, name := attribute.String("pool", cfg.Pool), attribute.String("worker", cfg.Name)
 	cost := goodput.NewEstimator(goodput.EstimatorConfig{})
@@ -250,6 +266,9 @@ func (w *Worker) enqueue(ctx context.Context, ev *events.Event, msg jetstream.Ms
 	if !ok {
 		return infra.Permanent(fmt.Errorf("%w: %s on a batch subject", events.ErrInvalid, ev.Type()))
 	}
+	for i := range b.Drafts {
+		w.tracker.Arrived(b.Drafts[i].DeviceID)
+	}
 	w.qmu.Lock()
 	w.queue = append(w.queue, delivery{ev: ev, msg: msg, b: b})
 	w.qmu.Unlock()
@@ -279,6 +298,7 @@ func TakeQueued(n int, drafts func(i int) int, slots int) int {
 // redelivered after AckWait.
 func (w *Worker) verifyLoop(ctx context.Context) {
 	limit := w.v.Config().Slots
+	freed := time.Now() // when the verifier last went idle
 	for {
 		select {
 		case <-ctx.Done():
@@ -289,11 +309,27 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 			w.qmu.Lock()
 			n := TakeQueued(len(w.queue), func(i int) int { return len(w.queue[i].b.Drafts) }, limit)
 			group := append([]delivery(nil), w.queue[:n]...)
-			w.queue = append(w.queue[:0], w.queue[n:]...)
 			w.qmu.Unlock()
 			if len(group) == 0 {
 				break
 			}
+			if wait := w.gather(group, freed); wait > 0 {
+				// Wait for the expected rounds; a new batch (one of them)
+				// makes the queue worth deciding on again.
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-w.ready:
+				case <-t.C:
+				}
+				t.Stop()
+				continue
+			}
+			w.qmu.Lock()
+			w.queue = append(w.queue[:0], w.queue[n:]...)
+			w.qmu.Unlock()
 			err := w.process(ctx, group)
 			for _, d := range group {
 				switch {
@@ -306,8 +342,45 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 					_ = d.msg.NakWithDelay(250 * time.Millisecond)
 				}
 			}
+			freed = time.Now()
 		}
 	}
+}
+
+// gather is how long the free verifier, idle since freed, waits before it
+// verifies group (goodput.Gather; 0: now): for the rounds the worker has
+// answered and expects back, no longer than GatherMax since freed nor past
+// the slack of a queued draft with a due time.
+func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
+	if w.cfg.Budget.Static || w.cfg.GatherMax < 0 {
+		return 0
+	}
+	now := time.Now()
+	limit := w.cfg.GatherMax - now.Sub(freed)
+	if limit <= 0 {
+		return 0
+	}
+	tokens := 0
+	var due time.Time
+	for _, g := range group {
+		for i := range g.b.Drafts {
+			d := &g.b.Drafts[i]
+			tokens += len(d.Draft) + max(len(d.Committed), len(d.Prefix))
+			if !d.Due.IsZero() && (due.IsZero() || d.Due.Before(due)) {
+				due = d.Due
+			}
+		}
+	}
+	expected := w.tracker.Pending(now)
+	if len(expected) == 0 {
+		return 0
+	}
+	curve := w.cost.Curve()
+	if !due.IsZero() {
+		ms, _ := curve.Ms(tokens)
+		limit = min(limit, due.Sub(now)-time.Duration(ms*float64(time.Millisecond)))
+	}
+	return goodput.Gather(now, tokens, expected, curve.Ms, w.cost.OverheadMs(), limit)
 }
 
 // process verifies the drafts of a group of batches in one Verify call and

@@ -105,6 +105,11 @@ type Config struct {
 	// token (0: none): the budgets try to meet it and, with Batch.SLO, so
 	// does the batcher.
 	TPOTMs float64
+	// GatherMax bounds a free worker's wait for the rounds it answered to
+	// join its next pass (goodput.Gather), as verifier.WorkerConfig.GatherMax.
+	// Default verifier.DefaultGatherMax; negative: never wait. Budget.Static
+	// never waits.
+	GatherMax time.Duration
 	// ActiveWindow: a device counts as active for Batch's early close when it
 	// sent a draft within it, as in batcher.Config. Default 1s.
 	ActiveWindow time.Duration
@@ -180,6 +185,9 @@ func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
 		c.Workers = 1
 	}
+	if c.GatherMax == 0 {
+		c.GatherMax = verifier.DefaultGatherMax
+	}
 	if c.Slots <= 0 {
 		c.Slots = c.Devices + 4
 	}
@@ -208,6 +216,7 @@ const (
 	evBatchTry        // the batcher looks at its queue again (deadline)
 	evDeliver         // a closed batch reaches the worker
 	evPassDone        // the worker finished a pass and its results
+	evGather          // a free worker's wait for expected rounds ends
 	evResult          // a result reaches its device
 )
 
@@ -351,6 +360,7 @@ func SLED(cfg Config) Result {
 		passMs    float64 // its modelled forward pass
 		passTok   int
 		tryAt     float64
+		freed     float64 // when it last went idle
 	}
 	ws := make([]simWorker, cfg.Workers)
 	for w := range ws {
@@ -365,6 +375,25 @@ func SLED(cfg Config) Result {
 			return
 		}
 		n := verifier.TakeQueued(len(wk.delivered), func(i int) int { return len(wk.delivered[i]) }, cfg.Slots)
+		if !cfg.Budget.Static && cfg.GatherMax > 0 {
+			// As verifier.Worker: wait for the rounds it expects back when
+			// that saves more server time than the wait costs.
+			tokens := 0
+			for _, b := range wk.delivered[:n] {
+				for _, i := range b {
+					tokens += devs[i].cur.Len + 1
+					if devs[i].fresh {
+						tokens += cfg.PromptLen
+					}
+				}
+			}
+			est := trackers[w].Estimator()
+			limit := cfg.GatherMax - time.Duration((l.Now-wk.freed)*float64(time.Second))
+			if wait := goodput.Gather(at(l.Now), tokens, trackers[w].Pending(at(l.Now)), est.Curve().Ms, est.OverheadMs(), limit); wait > 0 {
+				l.At(l.Now+wait.Seconds(), evGather, w)
+				return
+			}
+		}
 		wk.inPass = wk.inPass[:0]
 		for _, b := range wk.delivered[:n] {
 			wk.inPass = append(wk.inPass, b...)
@@ -453,8 +482,13 @@ func SLED(cfg Config) Result {
 			decide(i)
 		case evDeliver:
 			wk := &ws[i]
+			for _, j := range wk.inFlight[0] {
+				trackers[i].Arrived(ids[j])
+			}
 			wk.delivered = append(wk.delivered, wk.inFlight[0])
 			wk.inFlight = wk.inFlight[1:]
+			startPass(i)
+		case evGather:
 			startPass(i)
 		case evPassDone:
 			wk := &ws[i]
@@ -475,7 +509,7 @@ func SLED(cfg Config) Result {
 					devs[j].budget = plan.Budgets[k]
 				}
 			}
-			wk.busy = false
+			wk.busy, wk.freed = false, l.Now
 			startPass(i)
 		case evResult:
 			d := &devs[i]

@@ -279,3 +279,28 @@ func TestSLEDWorkersScale(t *testing.T) {
 		}
 	}
 }
+
+// TestSLEDGathers: a fleet at budget 0 whose round trip outside the server
+// (8 ms) is shorter than the pass's fixed part (30 ms). Running every queued
+// batch as soon as the worker frees splits the fleet into waves, each paying
+// the fixed part; the worker's gather rule (goodput.Gather, as
+// verifier.Worker) waits for the wave it just answered, so passes hold the
+// fleet and it gets more tokens per second.
+func TestSLEDGathers(t *testing.T) {
+	cfg := Config{
+		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 0} },
+		Batch:  batcher.Policy{Size: 64, MaxWait: time.Millisecond},
+		Budget: goodput.Policy{ProbeEvery: -1},
+		Cost:   PassCost{FixedMs: 30, PerTokenMs: 1},
+		UpMs:   3, HopMs: 1, DownMs: 3, Duration: 30, Seed: 5,
+	}
+	off := cfg
+	off.GatherMax = -1
+	split, gathered := SLED(off), SLED(cfg)
+	t.Logf("without gathering: %.0f tokens/s, %.1f drafts per pass; gathering: %.0f tokens/s, %.1f per pass",
+		split.TokensPerSec, split.MeanBatch, gathered.TokensPerSec, gathered.MeanBatch)
+	if gathered.MeanBatch < 0.9*32 || gathered.TokensPerSec < 1.1*split.TokensPerSec {
+		t.Errorf("gathering: %.1f drafts per pass, %.0f tokens/s; want nearly the whole fleet per pass and above %.0f",
+			gathered.MeanBatch, gathered.TokensPerSec, 1.1*split.TokensPerSec)
+	}
+}
