@@ -56,6 +56,13 @@ type Options struct {
 	// SeparateKV gives the verifier a KV stream per slot, as the centralized
 	// server has (verifier.Config.SeparateKV).
 	SeparateKV bool
+	// Fleets replaces wstgr's fleet sizes (batch size = devices; default
+	// 1, 2, 4, 8, 16, 32, quick 1, 4, 8).
+	Fleets []int
+	// GatherMax bounds each verifier worker's wait for the rounds it expects
+	// back (verifier.WorkerConfig.GatherMax): 0 its default, negative never
+	// wait (every queued batch runs as soon as the verifier frees).
+	GatherMax time.Duration
 	// NoStatic skips the static-length SLED that capacity and wstgr measure
 	// beside the budgeted one (Budget.Static in the same run), so that the
 	// policy's gain is measured. Quick implies it for capacity.
@@ -75,7 +82,9 @@ type Options struct {
 	// with the qwen pair, whose passes take up to seconds here, 5s and 20s (quick:
 	// 2s, 8s).
 	Warmup, Duration time.Duration
-	// MaxDevices bounds the capacity search. Default 256 (quick 64).
+	// MaxDevices bounds the capacity search. Default 256 (quick too: with
+	// steady-state windows the centralized server serves over 100 small-model
+	// clients on 2 cores, so a lower bound would cap both systems alike).
 	MaxDevices int
 	// Threads is the server's llama.cpp thread count. Default: all cores; 1 with
 	// Quick, because llama.cpp's spinning worker threads slow down by orders of
@@ -143,7 +152,7 @@ func (o Options) withDefaults() Options {
 		}
 	}
 	if o.MaxDevices <= 0 {
-		o.MaxDevices = map[bool]int{false: 256, true: 64}[o.Quick]
+		o.MaxDevices = 256
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -219,7 +228,7 @@ func (o Options) profiles() ([]Profile, error) {
 }
 
 func (o Options) trial(devices int, p Profile) Trial {
-	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, SeparateKV: o.SeparateKV, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, SeparateKV: o.SeparateKV, GatherMax: o.GatherMax, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
 	if o.qwen() {
 		t.Timeout = time.Minute // a loaded 1.5B pass takes seconds on a small CPU
 	}

@@ -37,6 +37,9 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 	if o.Quick {
 		sizes = []int{1, 4, 8}
 	}
+	if len(o.Fleets) > 0 {
+		sizes = o.Fleets
+	}
 	e, err := o.env(ctx, o.Type)
 	if err != nil {
 		return nil, err
