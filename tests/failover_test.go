@@ -55,7 +55,10 @@ func TestWorkerFailover(t *testing.T) {
 	if held > 0 && (st.Moved == 0 || v2.Stats().Drafts == before) {
 		t.Fatalf("worker-1 held %d sessions, but none moved to the surviving worker (moved %d)", held, st.Moved)
 	}
-	if alive := s.Batcher().Workers(); len(alive) != 1 || alive[0] != "worker-2" {
-		t.Fatalf("batcher still sees %v", alive)
+	// The batcher drops worker-1 once its heartbeats are overdue; when worker-1
+	// held nothing the texts can be done before that.
+	alive := func() bool { a := s.Batcher().Workers(); return len(a) == 1 && a[0] == "worker-2" }
+	if !testwait.Eventually(5*time.Second, 20*time.Millisecond, alive) {
+		t.Fatalf("batcher still sees %v", s.Batcher().Workers())
 	}
 }
