@@ -56,6 +56,9 @@ type Options struct {
 	// SeparateKV gives the verifier a KV stream per slot, as the centralized
 	// server has (verifier.Config.SeparateKV).
 	SeparateKV bool
+	// PassTokens is the verifier's micro-batch price with SeparateKV
+	// (verifier.Config.PassTokens; 0 its default).
+	PassTokens float64
 	// Fleets replaces wstgr's fleet sizes (batch size = devices; default
 	// 1, 2, 4, 8, 16, 32, quick 1, 4, 8).
 	Fleets []int
@@ -228,7 +231,7 @@ func (o Options) profiles() ([]Profile, error) {
 }
 
 func (o Options) trial(devices int, p Profile) Trial {
-	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, SeparateKV: o.SeparateKV, GatherMax: o.GatherMax, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, SeparateKV: o.SeparateKV, GatherMax: o.GatherMax, PassTokens: o.PassTokens, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
 	if o.qwen() {
 		t.Timeout = time.Minute // a loaded 1.5B pass takes seconds on a small CPU
 	}

@@ -39,6 +39,9 @@ type Trial struct {
 	GatherMax time.Duration
 	// SeparateKV gives the verifier a KV stream per slot (verifier.Config.SeparateKV).
 	SeparateKV bool
+	// PassTokens is the verifier's micro-batch price with SeparateKV
+	// (verifier.Config.PassTokens; 0 its default).
+	PassTokens float64
 	// TPOTMs is every device's latency objective, ms per output token (0:
 	// none).
 	TPOTMs float64
@@ -96,7 +99,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	log := e.Cfg.Logger
 	srv, err := services.StartServer(ctx, services.ServerConfig{
 		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Budget: t.Budget, GatherMax: t.GatherMax, Logger: log,
-		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers), SeparateKV: t.SeparateKV},
+		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers), SeparateKV: t.SeparateKV, PassTokens: t.PassTokens},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)

@@ -31,6 +31,11 @@ type Config struct {
 	// capacity, neither layout wins reliably once budgets make most passes one
 	// token per session (docs/benchmarks.md, "Draft budgets").
 	SeparateKV bool
+	// PassTokens is what one llama.cpp micro-batch costs beyond its tokens, in
+	// tokens, with SeparateKV: a ragged or gapped pass is padded when that
+	// saves more micro-batches than it adds tokens at this price
+	// (engine.ContextOptions.PassTokens). Default engine.DefaultPassTokens.
+	PassTokens float64
 }
 
 // Defaults of Config.
@@ -100,13 +105,13 @@ func New(target *engine.Model, cfg Config) (*Verifier, error) {
 	cfg.BatchTokens = max(cfg.BatchTokens, MinBatchTokens)
 	ectx, err := target.NewContext(engine.ContextOptions{
 		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
-		SeparateKV: cfg.SeparateKV,
+		SeparateKV: cfg.SeparateKV, PassTokens: cfg.PassTokens,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
 	o := ectx.Options()
-	cfg.SlotContext, cfg.BatchTokens, cfg.Threads = o.SlotContext, o.BatchSize, o.Threads
+	cfg.SlotContext, cfg.BatchTokens, cfg.Threads, cfg.PassTokens = o.SlotContext, o.BatchSize, o.Threads, o.PassTokens
 	return &Verifier{model: target, cfg: cfg, ectx: ectx, slots: newSlotTable(cfg.Slots)}, nil
 }
 
