@@ -244,6 +244,31 @@ func BenchmarkPassHistory(b *testing.B) {
 	}
 }
 
+// BenchmarkPassManySessions is a verifier's pass at budget 0 over a large
+// fleet: 40 sequences x 1 token with 32 and 64 tokens of history each, on
+// the smollm-135m shape, unified KV against a stream per slot. In the unified
+// cache every token attends over every sequence's cells, so the pass grows
+// with the fleet's total history; with a stream per slot it grows with each
+// sequence's own.
+//
+//	go test -run '^$' -bench PassManySessions -benchtime 20x -count 2 ./engine/
+func BenchmarkPassManySessions(b *testing.B) {
+	m := benchModel(b, "smollm-135m")
+	for _, l := range []struct {
+		name string
+		opts ContextOptions
+	}{
+		{"unified-flash", ContextOptions{Threads: 1}},
+		{"separate-flash", ContextOptions{SeparateKV: true, Threads: 1}},
+	} {
+		for _, hist := range []int{32, 64} {
+			b.Run(fmt.Sprintf("%s/history=%d", l.name, hist), func(b *testing.B) {
+				runPassBench(b, m, passBench{Seqs: 40, Per: 1, History: hist, Opts: l.opts})
+			})
+		}
+	}
+}
+
 // BenchmarkPassHistoryQwen is BenchmarkPassHistory on the real 1.5B target (16
 // sequences x 5 tokens; the 512-token prefill takes minutes on 2 cores).
 //

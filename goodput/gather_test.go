@@ -124,3 +124,37 @@ func TestTrackerPending(t *testing.T) {
 		t.Errorf("pending 2 s after due: %v, want none", p)
 	}
 }
+
+// Tracker.Gather waits for the devices it answered, but no longer than
+// maxWait since the server freed nor past a queued draft's due time less the
+// queued pass.
+func TestTrackerGatherLimits(t *testing.T) {
+	est := NewEstimator(EstimatorConfig{})
+	for range 5 {
+		est.Observe(20, ms(50)) // 50 ms for 20 tokens
+		est.Observe(40, ms(60)) // 60 ms for 40: a large fixed part
+	}
+	tr := NewTracker(est, TrackerConfig{Policy: Policy{Static: true}})
+	t0 := time.Unix(100, 0)
+	var rounds []Round
+	for i := range 20 {
+		rounds = append(rounds, Round{Device: string(rune('a' + i)), Arrived: t0})
+	}
+	tr.Plan(rounds, t0.Add(ms(10)))
+	for i := range rounds {
+		rounds[i].Arrived = t0.Add(ms(20)) // 10 ms outside the server
+	}
+	tr.Plan(rounds, t0.Add(ms(30)))
+	// They carry MaxBudget+1 = 9 tokens each: 180 tokens due at 40 ms.
+	now := t0.Add(ms(30))
+	if got := tr.Gather(now, now, 20, time.Time{}, ms(50)); got != ms(10) {
+		t.Errorf("wait %v, want 10ms (until the answered devices are due)", got)
+	}
+	if got := tr.Gather(now, now.Add(-ms(45)), 20, time.Time{}, ms(50)); got != 0 {
+		t.Errorf("wait %v with 5 ms left of maxWait, want 0", got)
+	}
+	// A queued draft due in 55 ms, its pass estimated at 50: 5 ms of slack.
+	if got := tr.Gather(now, now, 20, now.Add(ms(55)), ms(50)); got != 0 {
+		t.Errorf("wait %v past a queued draft's slack, want 0", got)
+	}
+}

@@ -151,6 +151,26 @@ func (t *Tracker) Arrived(device string) {
 	}
 }
 
+// Gather is goodput.Gather for this tracker's server: how long a server free
+// since freed, holding queued tokens of drafts, waits for the rounds it
+// expects (Pending), from its estimator's curve and overhead; no longer than
+// maxWait since freed, nor past due (the earliest due time of a queued
+// draft; zero: none) less the queued pass's estimated cost. Both
+// verifier.Worker and the simulator (bench/sim) decide with it.
+func (t *Tracker) Gather(now, freed time.Time, queued int, due time.Time, maxWait time.Duration) time.Duration {
+	limit := maxWait - now.Sub(freed)
+	if limit <= 0 || queued <= 0 {
+		return 0
+	}
+	curve := t.est.Curve()
+	if !due.IsZero() {
+		ms, _ := curve.Ms(queued)
+		limit = min(limit, due.Sub(now)-time.Duration(ms*float64(time.Millisecond)))
+	}
+	expected := t.Pending(now)
+	return Gather(now, queued, expected, curve.Ms, t.est.OverheadMs(), limit)
+}
+
 // pendingFor is how long past its expected time a round stays Pending: one
 // that late is not coming soon (its session ended, its device went away).
 const pendingFor = time.Second

@@ -348,16 +348,11 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 }
 
 // gather is how long the free verifier, idle since freed, waits before it
-// verifies group (goodput.Gather; 0: now): for the rounds the worker has
+// verifies group (Tracker.Gather; 0: now): for the rounds the worker has
 // answered and expects back, no longer than GatherMax since freed nor past
 // the slack of a queued draft with a due time.
 func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
 	if w.cfg.Budget.Static || w.cfg.GatherMax < 0 {
-		return 0
-	}
-	now := time.Now()
-	limit := w.cfg.GatherMax - now.Sub(freed)
-	if limit <= 0 {
 		return 0
 	}
 	tokens := 0
@@ -371,16 +366,7 @@ func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
 			}
 		}
 	}
-	expected := w.tracker.Pending(now)
-	if len(expected) == 0 {
-		return 0
-	}
-	curve := w.cost.Curve()
-	if !due.IsZero() {
-		ms, _ := curve.Ms(tokens)
-		limit = min(limit, due.Sub(now)-time.Duration(ms*float64(time.Millisecond)))
-	}
-	return goodput.Gather(now, tokens, expected, curve.Ms, w.cost.OverheadMs(), limit)
+	return w.tracker.Gather(time.Now(), freed, tokens, due, w.cfg.GatherMax)
 }
 
 // process verifies the drafts of a group of batches in one Verify call and

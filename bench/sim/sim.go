@@ -379,17 +379,19 @@ func SLED(cfg Config) Result {
 			// As verifier.Worker: wait for the rounds it expects back when
 			// that saves more server time than the wait costs.
 			tokens := 0
+			var due time.Time
 			for _, b := range wk.delivered[:n] {
 				for _, i := range b {
 					tokens += devs[i].cur.Len + 1
 					if devs[i].fresh {
 						tokens += cfg.PromptLen
 					}
+					if d := devs[i].due; d > 0 && (due.IsZero() || at(d).Before(due)) {
+						due = at(d)
+					}
 				}
 			}
-			est := trackers[w].Estimator()
-			limit := cfg.GatherMax - time.Duration((l.Now-wk.freed)*float64(time.Second))
-			if wait := goodput.Gather(at(l.Now), tokens, trackers[w].Pending(at(l.Now)), est.Curve().Ms, est.OverheadMs(), limit); wait > 0 {
+			if wait := trackers[w].Gather(at(l.Now), at(wk.freed), tokens, due, cfg.GatherMax); wait > 0 {
 				l.At(l.Now+wait.Seconds(), evGather, w)
 				return
 			}
