@@ -61,16 +61,7 @@ func benchModel(b testing.TB, which string) *Model {
 	if which == "stories260k" {
 		return load(b, testmodels.Target)
 	}
-	p := smollm(b)
-	if m, ok := loadOnce.Load(p); ok {
-		return m.(*Model)
-	}
-	m, err := LoadModel(p, ModelOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	loadOnce.Store(p, m)
-	return m
+	return loadShared(b, smollm(b))
 }
 
 // passBench describes a decode benchmark: rounds of Seqs sequences x Per tokens,
@@ -212,6 +203,42 @@ func BenchmarkDecodeThreads(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/pass")
 		})
 	}
+}
+
+// BenchmarkDecodeThreadpool is a one-token pass (what a centralized server does
+// for one client, and a device's draft step) with the context's persistent ggml
+// threadpool against ggml creating and joining its threads for every pass, on
+// the smollm-135m shape and the real Qwen 1.5B (2 threads, 32-token history).
+//
+//	go test -run '^$' -bench DecodeThreadpool -benchtime 200x -count 3 ./engine/
+func BenchmarkDecodeThreadpool(b *testing.B) {
+	for _, name := range []string{"smollm-135m", "qwen-1.5b"} {
+		for _, perPass := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/pool=%v", name, !perPass), func(b *testing.B) {
+				var m *Model
+				if name == "qwen-1.5b" {
+					m = loadShared(b, testmodels.Real(b, testmodels.QwenTarget))
+				} else {
+					m = benchModel(b, name)
+				}
+				opts := ContextOptions{Threads: 2, SeparateKV: true, perPassThreads: perPass}
+				runPassBench(b, m, passBench{Seqs: 1, Per: 1, History: 32, Opts: opts})
+			})
+		}
+	}
+}
+
+// loadShared loads the model at p once per process.
+func loadShared(b testing.TB, p string) *Model {
+	if m, ok := loadOnce.Load(p); ok {
+		return m.(*Model)
+	}
+	m, err := LoadModel(p, ModelOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	loadOnce.Store(p, m)
+	return m
 }
 
 // BenchmarkPassHistory measures what a verifier pass costs as the devices'

@@ -45,6 +45,11 @@ type ContextOptions struct {
 	// removed) when that saves llama.cpp more micro-batches than it adds tokens at
 	// this price (see planPadding). Default DefaultPassTokens.
 	PassTokens float64
+
+	// perPassThreads leaves ggml to create and join its threads for every pass
+	// instead of keeping a threadpool for the context's life; only
+	// BenchmarkDecodeThreadpool sets it, to measure what the pool saves.
+	perPassThreads bool
 }
 
 // DefaultPassTokens is ContextOptions.PassTokens' default, measured on a 2-core
@@ -136,7 +141,7 @@ func (m *Model) NewContext(opts ContextOptions) (*Context, error) {
 		return nil, fmt.Errorf("engine: %s was loaded vocabulary-only: it tokenizes but cannot evaluate", m.info.Path)
 	}
 	opts = opts.withDefaults(m)
-	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.Attention == AttentionFlash, opts.SeparateKV, opts.KVType)
+	cc, err := newContext(m.cm, opts.Slots*opts.SlotContext, opts.BatchSize, opts.Slots, opts.Threads, opts.Attention == AttentionFlash, opts.SeparateKV, opts.KVType, !opts.perPassThreads)
 	if err != nil {
 		return nil, fmt.Errorf("engine: new context (%d slots x %d positions): %w", opts.Slots, opts.SlotContext, err)
 	}
