@@ -51,28 +51,45 @@ func (c *Cache) Release(slot int, held []engine.Token) {
 	c.free = append(c.free, slot)
 }
 
-// Take gives a sequence that starts with tokens a free slot: the one whose
-// cells share the longest prefix with tokens (MinMatch or more), else the one
-// freed longest ago. keep is how many of the slot's first cells already hold
-// tokens[:keep] (see Reusable); the caller drops the cells past keep. ok is
-// false when no slot is free.
+// Take gives a sequence that starts with tokens a free slot, and keep, how many
+// of the slot's first cells already hold tokens[:keep] (see Reusable); the caller
+// drops the cells past keep. ok is false when no slot is free.
+//
+// The slot is the one whose cells share the longest prefix with tokens, among the
+// slots where that prefix is worth what taking the slot destroys: a match of n
+// cells (MinMatch or more) in a slot holding h is taken when the h-n cells it
+// drops are at most twice the n it saves (3n >= h). Otherwise the slot freed
+// longest ago goes (a never-used one before any), keeping whatever prefix it
+// shares. Without the bound a request sharing a few tokens with a cached prompt
+// (its first words, or a chat template's system turn) evicts that prompt's cells
+// while empty slots wait: with `sled bench load`'s eight prompts sent in turn to
+// a centralized server's 16 slots, a repeated prompt found 2-8 of its 28-53
+// tokens cached, and with the bound all but its last (the centralized package's
+// TestPromptCacheSharedOpenings).
 func (c *Cache) Take(tokens []engine.Token) (slot, keep int, ok bool) {
 	if len(c.free) == 0 {
 		return 0, 0, false
 	}
-	best, match := -1, 0
+	best, match := -1, 0 // the longest match worth its slot
+	oldest := -1         // the slot freed longest ago
 	for i, f := range c.free {
+		if oldest < 0 || c.freed[f] < c.freed[c.free[oldest]] {
+			oldest = i
+		}
 		n := CommonPrefix(c.held[f], tokens)
-		if n < MinMatch {
-			n = 0 // no match: only the age counts
+		if n < MinMatch || 3*n < len(c.held[f]) {
+			continue
 		}
 		if best < 0 || n > match || (n == match && c.freed[f] < c.freed[c.free[best]]) {
 			best, match = i, n
 		}
 	}
+	if best < 0 {
+		best = oldest
+	}
 	slot = c.free[best]
 	c.free = append(c.free[:best], c.free[best+1:]...)
-	if match > 0 {
+	if CommonPrefix(c.held[slot], tokens) >= MinMatch {
 		keep = Reusable(c.held[slot], tokens)
 	}
 	delete(c.held, slot)

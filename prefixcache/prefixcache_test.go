@@ -61,6 +61,35 @@ func TestTakeLeastRecentlyFreed(t *testing.T) {
 	}
 }
 
+// A match takes a slot only when it saves at least half of what it drops there
+// (3n >= h); a short shared opening goes to an empty slot instead, and, with
+// none left, to the slot freed longest ago, keeping the prefix it shares.
+func TestTakeWorthTheEviction(t *testing.T) {
+	c := New(3)
+	a, _, _ := c.Take(tk(1, 2, 3, 4, 5, 6))
+	c.Release(a, tk(1, 2, 3, 4, 5, 6, 7, 8, 9)) // a holds 9 cells
+	// Shares 2 of a's 9 cells: dropping 7 to save 2 is not worth it.
+	b, keep, _ := c.Take(tk(1, 2, 9, 9))
+	if b == a || keep != 0 {
+		t.Fatalf("short match took slot %d keep %d; a (%d) should stay cached", b, keep, a)
+	}
+	// Shares 3 of 9 (3n = h): worth it.
+	if s, keep, _ := c.Take(tk(1, 2, 3, 8)); s != a || keep != 3 {
+		t.Fatalf("slot %d keep %d, want a (%d) keep 3", s, keep, a)
+	}
+	c.Release(a, tk(1, 2, 3, 4, 5, 6, 7, 8, 9))
+	c.Release(b, tk(7, 7, 7))
+	// The last slot, never used, goes before a's cells are dropped.
+	d, _, _ := c.Take(tk(1, 2, 9))
+	if d == a || d == b {
+		t.Fatalf("took slot %d; the never-used slot should go first", d)
+	}
+	// No empty slot left: the oldest freed (a) goes, keeping its shared prefix.
+	if s, keep, _ := c.Take(tk(1, 2, 9)); s != a || keep != 2 {
+		t.Fatalf("slot %d keep %d, want the oldest freed a (%d) keep 2", s, keep, a)
+	}
+}
+
 func TestReusable(t *testing.T) {
 	for _, c := range []struct {
 		held, tokens []engine.Token
