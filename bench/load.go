@@ -47,9 +47,50 @@ type LoadPoint struct {
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	// PerClient is the mean of each client's own tokens/s.
 	PerClient float64 `json:"per_client_tokens_per_sec"`
+	// SteadyTokensPerSec is the output rate while every client was busy: the
+	// tokens of each request counted in proportion to how much of its time lay
+	// inside the issuing window (from the level's start until clients stop
+	// sending), divided by the window. Unlike TokensPerSec it leaves out the
+	// drain after the window, when fewer clients remain, and does not jump with
+	// whether a round of long requests ended just inside or just after it.
+	SteadyTokensPerSec float64 `json:"steady_tokens_per_sec"`
 	// Latency of whole requests, seconds.
 	LatencyP50 float64 `json:"latency_p50_s"`
 	LatencyP90 float64 `json:"latency_p90_s"`
+}
+
+// loadSpan is one measured request: when it was sent and answered, and the
+// completion tokens it brought.
+type loadSpan struct {
+	start, end time.Time
+	tokens     int
+}
+
+// windowTokens is how many of spans' tokens fall in [from, to), each span's
+// tokens spread evenly over its duration (as a continuously batched server
+// produces them, one a step).
+func windowTokens(spans []loadSpan, from, to time.Time) float64 {
+	var n float64
+	for _, s := range spans {
+		d := s.end.Sub(s.start)
+		if d <= 0 {
+			if !s.end.Before(from) && s.end.Before(to) {
+				n += float64(s.tokens)
+			}
+			continue
+		}
+		lo, hi := s.start, s.end
+		if lo.Before(from) {
+			lo = from
+		}
+		if hi.After(to) {
+			hi = to
+		}
+		if hi.After(lo) {
+			n += float64(s.tokens) * float64(hi.Sub(lo)) / float64(d)
+		}
+	}
+	return n
 }
 
 // RunLoad measures each concurrency level in turn. Before each level every client
@@ -95,6 +136,7 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 		tokens  int
 		el      time.Duration
 		lats    []float64
+		spans   []loadSpan
 		err     error
 		request int
 	}
@@ -127,7 +169,9 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 					r.err = err
 					return
 				}
-				r.lats = append(r.lats, time.Since(t0).Seconds())
+				t1 := time.Now()
+				r.lats = append(r.lats, t1.Sub(t0).Seconds())
+				r.spans = append(r.spans, loadSpan{start: t0, end: t1, tokens: toks})
 				r.tokens += toks
 				r.request++
 			}
@@ -138,6 +182,7 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 	wall := time.Since(start)
 	p := LoadPoint{Clients: n, Seconds: wall.Seconds()}
 	var lats []float64
+	var spans []loadSpan
 	for _, r := range res {
 		if r.err != nil {
 			return LoadPoint{}, r.err
@@ -146,8 +191,10 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 		p.Requests += r.request
 		p.PerClient += float64(r.tokens) / r.el.Seconds() / float64(n)
 		lats = append(lats, r.lats...)
+		spans = append(spans, r.spans...)
 	}
 	p.TokensPerSec = float64(p.Tokens) / wall.Seconds()
+	p.SteadyTokensPerSec = windowTokens(spans, start, end) / end.Sub(start).Seconds()
 	sort.Float64s(lats)
 	if len(lats) > 0 {
 		p.LatencyP50 = lats[len(lats)/2]
@@ -188,9 +235,9 @@ func loadRequest(ctx context.Context, c *httpapi.Client, cfg LoadConfig, p Promp
 
 // LoadTable renders load points as a table.
 func LoadTable(title string, ps []LoadPoint) Table {
-	t := Table{Title: title, Header: []string{"clients", "requests", "tokens", "tokens/s", "per client tok/s", "latency p50 s", "p90 s"}}
+	t := Table{Title: title, Header: []string{"clients", "requests", "tokens", "tokens/s", "steady tokens/s", "per client tok/s", "latency p50 s", "p90 s"}}
 	for _, p := range ps {
-		t.Rows = append(t.Rows, []string{itoa(p.Clients), itoa(p.Requests), itoa(p.Tokens), f1(p.TokensPerSec), f2(p.PerClient), f2(p.LatencyP50), f2(p.LatencyP90)})
+		t.Rows = append(t.Rows, []string{itoa(p.Clients), itoa(p.Requests), itoa(p.Tokens), f1(p.TokensPerSec), f1(p.SteadyTokensPerSec), f2(p.PerClient), f2(p.LatencyP50), f2(p.LatencyP90)})
 	}
 	return t
 }

@@ -241,3 +241,23 @@ func TestWindowOpensWhenSettled(t *testing.T) {
 		t.Errorf("window [%v, %v), want [1.1s, 2.1s)", w.from.Sub(t0), w.to.Sub(t0))
 	}
 }
+
+// windowTokens spreads each request's tokens over its duration and counts the
+// part inside the window, so a request straddling either edge counts in part.
+func TestWindowTokens(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	spans := []loadSpan{
+		{at(0), at(4), 40},   // wholly inside [0, 10)
+		{at(8), at(12), 40},  // half inside
+		{at(-2), at(2), 20},  // half inside
+		{at(10), at(14), 40}, // after the window
+		{at(5), at(5), 3},    // instantaneous, inside
+	}
+	if got, want := windowTokens(spans, at(0), at(10)), 40.0+20+10+3; math.Abs(got-want) > 1e-9 {
+		t.Errorf("windowTokens = %v, want %v", got, want)
+	}
+	if got := windowTokens(nil, at(0), at(10)); got != 0 {
+		t.Errorf("no spans: %v", got)
+	}
+}

@@ -27,7 +27,9 @@ func loadCmd() *cobra.Command {
 		Long: "load runs --clients concurrent clients, each sending greedy requests one after another for\n" +
 			"--duration, against URL's /v1/completions (or /v1/chat/completions with --chat), and reports\n" +
 			"the server's output tokens/s (from the responses' usage), per-client tokens/s and latency.\n" +
-			"Each level starts with one uncounted request per client.",
+			"Steady tokens/s counts only the --duration window, while every client is busy: each request's\n" +
+			"tokens spread over its time, the part inside the window counted (tokens/s also includes the\n" +
+			"drain after it). Each level starts with one uncounted request per client.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, f := range strings.Split(clients, ",") {
