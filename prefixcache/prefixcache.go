@@ -53,39 +53,61 @@ func (c *Cache) Release(slot int, held []engine.Token) {
 
 // Take gives a sequence that starts with tokens a free slot, and keep, how many
 // of the slot's first cells already hold tokens[:keep] (see Reusable); the caller
-// drops the cells past keep. ok is false when no slot is free.
+// drops the cells past keep. ok is false when no slot is free. The slot is, in
+// order of preference:
 //
-// The slot is the one whose cells share the longest prefix with tokens, among the
-// slots where that prefix is worth what taking the slot destroys: a match of n
-// cells (MinMatch or more) in a slot holding h is taken when the h-n cells it
-// drops are at most twice the n it saves (3n >= h). Otherwise the slot freed
-// longest ago goes (a never-used one before any), keeping whatever prefix it
-// shares. Without the bound a request sharing a few tokens with a cached prompt
-// (its first words, or a chat template's system turn) evicts that prompt's cells
-// while empty slots wait: with `sled bench load`'s eight prompts sent in turn to
-// a centralized server's 16 slots, a repeated prompt found 2-8 of its 28-53
-// tokens cached, and with the bound all but its last (the centralized package's
-// TestPromptCacheSharedOpenings).
+//  1. the one whose cells share the longest prefix with tokens among the matches
+//     worth what taking the slot destroys: n shared cells (MinMatch or more) of
+//     the h it holds, where the match covers tokens (all but their last at
+//     least: a repeated prompt, the next turn of a conversation) or the h-n cells
+//     dropped are at most twice the n saved (3n >= h);
+//  2. else a slot holding nothing (a never-used one first), so that a request
+//     sharing a few tokens with a cached prompt (its first words, a chat
+//     template's system turn) does not evict that prompt while empty slots wait:
+//     with `sled bench load`'s eight prompts sent in turn to a centralized
+//     server's 16 slots, a repeated prompt found 2-8 of its 28-53 tokens cached
+//     without this rule, and all but its last with it
+//     (centralized.TestPromptCacheSharedOpenings);
+//  3. else the one sharing the longest prefix (MinMatch or more), the most
+//     recently freed among equals: a client's next request sharing a template
+//     goes back to the slot its last one left, which keeps a steady set of
+//     clients on the same slots (with a KV stream per slot, llama.cpp evaluates
+//     consecutive slots in one micro-batch);
+//  4. else the one freed longest ago.
 func (c *Cache) Take(tokens []engine.Token) (slot, keep int, ok bool) {
 	if len(c.free) == 0 {
 		return 0, 0, false
 	}
-	best, match := -1, 0 // the longest match worth its slot
-	oldest := -1         // the slot freed longest ago
+	worth, empty, shared, oldest := -1, -1, -1, -1
+	worthN, sharedN := 0, 0
 	for i, f := range c.free {
-		if oldest < 0 || c.freed[f] < c.freed[c.free[oldest]] {
+		held := c.held[f]
+		age := c.freed[f]
+		if oldest < 0 || age < c.freed[c.free[oldest]] {
 			oldest = i
 		}
-		n := CommonPrefix(c.held[f], tokens)
-		if n < MinMatch || 3*n < len(c.held[f]) {
+		if len(held) == 0 {
+			if empty < 0 || age < c.freed[c.free[empty]] {
+				empty = i
+			}
 			continue
 		}
-		if best < 0 || n > match || (n == match && c.freed[f] < c.freed[c.free[best]]) {
-			best, match = i, n
+		n := CommonPrefix(held, tokens)
+		if n < MinMatch {
+			continue
+		}
+		if (n >= len(tokens)-1 || 3*n >= len(held)) && (worth < 0 || n > worthN || (n == worthN && age < c.freed[c.free[worth]])) {
+			worth, worthN = i, n
+		}
+		if shared < 0 || n > sharedN || (n == sharedN && age > c.freed[c.free[shared]]) {
+			shared, sharedN = i, n
 		}
 	}
-	if best < 0 {
-		best = oldest
+	best := worth
+	for _, alt := range []int{empty, shared, oldest} {
+		if best < 0 {
+			best = alt
+		}
 	}
 	slot = c.free[best]
 	c.free = append(c.free[:best], c.free[best+1:]...)

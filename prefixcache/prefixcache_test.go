@@ -61,11 +61,12 @@ func TestTakeLeastRecentlyFreed(t *testing.T) {
 	}
 }
 
-// A match takes a slot only when it saves at least half of what it drops there
-// (3n >= h); a short shared opening goes to an empty slot instead, and, with
-// none left, to the slot freed longest ago, keeping the prefix it shares.
+// A partial match takes a slot only when it saves at least half of what it
+// drops there (3n >= h), or when it covers the new tokens; a short shared
+// opening goes to an empty slot instead and, with none left, to the most
+// recently freed slot sharing the longest prefix.
 func TestTakeWorthTheEviction(t *testing.T) {
-	c := New(3)
+	c := New(4)
 	a, _, _ := c.Take(tk(1, 2, 3, 4, 5, 6))
 	c.Release(a, tk(1, 2, 3, 4, 5, 6, 7, 8, 9)) // a holds 9 cells
 	// Shares 2 of a's 9 cells: dropping 7 to save 2 is not worth it.
@@ -78,15 +79,21 @@ func TestTakeWorthTheEviction(t *testing.T) {
 		t.Fatalf("slot %d keep %d, want a (%d) keep 3", s, keep, a)
 	}
 	c.Release(a, tk(1, 2, 3, 4, 5, 6, 7, 8, 9))
-	c.Release(b, tk(7, 7, 7))
-	// The last slot, never used, goes before a's cells are dropped.
-	d, _, _ := c.Take(tk(1, 2, 9))
-	if d == a || d == b {
-		t.Fatalf("took slot %d; the never-used slot should go first", d)
+	// A prompt a's cells cover (a repeated prompt) is worth them however short.
+	if s, keep, _ := c.Take(tk(1, 2)); s != a || keep != 1 {
+		t.Fatalf("covered prompt: slot %d keep %d, want a (%d) keep 1", s, keep, a)
 	}
-	// No empty slot left: the oldest freed (a) goes, keeping its shared prefix.
-	if s, keep, _ := c.Take(tk(1, 2, 9)); s != a || keep != 2 {
-		t.Fatalf("slot %d keep %d, want the oldest freed a (%d) keep 2", s, keep, a)
+	c.Release(a, tk(1, 2, 3, 4, 5, 6, 7, 8, 9))
+	c.Release(b, tk(1, 2, 7, 7, 7, 7, 7, 7, 7)) // freed after a
+	// The never-used slots go before a's or b's cells are dropped.
+	d, _, _ := c.Take(tk(1, 2, 9, 9))
+	e, _, _ := c.Take(tk(1, 2, 9, 9))
+	if d == a || d == b || e == a || e == b {
+		t.Fatalf("took slots %d and %d; the never-used slots should go first", d, e)
+	}
+	// None left: a and b share 2 tokens each; b, freed last, goes, keeping them.
+	if s, keep, _ := c.Take(tk(1, 2, 9, 9)); s != b || keep != 2 {
+		t.Fatalf("slot %d keep %d, want the most recently freed b (%d) keep 2", s, keep, b)
 	}
 }
 
