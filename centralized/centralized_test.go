@@ -111,18 +111,27 @@ func TestPromptCache(t *testing.T) {
 	}
 }
 
+// sharedOpenings is n (at most 4) tokenized prompts that share their first words.
+func sharedOpenings(t *testing.T, m *engine.Model, n int) [][]engine.Token {
+	var out [][]engine.Token
+	for _, text := range []string{
+		"Once upon a time, there was a little girl named Lily.",
+		"Once upon a time, there was a little boy named Tim.",
+		"Once upon a time, there was a big dog.",
+		"Once upon a time, there was a red ball in the park.",
+	}[:n] {
+		out = append(out, tokenize(t, m, text))
+	}
+	return out
+}
+
 // Prompts that share their first words, sent in turn to a server with a slot
 // for each: a prompt's second time finds all of it cached. (A cache that gives
 // each request the slot with the longest shared prefix, however short, lets
 // every prompt evict the one before it: measured, 2-8 of 28-53 tokens reused.)
 func TestPromptCacheSharedOpenings(t *testing.T) {
 	m := load(t)
-	prompts := [][]engine.Token{
-		tokenize(t, m, "Once upon a time, there was a little girl named Lily."),
-		tokenize(t, m, "Once upon a time, there was a little boy named Tim."),
-		tokenize(t, m, "Once upon a time, there was a big dog."),
-		tokenize(t, m, "Once upon a time, there was a red ball in the park."),
-	}
+	prompts := sharedOpenings(t, m, 4)
 	s := serve(t, m, Config{Slots: len(prompts)})
 	for round := range 2 {
 		for i, p := range prompts {
@@ -141,11 +150,7 @@ func TestPromptCacheSharedOpenings(t *testing.T) {
 // one it gets alone.
 func TestPromptCacheConcurrent(t *testing.T) {
 	m := load(t)
-	prompts := [][]engine.Token{
-		tokenize(t, m, "Once upon a time, there was a little girl named Lily."),
-		tokenize(t, m, "Once upon a time, there was a little boy named Tim."),
-		tokenize(t, m, "Once upon a time, there was a big dog."),
-	}
+	prompts := sharedOpenings(t, m, 3)
 	cold := serve(t, m, Config{Slots: 3, NoPromptCache: true})
 	var want [][]engine.Token
 	for _, p := range prompts {
