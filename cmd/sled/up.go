@@ -122,6 +122,7 @@ func init() {
 		credsDir string
 		natsTLS  infra.TLSFiles
 		cross    bool
+		unified  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -147,7 +148,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir, TLS: natsTLS},
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
-				Budget: p.budget(), TPOT: p.tpot, CrossVocab: cross,
+				Budget: p.budget(), TPOT: p.tpot, CrossVocab: cross, UnifiedKV: unified,
 			}
 			if auth {
 				if credsDir == "" {
@@ -240,6 +241,7 @@ TinyStories set in the model directory). --target and --draft override it.`,
 	f.IntVar(&natsPort, "nats-port", -1, "embedded NATS client port (-1: a free port)")
 	f.StringVar(&storeDir, "store-dir", "", "embedded JetStream store directory (default: a temporary directory)")
 	f.BoolVar(&cross, "cross-vocab", false, "let drafts whose tokenizer is not the target's draft across vocabularies (each device maps its draft text onto the target's tokens)")
+	f.BoolVar(&unified, "unified-kv", false, "with --mode centralized: one KV cache for all requests instead of a stream per slot")
 	f.BoolVar(&auth, "auth", false, "turn NATS authentication on: every role and device connects under its own credential (see docs/deployment.md)")
 	f.StringVar(&credsDir, "creds-dir", "", "with --auth: the NATS authority's directory (made on first use), where every device's and role's credential is written as <id>.creds")
 	serverTLSFlags(cmd, &natsTLS)
