@@ -135,7 +135,6 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 	type clientResult struct {
 		tokens  int
 		el      time.Duration
-		lats    []float64
 		spans   []loadSpan
 		err     error
 		request int
@@ -169,9 +168,7 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 					r.err = err
 					return
 				}
-				t1 := time.Now()
-				r.lats = append(r.lats, t1.Sub(t0).Seconds())
-				r.spans = append(r.spans, loadSpan{start: t0, end: t1, tokens: toks})
+				r.spans = append(r.spans, loadSpan{start: t0, end: time.Now(), tokens: toks})
 				r.tokens += toks
 				r.request++
 			}
@@ -181,7 +178,6 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 	wg.Wait()
 	wall := time.Since(start)
 	p := LoadPoint{Clients: n, Seconds: wall.Seconds()}
-	var lats []float64
 	var spans []loadSpan
 	for _, r := range res {
 		if r.err != nil {
@@ -190,11 +186,14 @@ func loadLevel(ctx context.Context, c *httpapi.Client, cfg LoadConfig, n int) (L
 		p.Tokens += r.tokens
 		p.Requests += r.request
 		p.PerClient += float64(r.tokens) / r.el.Seconds() / float64(n)
-		lats = append(lats, r.lats...)
 		spans = append(spans, r.spans...)
 	}
 	p.TokensPerSec = float64(p.Tokens) / wall.Seconds()
 	p.SteadyTokensPerSec = windowTokens(spans, start, end) / end.Sub(start).Seconds()
+	lats := make([]float64, len(spans))
+	for i, sp := range spans {
+		lats[i] = sp.end.Sub(sp.start).Seconds()
+	}
 	sort.Float64s(lats)
 	if len(lats) > 0 {
 		p.LatencyP50 = lats[len(lats)/2]

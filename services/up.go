@@ -106,7 +106,9 @@ type UpConfig struct {
 	// refused at start, as a likely mistake.
 	CrossVocab bool
 	// UnifiedKV gives ModeCentralized's server one KV cache for every request
-	// instead of a stream per slot (centralized.Config.UnifiedKV). Default off.
+	// instead of a stream per slot (centralized.Config.UnifiedKV); other modes
+	// ignore it (`sled up` refuses --unified-kv without --mode centralized).
+	// Default off.
 	// Measured on the Qwen 1.5B at 4 chat clients of 16 slots (AMD EPYC): 56.7-56.8
 	// tokens/s unified against 42.3-46.5 with streams, whose passes split where
 	// the active slots are not consecutive; equal at 1 and 16 clients; on the

@@ -77,3 +77,12 @@ func TestFindModel(t *testing.T) {
 		t.Fatal("unsupported type accepted")
 	}
 }
+
+// --unified-kv is the centralized server's cache layout: in another mode it is
+// refused at start rather than ignored.
+func TestUpUnifiedKVNeedsCentralized(t *testing.T) {
+	_, err := run(t, "up", "--unified-kv", "--mode", "sled", "--pair", "tiny", "--demo=false")
+	if err == nil || !strings.Contains(err.Error(), "--mode centralized") {
+		t.Fatalf("sled up --unified-kv --mode sled: %v, want a refusal naming --mode centralized", err)
+	}
+}

@@ -150,6 +150,9 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
 				Budget: p.budget(), TPOT: p.tpot, CrossVocab: cross, UnifiedKV: unified,
 			}
+			if unified && mode != services.ModeCentralized {
+				return fmt.Errorf("--unified-kv is a layout of the centralized server's cache: it needs --mode %s (the verifier's is verifier.Config.SeparateKV)", services.ModeCentralized)
+			}
 			if auth {
 				if credsDir == "" {
 					return errors.New("--auth needs --creds-dir: the directory the NATS authority and every credential are kept in")
