@@ -119,6 +119,35 @@ func TestChatTemplate(t *testing.T) {
 	}
 }
 
+// TestChatTemplateDefaultSystemTurn gives the target Qwen2.5's way of writing a
+// system turn: the conversation's own, else a fixed one. FormatChat adds the
+// fixed one when the conversation has none, as the template's Jinja would, and
+// leaves a conversation's own system turn alone.
+func TestChatTemplateDefaultSystemTurn(t *testing.T) {
+	const qwen = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}" +
+		"{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You\\'re helpful.<|im_end|>\\n' }}{%- endif %}" +
+		"{%- for message in messages %}{%- if message.role != 'system' or not loop.first %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}" +
+		"{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+	p := copyWithKV(t, "qwen-template.gguf", func(kv []gguf.KV) []gguf.KV {
+		return append(kv, gguf.KV{Key: "tokenizer.chat_template", Value: gguf.Value{Type: gguf.ValueString, Data: qwen}})
+	})
+	m, err := LoadModel(p, ModelOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	got, _ := m.FormatChat([]ChatMessage{{Role: "user", Content: "Hi"}}, true)
+	want := "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You're helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+	if got != want {
+		t.Fatalf("no system turn: FormatChat = %q, want %q", got, want)
+	}
+	got, _ = m.FormatChat([]ChatMessage{{Role: "system", Content: "Be brief."}, {Role: "user", Content: "Hi"}}, true)
+	want = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+	if got != want {
+		t.Fatalf("own system turn: FormatChat = %q, want %q", got, want)
+	}
+}
+
 // TestVocabMismatch loads a copy of the target whose tokenizer spells one token
 // differently: it loads, but may not draft for the target.
 func TestVocabMismatch(t *testing.T) {

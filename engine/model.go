@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -261,11 +262,18 @@ type ChatMessage struct {
 }
 
 // FormatChat renders messages as a prompt with the model's chat template, ready for
-// TokenizeSpecial, and reports whether the template was used. A model without a
+// TokenizeSpecial, and reports whether the template was used. llama.cpp renders
+// the templates it knows by their format alone, so the one thing a template's
+// own code adds, a fixed system turn when the conversation has none (Qwen2.5's
+// "You are Qwen, created by Alibaba Cloud..."), is added here, as the template's
+// Jinja (and llama-server) would (see defaultSystemTurn). A model without a
 // template, or with one llama.cpp does not know, gets a plain fallback: each message
 // on its own line as "role: content", then "assistant:" when addAssistant is set.
 func (m *Model) FormatChat(msgs []ChatMessage, addAssistant bool) (prompt string, templated bool) {
 	if m.info.ChatTemplate != "" {
+		if sys := defaultSystemTurn(m.info.ChatTemplate); sys != "" && (len(msgs) == 0 || msgs[0].Role != "system") {
+			msgs = append([]ChatMessage{{Role: "system", Content: sys}}, msgs...)
+		}
 		roles, contents := make([]string, len(msgs)), make([]string, len(msgs))
 		for i, msg := range msgs {
 			roles[i], contents[i] = msg.Role, msg.Content
@@ -285,6 +293,23 @@ func (m *Model) FormatChat(msgs []ChatMessage, addAssistant bool) (prompt string
 		b = append(b, "assistant:"...)
 	}
 	return string(b), false
+}
+
+// defaultTurn finds, in a ChatML template's source, a system turn written as one
+// fixed string: '<|im_start|>system\n...<|im_end|>\n', what Qwen2.5's template
+// writes when the first message is not a system message. A turn that splices in
+// a message ('<|im_start|>system\n' + messages[0]['content'] + ...) ends its
+// string before the <|im_end|> and does not match.
+var defaultTurn = regexp.MustCompile(`'<\|im_start\|>system\\n((?:[^'\\]|\\.)+?)<\|im_end\|>\\n'`)
+
+// defaultSystemTurn is the content of the fixed system turn tmpl writes when a
+// conversation has none, or "".
+func defaultSystemTurn(tmpl string) string {
+	m := defaultTurn.FindStringSubmatch(tmpl)
+	if m == nil {
+		return ""
+	}
+	return strings.NewReplacer(`\n`, "\n", `\'`, "'", `\\`, `\`).Replace(m[1])
 }
 
 // MaxDefaultSlotContext caps Model.DefaultSlotContext.
