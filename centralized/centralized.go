@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -31,8 +32,9 @@ type Config struct {
 	BatchTokens int
 	// UnifiedKV keeps every request in one KV cache instead of a stream per slot.
 	// Default off: this server's passes are one token per decoding request, the
-	// shape a stream per slot serves in one micro-batch (gaps padded, see
-	// engine.ContextOptions.PassTokens), while in one cache that many requests
+	// shape a stream per slot serves in one micro-batch as long as the busy slots
+	// are consecutive, which the server sees to (prefixcache.Cache.Place as
+	// requests come, Compact as they go), while in one cache that many requests
 	// come and go in, every token's attention scans every cell in use (16
 	// requests of 64 tokens, again and again, on the smollm-135m shape: 45-49 ms
 	// per step with streams, 54-56 unified; BenchmarkChurn).
@@ -60,6 +62,7 @@ type Server struct {
 	mu     sync.Mutex
 	steps  uint64 // forward passes so far
 	reused uint64 // prompt tokens served from the prompt cache
+	swaps  uint64 // KV exchanges made to keep busy slots consecutive
 }
 
 type request struct {
@@ -121,6 +124,15 @@ func (s *Server) ReusedPromptTokens() uint64 {
 	return s.reused
 }
 
+// Swaps is the number of times, over the server's life, that a request's cached
+// cells were exchanged into the slot beside the busy ones (with a KV stream per
+// slot; see Config.UnifiedKV).
+func (s *Server) Swaps() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.swaps
+}
+
 // Generate implements textgen.Generator.
 func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
 	if err := textgen.Validate(s.model, req, s.cfg.SlotContext); err != nil {
@@ -179,15 +191,42 @@ func (s *Server) Run(ctx context.Context) error {
 		slots.Release(r.slot, held)
 		close(r.out)
 	}
-	// admit gives r a slot (prefixcache.Cache.Take) and drops the slot's cells
-	// past the prefix they share with r's prompt.
+	// admit gives r a slot and the cells it can reuse. With a stream per slot
+	// the slot is one that keeps the busy slots consecutive
+	// (prefixcache.Cache.Place: one micro-batch per pass), the cached cells
+	// swapped into it; in one unified cache where a request runs does not matter
+	// and it goes to the slot holding its cells (prefixcache.Cache.Take).
 	admit := func(r *request) {
-		slot, keep, _ := slots.Take(r.req.Prompt)
-		r.slot = slot
-		if err := s.ectx.Remove(slot, keep); err != nil {
-			keep = 0
-			_ = s.ectx.Clear(slot)
+		var slot, keep int
+		if s.cfg.UnifiedKV {
+			slot, keep, _ = slots.Take(r.req.Prompt)
+			if err := s.ectx.Remove(slot, keep); err != nil {
+				keep = 0
+				_ = s.ectx.Clear(slot)
+			}
+		} else {
+			p, _ := slots.Place(r.req.Prompt)
+			slot, keep = p.Slot, p.Keep
+			if p.From != slot {
+				if err := s.ectx.Swap(p.From, slot); err != nil {
+					keep = 0
+					slots.Release(p.From, nil)
+				} else {
+					s.mu.Lock()
+					s.swaps++
+					s.mu.Unlock()
+				}
+			}
+			if p.Copy >= 0 {
+				if err := s.ectx.Copy(p.Copy, slot, keep); err != nil {
+					keep = 0
+				}
+			} else if err := s.ectx.Remove(slot, keep); err != nil {
+				keep = 0
+				_ = s.ectx.Clear(slot)
+			}
 		}
+		r.slot = slot
 		r.fed = keep
 		if keep > 0 {
 			s.mu.Lock()
@@ -221,6 +260,30 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			admit(r)
 			active = append(active, r)
+		}
+		// With a stream per slot, close the gaps requests that ended left and
+		// no new one filled: a pass over slots with gaps is split or padded.
+		if !s.cfg.UnifiedKV {
+			for _, mv := range slots.Compact() {
+				var r *request
+				for _, a := range active {
+					if a.slot == mv.From {
+						r = a
+					}
+				}
+				err := s.ectx.Swap(mv.From, mv.To)
+				r.slot = mv.To
+				if err != nil {
+					// Both slots are empty now: r cannot go on.
+					slots.Release(mv.From, nil)
+					finish(r, "", fmt.Errorf("centralized: moving the request's KV cells: %w", err))
+					active = slices.DeleteFunc(active, func(a *request) bool { return a == r })
+					continue
+				}
+				s.mu.Lock()
+				s.swaps++
+				s.mu.Unlock()
+			}
 		}
 		// One pass: a token for every decoding request, prompt chunks for the rest.
 		var entries []engine.Entry

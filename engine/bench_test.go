@@ -363,3 +363,87 @@ func BenchmarkPassCostQwen(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSwapQwen is Context.Swap of two slots holding 256 positions each,
+// on the real 1.5B target (16 slots of 4096 positions, a KV stream each): what
+// the centralized server pays to bring a cached prompt next to its busy slots.
+//
+//	go test -run '^$' -bench SwapQwen -benchtime 20x ./engine/
+func BenchmarkSwapQwen(b *testing.B) {
+	m := loadShared(b, testmodels.Real(b, testmodels.QwenTarget))
+	c, err := m.NewContext(ContextOptions{Slots: 16, SlotContext: 4096, SeparateKV: true, Threads: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 256
+	var es []Entry
+	for p := range n {
+		es = append(es, Entry{Seq: 0, Pos: p, Token: Token(3 + p%200)}, Entry{Seq: 1, Pos: p, Token: Token(5 + p%200)})
+	}
+	if _, err := c.Decode(context.Background(), es); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if err := c.Swap(0, 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/swap")
+	c.Close() // outside the timing: freeing 1.8 GB of KV cache takes longer than the swaps
+}
+
+// BenchmarkGapsQwen is one pass of 4 one-token rows on the real 1.5B target
+// with a KV stream per slot, the rows in consecutive slots (one micro-batch)
+// against slots 0, 2, 4, 6: padded into one micro-batch of 7 rows (PassTokens
+// 4, the default) or left as 4 micro-batches (PassTokens near 0). Why the
+// centralized server keeps its busy slots consecutive (prefixcache.Place).
+//
+//	go test -run '^$' -bench GapsQwen -benchtime 30x -count 2 ./engine/
+func BenchmarkGapsQwen(b *testing.B) {
+	m := loadShared(b, testmodels.Real(b, testmodels.QwenTarget))
+	for _, k := range []struct {
+		name  string
+		slots []int
+		pass  float64
+	}{
+		{"consecutive", []int{0, 1, 2, 3}, 0},
+		{"gaps-padded", []int{0, 2, 4, 6}, 0},
+		{"gaps-split", []int{0, 2, 4, 6}, 0.01},
+	} {
+		b.Run(k.name, func(b *testing.B) {
+			c, err := m.NewContext(ContextOptions{Slots: 16, SlotContext: 512, SeparateKV: true, Threads: 2, PassTokens: k.pass})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			ctx := context.Background()
+			var es []Entry
+			for _, s := range k.slots {
+				for p := range 32 {
+					es = append(es, Entry{Seq: s, Pos: p, Token: Token(3 + (s*7+p)%200)})
+				}
+			}
+			if _, err := c.Decode(ctx, es); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				es = es[:0]
+				for _, s := range k.slots {
+					if c.Len(s) >= 500 {
+						b.StopTimer()
+						c.Remove(s, 32)
+						b.StartTimer()
+					}
+					es = append(es, Entry{Seq: s, Pos: c.Len(s), Token: Token(5 + s), Logits: true})
+				}
+				if _, err := c.Decode(ctx, es); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/pass")
+		})
+	}
+}

@@ -53,9 +53,13 @@ type ContextOptions struct {
 }
 
 // DefaultPassTokens is ContextOptions.PassTokens' default, measured on a 2-core
-// x86-64 CPU: one token alone costs what 4 more in the same pass cost (smollm-135m
-// shape: 7 ms for 1 token, 59 ms for 40; the Qwen 1.5B: 91 ms for 1, 2.5 s for
-// 80). A GPU at small batch pays far less per token: set it higher there.
+// x86-64 CPU on the smollm-135m shape (F16): one token alone costs what 4 more in
+// the same pass cost (7 ms for 1 token, 59 ms for 40). It is model-dependent: on
+// the Qwen 1.5B (Q4_K) on the same CPU a micro-batch costs little beyond its rows,
+// and splitting a gapped pass beats padding it (BenchmarkGapsQwen: 84 ms against
+// 104), which is why the centralized server keeps its busy slots consecutive
+// (prefixcache.Cache.Place and Compact) instead of relying on padding. A GPU at
+// small batch pays far less per token: set it higher there.
 const DefaultPassTokens = 4
 
 func (o ContextOptions) withDefaults(m *Model) ContextOptions {
@@ -125,6 +129,7 @@ type Context struct {
 	batch []Entry // the arranged batch (SeparateKV)
 	index []int   // entries[i] is batch[index[i]]
 	pads  []padding
+	state [2][]byte // Swap's and Copy's buffers
 }
 
 // padding is a run of padding tokens Decode added to a slot: positions from on.
@@ -349,6 +354,79 @@ func (c *Context) Remove(seq, pos int) error {
 		return fmt.Errorf("engine: llama.cpp refused to remove slot %d from position %d", seq, pos)
 	}
 	c.next[seq] = pos
+	return nil
+}
+
+// Swap exchanges the cells of slots a and b: afterwards each continues exactly
+// as the other did (the cells are copied, not recomputed). It lets a caller
+// put a sequence in the slot it wants (with SeparateKV, consecutive slots are
+// evaluated in one micro-batch) while keeping the cells both slots hold. It
+// costs a copy of both slots' cells out and back in: 28 KB per position on the
+// Qwen 1.5B, 256 positions each way in about 1 ms on 2 cores
+// (BenchmarkSwapQwen), against 20 ms to evaluate one token. If it fails, both
+// slots are emptied and the error says so.
+func (c *Context) Swap(a, b int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cc == nil {
+		return ErrClosed
+	}
+	for _, s := range []int{a, b} {
+		if s < 0 || s >= c.opts.Slots {
+			return fmt.Errorf("%w: slot %d, context has %d", ErrSeqRange, s, c.opts.Slots)
+		}
+	}
+	if a == b {
+		return nil
+	}
+	var err error
+	c.state, err = c.cc.seqSwap(a, b, c.state)
+	if err != nil {
+		c.cc.seqRemove(a, 0)
+		c.cc.seqRemove(b, 0)
+		c.next[a], c.next[b] = 0, 0
+		return fmt.Errorf("engine: swap slots %d and %d: %w", a, b, err)
+	}
+	c.next[a], c.next[b] = c.next[b], c.next[a]
+	return nil
+}
+
+// Copy makes slot dst hold slot src's first n positions, so that dst continues
+// at position min(n, Len(src)) exactly as src would from there; dst's own cells
+// are dropped, src is unchanged. It lets a sequence reuse a prefix another slot
+// holds (a chat template's system turn) without taking that slot. With
+// SeparateKV it costs a copy of src's cells out and back in (half a Swap); in a
+// unified cache, nothing (the cells are shared). If it fails, dst is emptied.
+func (c *Context) Copy(src, dst, n int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cc == nil {
+		return ErrClosed
+	}
+	for _, s := range []int{src, dst} {
+		if s < 0 || s >= c.opts.Slots {
+			return fmt.Errorf("%w: slot %d, context has %d", ErrSeqRange, s, c.opts.Slots)
+		}
+	}
+	if n < 0 {
+		return fmt.Errorf("%w: negative position %d", ErrPosition, n)
+	}
+	n = min(n, c.next[src])
+	if src == dst {
+		if n < c.next[src] && !c.cc.seqRemove(src, n) {
+			return fmt.Errorf("engine: llama.cpp refused to remove slot %d from position %d", src, n)
+		}
+		c.next[src] = n
+		return nil
+	}
+	var err error
+	c.state[0], err = c.cc.seqCopy(src, dst, n, c.opts.SeparateKV, c.state[0])
+	if err != nil {
+		c.cc.seqRemove(dst, 0)
+		c.next[dst] = 0
+		return fmt.Errorf("engine: copy slot %d to %d: %w", src, dst, err)
+	}
+	c.next[dst] = n
 	return nil
 }
 

@@ -336,6 +336,134 @@ func TestRemoveThenRedecodeEqualsFresh(t *testing.T) {
 	}
 }
 
+// TestSwapContinuesAsTheOther exchanges two slots' cells in both KV layouts:
+// each slot then continues as the other did, from the same one-row pass: bit
+// for bit with a stream per slot, and within batchTolerance in a unified cache,
+// where the cells land elsewhere in the one buffer and attention adds them up in
+// another order. An empty slot swaps too, and bad slots are refused.
+func TestSwapContinuesAsTheOther(t *testing.T) {
+	m := load(t, testmodels.Target)
+	ctx := context.Background()
+	prompt, _ := m.Tokenize("Once upon a time there was a little girl named Lily", true)
+	other := make([]Token, 20)
+	for i := range other {
+		other[i] = Token(40 + i)
+	}
+	for _, separate := range []bool{false, true} {
+		t.Run(fmt.Sprintf("separate=%v", separate), func(t *testing.T) {
+			c := newCtx(t, m, ContextOptions{Slots: 4, SeparateKV: separate})
+			var es []Entry
+			for i, tok := range prompt {
+				es = append(es, Entry{Seq: 0, Pos: i, Token: tok})
+			}
+			for i, tok := range other {
+				es = append(es, Entry{Seq: 2, Pos: i, Token: tok})
+			}
+			if _, err := c.Decode(ctx, es); err != nil {
+				t.Fatal(err)
+			}
+			// next evaluates one token at the end of seq and takes it back.
+			next := func(seq int, tok Token) []float32 {
+				t.Helper()
+				pos := c.Len(seq)
+				rows, err := c.Decode(ctx, []Entry{{Seq: seq, Pos: pos, Token: tok, Logits: true}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				row := append([]float32(nil), rows[0]...)
+				if err := c.Remove(seq, pos); err != nil {
+					t.Fatal(err)
+				}
+				return row
+			}
+			tol := 0.0
+			if !separate {
+				tol = batchTolerance
+			}
+			wantA, wantB := next(0, 300), next(2, 301)
+			if err := c.Swap(0, 2); err != nil {
+				t.Fatal(err)
+			}
+			if c.Len(0) != len(other) || c.Len(2) != len(prompt) {
+				t.Fatalf("Len after Swap: slot 0 %d (want %d), slot 2 %d (want %d)", c.Len(0), len(other), c.Len(2), len(prompt))
+			}
+			if d := maxDiff(next(2, 300), wantA); d > tol {
+				t.Fatalf("slot 2 continues slot 0's cells with logits %.2e off", d)
+			}
+			if d := maxDiff(next(0, 301), wantB); d > tol {
+				t.Fatalf("slot 0 continues slot 2's cells with logits %.2e off", d)
+			}
+			// With an empty slot: the cells move, the other slot is empty.
+			if err := c.Swap(3, 2); err != nil || c.Len(3) != len(prompt) || c.Len(2) != 0 {
+				t.Fatalf("Swap with an empty slot: %v, Len(3) %d, Len(2) %d", err, c.Len(3), c.Len(2))
+			}
+			if d := maxDiff(next(3, 300), wantA); d > tol {
+				t.Fatalf("slot 3 continues slot 0's first cells with logits %.2e off", d)
+			}
+			if err := c.Swap(0, 4); !errors.Is(err, ErrSeqRange) {
+				t.Fatalf("Swap with slot 4 of 4: %v, want ErrSeqRange", err)
+			}
+		})
+	}
+}
+
+// TestCopyContinuesAsTheSource copies the first n positions of a slot into
+// another (holding other cells) in both KV layouts: the copy continues exactly as
+// the source does from position n (the same logits, bit for bit, from the same
+// one-row pass), the source is unchanged, and bad arguments are refused.
+func TestCopyContinuesAsTheSource(t *testing.T) {
+	m := load(t, testmodels.Target)
+	ctx := context.Background()
+	prompt, _ := m.Tokenize("Once upon a time there was a little girl named Lily", true)
+	for _, separate := range []bool{false, true} {
+		t.Run(fmt.Sprintf("separate=%v", separate), func(t *testing.T) {
+			c := newCtx(t, m, ContextOptions{Slots: 4, SeparateKV: separate})
+			var es []Entry
+			for i, tok := range prompt {
+				es = append(es, Entry{Seq: 0, Pos: i, Token: tok})
+			}
+			for i := range 20 {
+				es = append(es, Entry{Seq: 2, Pos: i, Token: Token(40 + i)})
+			}
+			if _, err := c.Decode(ctx, es); err != nil {
+				t.Fatal(err)
+			}
+			n := len(prompt) - 3
+			if err := c.Copy(0, 2, n); err != nil {
+				t.Fatal(err)
+			}
+			if c.Len(2) != n || c.Len(0) != len(prompt) {
+				t.Fatalf("Len after Copy: dst %d (want %d), src %d (want %d)", c.Len(2), n, c.Len(0), len(prompt))
+			}
+			next := func(seq, pos int) []float32 {
+				t.Helper()
+				rows, err := c.Decode(ctx, []Entry{{Seq: seq, Pos: pos, Token: prompt[pos], Logits: true}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return append([]float32(nil), rows[0]...)
+			}
+			if err := c.Remove(0, n); err != nil {
+				t.Fatal(err)
+			}
+			for pos := n; pos < len(prompt); pos++ {
+				if d := maxDiff(next(0, pos), next(2, pos)); d != 0 {
+					t.Fatalf("position %d: the copy's logits differ from the source's by %.2e", pos, d)
+				}
+			}
+			if err := c.Copy(0, 4, 1); !errors.Is(err, ErrSeqRange) {
+				t.Fatalf("Copy to slot 4 of 4: %v, want ErrSeqRange", err)
+			}
+			if err := c.Copy(0, 1, -1); !errors.Is(err, ErrPosition) {
+				t.Fatalf("Copy of -1 positions: %v, want ErrPosition", err)
+			}
+			if err := c.Copy(3, 2, 10); err != nil || c.Len(2) != 0 {
+				t.Fatalf("Copy of an empty slot: %v, Len %d, want 0", err, c.Len(2))
+			}
+		})
+	}
+}
+
 func TestDecodeRejectsBadInput(t *testing.T) {
 	m := load(t, testmodels.Target)
 	ctx := context.Background()

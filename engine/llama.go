@@ -346,6 +346,78 @@ func (cc *cContext) seqRemove(seq, from int) bool {
 	return bool(C.llama_memory_seq_rm(C.llama_get_memory(cc.c), C.llama_seq_id(seq), C.llama_pos(from), -1))
 }
 
+// seqSwap exchanges the cells of sequences a and b. llama.cpp copies only whole
+// KV streams between streams, so each sequence's cells are serialised (into
+// bufs, grown as needed and returned for reuse) and read back into the other's
+// place: the cost of the cells the two hold, not of the streams' size.
+func (cc *cContext) seqSwap(a, b int, bufs [2][]byte) ([2][]byte, error) {
+	beginWork()
+	defer endWork()
+	mem := C.llama_get_memory(cc.c)
+	seqs := [2]int{a, b}
+	for i, s := range seqs {
+		size := int(C.llama_state_seq_get_size(cc.c, C.llama_seq_id(s)))
+		if size <= 0 {
+			return bufs, fmt.Errorf("llama.cpp reports no state for slot %d", s)
+		}
+		if cap(bufs[i]) < size {
+			bufs[i] = make([]byte, size)
+		}
+		bufs[i] = bufs[i][:size]
+		p := (*C.uint8_t)(unsafe.Pointer(&bufs[i][0]))
+		if got := int(C.llama_state_seq_get_data(cc.c, p, C.size_t(size), C.llama_seq_id(s))); got != size {
+			return bufs, fmt.Errorf("llama.cpp wrote %d of %d state bytes of slot %d", got, size, s)
+		}
+	}
+	for i, s := range seqs {
+		src := bufs[1-i]
+		// Reading a sequence with no cells leaves the destination as it was.
+		C.llama_memory_seq_rm(mem, C.llama_seq_id(s), -1, -1)
+		p := (*C.uint8_t)(unsafe.Pointer(&src[0]))
+		if got := int(C.llama_state_seq_set_data(cc.c, p, C.size_t(len(src)), C.llama_seq_id(s))); got != len(src) {
+			return bufs, fmt.Errorf("llama.cpp read %d of %d state bytes into slot %d", got, len(src), s)
+		}
+	}
+	return bufs, nil
+}
+
+// seqCopy makes dst hold src's cells at positions below n (dst's own cells are
+// dropped first; src is unchanged). In a unified cache that is bookkeeping
+// (cells shared by both sequences); with a stream per sequence llama.cpp copies
+// only whole streams, so src's cells are serialised into buf (grown as needed
+// and returned for reuse) and read back into dst's stream.
+func (cc *cContext) seqCopy(src, dst, n int, separate bool, buf []byte) ([]byte, error) {
+	beginWork()
+	defer endWork()
+	mem := C.llama_get_memory(cc.c)
+	C.llama_memory_seq_rm(mem, C.llama_seq_id(dst), -1, -1)
+	if n <= 0 {
+		return buf, nil
+	}
+	if !separate {
+		C.llama_memory_seq_cp(mem, C.llama_seq_id(src), C.llama_seq_id(dst), 0, C.llama_pos(n))
+		return buf, nil
+	}
+	size := int(C.llama_state_seq_get_size(cc.c, C.llama_seq_id(src)))
+	if size <= 0 {
+		return buf, fmt.Errorf("llama.cpp reports no state for slot %d", src)
+	}
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	p := (*C.uint8_t)(unsafe.Pointer(&buf[0]))
+	if got := int(C.llama_state_seq_get_data(cc.c, p, C.size_t(size), C.llama_seq_id(src))); got != size {
+		return buf, fmt.Errorf("llama.cpp wrote %d of %d state bytes of slot %d", got, size, src)
+	}
+	if got := int(C.llama_state_seq_set_data(cc.c, p, C.size_t(size), C.llama_seq_id(dst))); got != size {
+		C.llama_memory_seq_rm(mem, C.llama_seq_id(dst), -1, -1)
+		return buf, fmt.Errorf("llama.cpp read %d of %d state bytes into slot %d", got, size, dst)
+	}
+	C.llama_memory_seq_rm(mem, C.llama_seq_id(dst), C.llama_pos(n), -1)
+	return buf, nil
+}
+
 // seqPosMax is the largest position of seq in the KV cache, or -1 when it has none.
 func (cc *cContext) seqPosMax(seq int) int {
 	return int(C.llama_memory_seq_pos_max(C.llama_get_memory(cc.c), C.llama_seq_id(seq)))

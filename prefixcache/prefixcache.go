@@ -6,7 +6,11 @@
 // slots with it. It is pure: it does no I/O and touches no KV cache.
 package prefixcache
 
-import "github.com/sled-project/sled/engine"
+import (
+	"sort"
+
+	"github.com/sled-project/sled/engine"
+)
 
 // MinMatch is the shortest shared prefix that makes a slot a match: a
 // beginning-of-sequence token alone is no reason to evict another slot's cells.
@@ -15,6 +19,7 @@ const MinMatch = 2
 // Cache tracks a fixed number of slots: which are free and what a free slot's
 // cells still hold. It is not safe for concurrent use.
 type Cache struct {
+	n     int   // slots
 	free  []int // free slots, in no particular order
 	held  map[int][]engine.Token
 	freed map[int]uint64 // clock when a slot was freed; never-used slots are 0
@@ -23,7 +28,7 @@ type Cache struct {
 
 // New returns a Cache of slots 0 to n-1, all free and empty.
 func New(n int) *Cache {
-	c := &Cache{held: map[int][]engine.Token{}, freed: map[int]uint64{}}
+	c := &Cache{n: n, held: map[int][]engine.Token{}, freed: map[int]uint64{}}
 	for i := range n {
 		c.free = append(c.free, i)
 	}
@@ -116,6 +121,153 @@ func (c *Cache) Take(tokens []engine.Token) (slot, keep int, ok bool) {
 	}
 	delete(c.held, slot)
 	return slot, keep, true
+}
+
+// A Placement says where Place puts a sequence: in slot Slot, continuing from
+// its first Keep cells. The caller, in order:
+//
+//  1. if From != Slot, exchanges the cells of From and Slot (engine.Context.Swap);
+//  2. if Copy >= 0, replaces Slot's cells with the first Keep cells of slot Copy
+//     (engine.Context.Copy; Copy keeps its own), else drops Slot's cells past Keep.
+//
+// A failed exchange leaves both slots in doubt: the caller clears them and
+// tells the Cache with Release(From, nil); a failed copy, Slot alone.
+type Placement struct {
+	Slot int // where the sequence goes
+	From int // whose cells Slot gets before the copy (Slot: no exchange)
+	Copy int // where the first Keep cells are copied from; -1: none, they are Slot's own
+	Keep int
+}
+
+// Place is Take for a KV cache whose layout makes the slot matter: with a stream
+// per slot, llama.cpp evaluates a run of consecutive busy slots in one
+// micro-batch, and a gap splits the pass into several (on the Qwen 1.5B on 2
+// cores, 4 one-token rows in consecutive slots take 66 ms, the same rows in
+// slots 0, 2, 4, 6 82-104 ms: BenchmarkGapsQwen in the engine). It chooses cells
+// exactly as Take does (so the cache keeps what Take would keep) and then a
+// slot that keeps the busy slots in as few runs as possible: Take's slot if it
+// does, else the lowest that does, whose cells then trade places with Take's
+// (what that slot held stays cached, now in From). And where another free slot
+// shares a longer prefix with tokens than Take's slot keeps (MinMatch or more:
+// a chat template's system turn, which Take will not evict a cached prompt
+// for), that prefix is copied in: a copy evicts nothing. ok is false when no
+// slot is free.
+func (c *Cache) Place(tokens []engine.Token) (p Placement, ok bool) {
+	busy := make([]bool, c.n+2) // padded: slot i is busy[i+1]
+	for i := range c.n {
+		busy[i+1] = true
+	}
+	for _, f := range c.free {
+		busy[f+1] = false
+	}
+	from, keep, ok := c.Take(tokens)
+	if !ok {
+		return Placement{}, false
+	}
+	// Busy runs gained by taking f: +1 alone, 0 next to one run, -1 joining two.
+	gain := func(f int) int { return 1 - b2i(busy[f]) - b2i(busy[f+2]) }
+	slot, at := from, -1
+	for i, f := range c.free {
+		if gain(f) < gain(slot) || gain(f) == gain(slot) && slot != from && f < slot {
+			slot, at = f, i
+		}
+	}
+	if slot != from {
+		c.free[at] = from
+		if held := c.held[slot]; len(held) > 0 {
+			c.held[from] = held
+		}
+		c.freed[from] = c.freed[slot]
+		delete(c.held, slot)
+	}
+	p = Placement{Slot: slot, From: from, Copy: -1, Keep: keep}
+	for _, f := range c.free {
+		if CommonPrefix(c.held[f], tokens) < MinMatch {
+			continue
+		}
+		if n := Reusable(c.held[f], tokens); n > p.Keep {
+			p.Copy, p.Keep = f, n
+		}
+	}
+	return p, true
+}
+
+// A Move is one exchange Compact asks for: the sequence in busy slot From goes
+// to free slot To, and the cells To held go to From (engine.Context.Swap).
+type Move struct{ From, To int }
+
+// Compact returns the exchanges that put the busy slots in one run, fewest
+// first: of the windows of as many consecutive slots as are busy, the one
+// holding the most busy slots (the lowest among equals) keeps them, and every
+// busy slot outside it trades places with a free slot inside it, the farthest
+// first. Place keeps the busy slots consecutive as sequences come; Compact does
+// it as they go, when a sequence ends amid the run and no new one fills its
+// slot. The Cache is updated as if the moves were made (From is then free,
+// holding what To held); a move that fails leaves both slots in doubt, and the
+// caller releases From with nothing held.
+func (c *Cache) Compact() []Move {
+	k := c.n - len(c.free)
+	if k == 0 {
+		return nil
+	}
+	busy := make([]bool, c.n)
+	for i := range busy {
+		busy[i] = true
+	}
+	for _, f := range c.free {
+		busy[f] = false
+	}
+	start, most, in := 0, -1, 0
+	for i := range c.n {
+		in += b2i(busy[i])
+		if i >= k {
+			in -= b2i(busy[i-k])
+		}
+		if i >= k-1 && in > most {
+			start, most = i-k+1, in
+		}
+	}
+	if most == k {
+		return nil
+	}
+	var holes, outside []int
+	for i := start; i < start+k; i++ {
+		if !busy[i] {
+			holes = append(holes, i)
+		}
+	}
+	dist := func(i int) int { return max(start-i, i-(start+k-1)) }
+	for i := range c.n {
+		if busy[i] && dist(i) > 0 {
+			outside = append(outside, i)
+		}
+	}
+	sort.SliceStable(outside, func(a, b int) bool { return dist(outside[a]) > dist(outside[b]) })
+	moves := make([]Move, len(holes))
+	for i, to := range holes {
+		from := outside[i]
+		moves[i] = Move{From: from, To: to}
+		for j, f := range c.free {
+			if f == to {
+				c.free[j] = from
+			}
+		}
+		if held := c.held[to]; len(held) > 0 {
+			c.held[from] = held
+		} else {
+			delete(c.held, from)
+		}
+		c.freed[from] = c.freed[to]
+		delete(c.held, to)
+	}
+	return moves
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Reusable is how many cells holding held serve a sequence that starts with
