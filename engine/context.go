@@ -371,10 +371,8 @@ func (c *Context) Swap(a, b int) error {
 	if c.cc == nil {
 		return ErrClosed
 	}
-	for _, s := range []int{a, b} {
-		if s < 0 || s >= c.opts.Slots {
-			return fmt.Errorf("%w: slot %d, context has %d", ErrSeqRange, s, c.opts.Slots)
-		}
+	if err := c.checkSlots(a, b); err != nil {
+		return err
 	}
 	if a == b {
 		return nil
@@ -403,10 +401,8 @@ func (c *Context) Copy(src, dst, n int) error {
 	if c.cc == nil {
 		return ErrClosed
 	}
-	for _, s := range []int{src, dst} {
-		if s < 0 || s >= c.opts.Slots {
-			return fmt.Errorf("%w: slot %d, context has %d", ErrSeqRange, s, c.opts.Slots)
-		}
+	if err := c.checkSlots(src, dst); err != nil {
+		return err
 	}
 	if n < 0 {
 		return fmt.Errorf("%w: negative position %d", ErrPosition, n)
@@ -427,6 +423,16 @@ func (c *Context) Copy(src, dst, n int) error {
 		return fmt.Errorf("engine: copy slot %d to %d: %w", src, dst, err)
 	}
 	c.next[dst] = n
+	return nil
+}
+
+// checkSlots returns an ErrSeqRange error for the first slot out of range.
+func (c *Context) checkSlots(slots ...int) error {
+	for _, s := range slots {
+		if s < 0 || s >= c.opts.Slots {
+			return fmt.Errorf("%w: slot %d, context has %d", ErrSeqRange, s, c.opts.Slots)
+		}
+	}
 	return nil
 }
 

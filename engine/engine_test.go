@@ -336,6 +336,29 @@ func TestRemoveThenRedecodeEqualsFresh(t *testing.T) {
 	}
 }
 
+// twoSlots is a 4-slot context (both KV layouts) whose slot 0 holds prompt
+// and slot 2 twenty other tokens, for the tests of moving cells between slots.
+func twoSlots(t *testing.T, m *Model, separate bool) (c *Context, prompt, other []Token) {
+	t.Helper()
+	prompt, _ = m.Tokenize("Once upon a time there was a little girl named Lily", true)
+	other = make([]Token, 20)
+	for i := range other {
+		other[i] = Token(40 + i)
+	}
+	c = newCtx(t, m, ContextOptions{Slots: 4, SeparateKV: separate})
+	var es []Entry
+	for i, tok := range prompt {
+		es = append(es, Entry{Seq: 0, Pos: i, Token: tok})
+	}
+	for i, tok := range other {
+		es = append(es, Entry{Seq: 2, Pos: i, Token: tok})
+	}
+	if _, err := c.Decode(context.Background(), es); err != nil {
+		t.Fatal(err)
+	}
+	return c, prompt, other
+}
+
 // TestSwapContinuesAsTheOther exchanges two slots' cells in both KV layouts:
 // each slot then continues as the other did, from the same one-row pass: bit
 // for bit with a stream per slot, and within batchTolerance in a unified cache,
@@ -344,24 +367,9 @@ func TestRemoveThenRedecodeEqualsFresh(t *testing.T) {
 func TestSwapContinuesAsTheOther(t *testing.T) {
 	m := load(t, testmodels.Target)
 	ctx := context.Background()
-	prompt, _ := m.Tokenize("Once upon a time there was a little girl named Lily", true)
-	other := make([]Token, 20)
-	for i := range other {
-		other[i] = Token(40 + i)
-	}
 	for _, separate := range []bool{false, true} {
 		t.Run(fmt.Sprintf("separate=%v", separate), func(t *testing.T) {
-			c := newCtx(t, m, ContextOptions{Slots: 4, SeparateKV: separate})
-			var es []Entry
-			for i, tok := range prompt {
-				es = append(es, Entry{Seq: 0, Pos: i, Token: tok})
-			}
-			for i, tok := range other {
-				es = append(es, Entry{Seq: 2, Pos: i, Token: tok})
-			}
-			if _, err := c.Decode(ctx, es); err != nil {
-				t.Fatal(err)
-			}
+			c, prompt, other := twoSlots(t, m, separate)
 			// next evaluates one token at the end of seq and takes it back.
 			next := func(seq int, tok Token) []float32 {
 				t.Helper()
@@ -414,20 +422,9 @@ func TestSwapContinuesAsTheOther(t *testing.T) {
 func TestCopyContinuesAsTheSource(t *testing.T) {
 	m := load(t, testmodels.Target)
 	ctx := context.Background()
-	prompt, _ := m.Tokenize("Once upon a time there was a little girl named Lily", true)
 	for _, separate := range []bool{false, true} {
 		t.Run(fmt.Sprintf("separate=%v", separate), func(t *testing.T) {
-			c := newCtx(t, m, ContextOptions{Slots: 4, SeparateKV: separate})
-			var es []Entry
-			for i, tok := range prompt {
-				es = append(es, Entry{Seq: 0, Pos: i, Token: tok})
-			}
-			for i := range 20 {
-				es = append(es, Entry{Seq: 2, Pos: i, Token: Token(40 + i)})
-			}
-			if _, err := c.Decode(ctx, es); err != nil {
-				t.Fatal(err)
-			}
+			c, prompt, _ := twoSlots(t, m, separate)
 			n := len(prompt) - 3
 			if err := c.Copy(0, 2, n); err != nil {
 				t.Fatal(err)
