@@ -142,8 +142,8 @@ type Placement struct {
 // Place is Take for a KV cache whose layout makes the slot matter: with a stream
 // per slot, llama.cpp evaluates a run of consecutive busy slots in one
 // micro-batch, and a gap splits the pass into several (on the Qwen 1.5B on 2
-// cores, 4 one-token rows in consecutive slots take 66 ms, the same rows in
-// slots 0, 2, 4, 6 82-104 ms: BenchmarkGapsQwen in the engine). It chooses cells
+// cores, 4 one-token rows in consecutive slots take 68 ms, the same rows in
+// slots 0, 2, 4, 6 84-104 ms: BenchmarkGapsQwen in the engine). It chooses cells
 // exactly as Take does (so the cache keeps what Take would keep) and then a
 // slot that keeps the busy slots in as few runs as possible: Take's slot if it
 // does, else the lowest that does, whose cells then trade places with Take's
@@ -153,19 +153,14 @@ type Placement struct {
 // for), that prefix is copied in: a copy evicts nothing. ok is false when no
 // slot is free.
 func (c *Cache) Place(tokens []engine.Token) (p Placement, ok bool) {
-	busy := make([]bool, c.n+2) // padded: slot i is busy[i+1]
-	for i := range c.n {
-		busy[i+1] = true
-	}
-	for _, f := range c.free {
-		busy[f+1] = false
-	}
+	busy := c.busy()
 	from, keep, ok := c.Take(tokens)
 	if !ok {
 		return Placement{}, false
 	}
+	isBusy := func(i int) int { return b2i(i >= 0 && i < c.n && busy[i]) }
 	// Busy runs gained by taking f: +1 alone, 0 next to one run, -1 joining two.
-	gain := func(f int) int { return 1 - b2i(busy[f]) - b2i(busy[f+2]) }
+	gain := func(f int) int { return 1 - isBusy(f-1) - isBusy(f+1) }
 	slot, at := from, -1
 	for i, f := range c.free {
 		if gain(f) < gain(slot) || gain(f) == gain(slot) && slot != from && f < slot {
@@ -210,13 +205,7 @@ func (c *Cache) Compact() []Move {
 	if k == 0 {
 		return nil
 	}
-	busy := make([]bool, c.n)
-	for i := range busy {
-		busy[i] = true
-	}
-	for _, f := range c.free {
-		busy[f] = false
-	}
+	busy := c.busy()
 	start, most, in := 0, -1, 0
 	for i := range c.n {
 		in += b2i(busy[i])
@@ -261,6 +250,18 @@ func (c *Cache) Compact() []Move {
 		delete(c.held, to)
 	}
 	return moves
+}
+
+// busy reports, for each slot, whether it is taken.
+func (c *Cache) busy() []bool {
+	busy := make([]bool, c.n)
+	for i := range busy {
+		busy[i] = true
+	}
+	for _, f := range c.free {
+		busy[f] = false
+	}
+	return busy
 }
 
 func b2i(b bool) int {
