@@ -133,6 +133,12 @@ func (s *Server) Swaps() uint64 {
 	return s.swaps
 }
 
+func (s *Server) countSwap() {
+	s.mu.Lock()
+	s.swaps++
+	s.mu.Unlock()
+}
+
 // Generate implements textgen.Generator.
 func (s *Server) Generate(ctx context.Context, req textgen.Request, emit func(textgen.Chunk) error) (textgen.Result, error) {
 	if err := textgen.Validate(s.model, req, s.cfg.SlotContext); err != nil {
@@ -212,9 +218,7 @@ func (s *Server) Run(ctx context.Context) error {
 					keep = 0
 					slots.Release(p.From, nil)
 				} else {
-					s.mu.Lock()
-					s.swaps++
-					s.mu.Unlock()
+					s.countSwap()
 				}
 			}
 			if p.Copy >= 0 {
@@ -280,9 +284,7 @@ func (s *Server) Run(ctx context.Context) error {
 					active = slices.DeleteFunc(active, func(a *request) bool { return a == r })
 					continue
 				}
-				s.mu.Lock()
-				s.swaps++
-				s.mu.Unlock()
+				s.countSwap()
 			}
 		}
 		// One pass: a token for every decoding request, prompt chunks for the rest.

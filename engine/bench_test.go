@@ -394,24 +394,31 @@ func BenchmarkSwapQwen(b *testing.B) {
 	c.Close() // outside the timing: freeing 1.8 GB of KV cache takes longer than the swaps
 }
 
-// BenchmarkGapsQwen is one pass of 4 one-token rows on the real 1.5B target
-// with a KV stream per slot, the rows in consecutive slots (one micro-batch)
-// against slots 0, 2, 4, 6: padded into one micro-batch of 7 rows (PassTokens
-// 4, the default) or left as 4 micro-batches (PassTokens near 0). Why the
-// centralized server keeps its busy slots consecutive (prefixcache.Place).
+// BenchmarkGapsQwen is one pass of one-token rows on the real 1.5B target with
+// a KV stream per slot: 1 to 9 rows in consecutive slots (one micro-batch: the
+// cost of each row), then 4 rows in slots 0, 2, 4, 6, padded into one
+// micro-batch of 7 rows (PassTokens 4, the default) or left as 4 micro-batches
+// (PassTokens near 0). Why the centralized server keeps its busy slots
+// consecutive (prefixcache.Place).
 //
 //	go test -run '^$' -bench GapsQwen -benchtime 30x -count 2 ./engine/
 func BenchmarkGapsQwen(b *testing.B) {
 	m := loadShared(b, testmodels.Real(b, testmodels.QwenTarget))
-	for _, k := range []struct {
+	type gapCase struct {
 		name  string
 		slots []int
 		pass  float64
-	}{
-		{"consecutive", []int{0, 1, 2, 3}, 0},
-		{"gaps-padded", []int{0, 2, 4, 6}, 0},
-		{"gaps-split", []int{0, 2, 4, 6}, 0.01},
-	} {
+	}
+	var cases []gapCase
+	for n := 1; n <= 9; n++ {
+		slots := make([]int, n)
+		for i := range slots {
+			slots[i] = i
+		}
+		cases = append(cases, gapCase{fmt.Sprintf("rows=%d", n), slots, 0})
+	}
+	cases = append(cases, gapCase{"gaps-padded", []int{0, 2, 4, 6}, 0}, gapCase{"gaps-split", []int{0, 2, 4, 6}, 0.01})
+	for _, k := range cases {
 		b.Run(k.name, func(b *testing.B) {
 			c, err := m.NewContext(ContextOptions{Slots: 16, SlotContext: 512, SeparateKV: true, Threads: 2, PassTokens: k.pass})
 			if err != nil {

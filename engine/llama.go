@@ -346,46 +346,59 @@ func (cc *cContext) seqRemove(seq, from int) bool {
 	return bool(C.llama_memory_seq_rm(C.llama_get_memory(cc.c), C.llama_seq_id(seq), C.llama_pos(from), -1))
 }
 
-// seqSwap exchanges the cells of sequences a and b. llama.cpp copies only whole
-// KV streams between streams, so each sequence's cells are serialised (into
-// bufs, grown as needed and returned for reuse) and read back into the other's
-// place: the cost of the cells the two hold, not of the streams' size.
+// seqSave serialises seq's cells (llama.cpp's per-sequence state) into buf,
+// grown as needed, and returns it. Copying cells between KV streams this way
+// costs the cells seq holds; llama.cpp's own cross-stream copy moves whole
+// streams.
+func (cc *cContext) seqSave(seq int, buf []byte) ([]byte, error) {
+	size := int(C.llama_state_seq_get_size(cc.c, C.llama_seq_id(seq)))
+	if size <= 0 {
+		return buf, fmt.Errorf("llama.cpp reports no state for slot %d", seq)
+	}
+	if cap(buf) < size {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	p := (*C.uint8_t)(unsafe.Pointer(&buf[0]))
+	if got := int(C.llama_state_seq_get_data(cc.c, p, C.size_t(size), C.llama_seq_id(seq))); got != size {
+		return buf, fmt.Errorf("llama.cpp wrote %d of %d state bytes of slot %d", got, size, seq)
+	}
+	return buf, nil
+}
+
+// seqLoad replaces seq's cells with those seqSave wrote into buf. (Reading a
+// state with no cells leaves the destination as it was, so it is emptied first.)
+func (cc *cContext) seqLoad(seq int, buf []byte) error {
+	C.llama_memory_seq_rm(C.llama_get_memory(cc.c), C.llama_seq_id(seq), -1, -1)
+	p := (*C.uint8_t)(unsafe.Pointer(&buf[0]))
+	if got := int(C.llama_state_seq_set_data(cc.c, p, C.size_t(len(buf)), C.llama_seq_id(seq))); got != len(buf) {
+		return fmt.Errorf("llama.cpp read %d of %d state bytes into slot %d", got, len(buf), seq)
+	}
+	return nil
+}
+
+// seqSwap exchanges the cells of sequences a and b (seqSave both, seqLoad each
+// into the other), reusing bufs.
 func (cc *cContext) seqSwap(a, b int, bufs [2][]byte) ([2][]byte, error) {
 	beginWork()
 	defer endWork()
-	mem := C.llama_get_memory(cc.c)
-	seqs := [2]int{a, b}
-	for i, s := range seqs {
-		size := int(C.llama_state_seq_get_size(cc.c, C.llama_seq_id(s)))
-		if size <= 0 {
-			return bufs, fmt.Errorf("llama.cpp reports no state for slot %d", s)
-		}
-		if cap(bufs[i]) < size {
-			bufs[i] = make([]byte, size)
-		}
-		bufs[i] = bufs[i][:size]
-		p := (*C.uint8_t)(unsafe.Pointer(&bufs[i][0]))
-		if got := int(C.llama_state_seq_get_data(cc.c, p, C.size_t(size), C.llama_seq_id(s))); got != size {
-			return bufs, fmt.Errorf("llama.cpp wrote %d of %d state bytes of slot %d", got, size, s)
-		}
+	var err error
+	if bufs[0], err = cc.seqSave(a, bufs[0]); err != nil {
+		return bufs, err
 	}
-	for i, s := range seqs {
-		src := bufs[1-i]
-		// Reading a sequence with no cells leaves the destination as it was.
-		C.llama_memory_seq_rm(mem, C.llama_seq_id(s), -1, -1)
-		p := (*C.uint8_t)(unsafe.Pointer(&src[0]))
-		if got := int(C.llama_state_seq_set_data(cc.c, p, C.size_t(len(src)), C.llama_seq_id(s))); got != len(src) {
-			return bufs, fmt.Errorf("llama.cpp read %d of %d state bytes into slot %d", got, len(src), s)
-		}
+	if bufs[1], err = cc.seqSave(b, bufs[1]); err != nil {
+		return bufs, err
 	}
-	return bufs, nil
+	if err := cc.seqLoad(a, bufs[1]); err != nil {
+		return bufs, err
+	}
+	return bufs, cc.seqLoad(b, bufs[0])
 }
 
 // seqCopy makes dst hold src's cells at positions below n (dst's own cells are
 // dropped first; src is unchanged). In a unified cache that is bookkeeping
-// (cells shared by both sequences); with a stream per sequence llama.cpp copies
-// only whole streams, so src's cells are serialised into buf (grown as needed
-// and returned for reuse) and read back into dst's stream.
+// (cells shared by both sequences); with a stream per sequence the cells go
+// through buf (seqSave, seqLoad), which is returned for reuse.
 func (cc *cContext) seqCopy(src, dst, n int, separate bool, buf []byte) ([]byte, error) {
 	beginWork()
 	defer endWork()
@@ -398,21 +411,12 @@ func (cc *cContext) seqCopy(src, dst, n int, separate bool, buf []byte) ([]byte,
 		C.llama_memory_seq_cp(mem, C.llama_seq_id(src), C.llama_seq_id(dst), 0, C.llama_pos(n))
 		return buf, nil
 	}
-	size := int(C.llama_state_seq_get_size(cc.c, C.llama_seq_id(src)))
-	if size <= 0 {
-		return buf, fmt.Errorf("llama.cpp reports no state for slot %d", src)
+	buf, err := cc.seqSave(src, buf)
+	if err != nil {
+		return buf, err
 	}
-	if cap(buf) < size {
-		buf = make([]byte, size)
-	}
-	buf = buf[:size]
-	p := (*C.uint8_t)(unsafe.Pointer(&buf[0]))
-	if got := int(C.llama_state_seq_get_data(cc.c, p, C.size_t(size), C.llama_seq_id(src))); got != size {
-		return buf, fmt.Errorf("llama.cpp wrote %d of %d state bytes of slot %d", got, size, src)
-	}
-	if got := int(C.llama_state_seq_set_data(cc.c, p, C.size_t(size), C.llama_seq_id(dst))); got != size {
-		C.llama_memory_seq_rm(mem, C.llama_seq_id(dst), -1, -1)
-		return buf, fmt.Errorf("llama.cpp read %d of %d state bytes into slot %d", got, size, dst)
+	if err := cc.seqLoad(dst, buf); err != nil {
+		return buf, err
 	}
 	C.llama_memory_seq_rm(mem, C.llama_seq_id(dst), C.llama_pos(n), -1)
 	return buf, nil

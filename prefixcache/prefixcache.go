@@ -75,9 +75,8 @@ func (c *Cache) Release(slot int, held []engine.Token) {
 //     (centralized.TestPromptCacheSharedOpenings);
 //  3. else the one sharing the longest prefix (MinMatch or more), the most
 //     recently freed among equals: a client's next request sharing a template
-//     goes back to the slot its last one left, which keeps a steady set of
-//     clients on the same slots (with a KV stream per slot, llama.cpp evaluates
-//     consecutive slots in one micro-batch);
+//     goes back to the slot its last one left, the cells it is likeliest to
+//     share more of next time;
 //  4. else the one freed longest ago.
 func (c *Cache) Take(tokens []engine.Token) (slot, keep int, ok bool) {
 	if len(c.free) == 0 {
@@ -142,8 +141,8 @@ type Placement struct {
 // Place is Take for a KV cache whose layout makes the slot matter: with a stream
 // per slot, llama.cpp evaluates a run of consecutive busy slots in one
 // micro-batch, and a gap splits the pass into several (on the Qwen 1.5B on 2
-// cores, 4 one-token rows in consecutive slots take 68 ms, the same rows in
-// slots 0, 2, 4, 6 84-104 ms: BenchmarkGapsQwen in the engine). It chooses cells
+// cores, 4 one-token rows in consecutive slots take 62-68 ms, the same rows in
+// slots 0, 2, 4, 6 84-105 ms: BenchmarkGapsQwen in the engine). It chooses cells
 // exactly as Take does (so the cache keeps what Take would keep) and then a
 // slot that keeps the busy slots in as few runs as possible: Take's slot if it
 // does, else the lowest that does, whose cells then trade places with Take's

@@ -108,11 +108,11 @@ type UpConfig struct {
 	// UnifiedKV gives ModeCentralized's server one KV cache for every request
 	// instead of a stream per slot (centralized.Config.UnifiedKV); other modes
 	// ignore it (`sled up` refuses --unified-kv without --mode centralized).
-	// Default off.
-	// Measured on the Qwen 1.5B at 4 chat clients of 16 slots (AMD EPYC): 56.7-56.8
-	// tokens/s unified against 42.3-46.5 with streams, whose passes split where
-	// the active slots are not consecutive; equal at 1 and 16 clients; on the
-	// smollm-135m shape unified loses at 16 clients (573 against 746).
+	// Default off: the streams' attention reads only each request's own cells
+	// (on the smollm-135m shape at 16 clients unified gave 573 tokens/s against
+	// 746), and the server keeps its busy streams consecutive, so a pass is one
+	// micro-batch as in the unified cache (docs/benchmarks.md, "Busy slots kept
+	// consecutive").
 	UnifiedKV bool
 	// DeviceThreads is each simulated device's llama.cpp thread count. Default 1:
 	// simulated devices share this machine's cores with the server, and the
