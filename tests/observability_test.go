@@ -339,10 +339,17 @@ func TestMetricsScrape(t *testing.T) {
 		w.accepted += o.res.Stats.Accepted
 		w.tokens += len(o.tokens) - o.res.Stats.Unverified
 	}
+	// The batcher records a batch after its publish is stored, so a verifier
+	// can answer, and a generation end, before the batcher's goroutine counts
+	// it: the server-side counters are eventually consistent with the
+	// devices'. Wait for them to settle; what they settle to is checked below.
 	var final scrape
 	testwait.Eventually(10*time.Second, 50*time.Millisecond, func() bool {
 		final = getMetrics(t, addr)
-		return final.sum("sled_events_rejected_total") >= 1 // checked below
+		batched := final.sum("sled_batcher_drafts_total", `outcome="batched"`)
+		return final.sum("sled_events_rejected_total") >= 1 && // checked below
+			final.sum("sled_queue_wait_seconds_count") == batched &&
+			final.sum("sled_verify_duration_seconds_count") <= final.sum("sled_batches_total")
 	})
 	t.Logf("%d scrapes during the run", scrapes)
 	for i, d := range devs {
