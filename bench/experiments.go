@@ -53,10 +53,11 @@ type Options struct {
 	// Budget is the verifier's goodput policy (draft budgets by default).
 	// Budget.Static: the paper's fixed speculation length only.
 	Budget goodput.Policy
-	// SeparateKV gives the verifier a KV stream per slot, as the centralized
-	// server has (verifier.Config.SeparateKV).
-	SeparateKV bool
-	// PassTokens is the verifier's micro-batch price with SeparateKV
+	// UnifiedKV gives the verifier one KV cache for all slots instead of a
+	// stream per slot, the centralized server's layout
+	// (verifier.Config.UnifiedKV).
+	UnifiedKV bool
+	// PassTokens is the verifier's micro-batch price with a stream per slot
 	// (verifier.Config.PassTokens; 0 its default).
 	PassTokens float64
 	// Fleets replaces wstgr's fleet sizes (batch size = devices; default
@@ -73,6 +74,9 @@ type Options struct {
 	// TPOTMs gives every device a latency objective, ms per output token (0:
 	// none).
 	TPOTMs float64
+	// ServerRounds is every simulated device's Trial.ServerRounds (0: the
+	// drafter's default; negative: every round is the device's own).
+	ServerRounds int
 	// Rates, for capacity, makes the capacity a curve: the largest fleet
 	// served at each required per-device rate (tokens/s), SLED beside
 	// centralized. Empty: Required only.
@@ -231,7 +235,7 @@ func (o Options) profiles() ([]Profile, error) {
 }
 
 func (o Options) trial(devices int, p Profile) Trial {
-	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, SeparateKV: o.SeparateKV, GatherMax: o.GatherMax, PassTokens: o.PassTokens, TPOTMs: o.TPOTMs, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
+	t := Trial{Devices: devices, Profile: p, Policy: o.Policy, Batch: o.Batch, Budget: o.Budget, UnifiedKV: o.UnifiedKV, GatherMax: o.GatherMax, PassTokens: o.PassTokens, TPOTMs: o.TPOTMs, ServerRounds: o.ServerRounds, Warmup: o.Warmup, Duration: o.Duration, Seed: o.Seed}
 	if o.qwen() {
 		t.Timeout = time.Minute // a loaded 1.5B pass takes seconds on a small CPU
 	}

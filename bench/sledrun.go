@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -37,9 +38,10 @@ type Trial struct {
 	// GatherMax bounds the worker's wait for the rounds it expects back
 	// (verifier.WorkerConfig.GatherMax: 0 its default, negative never).
 	GatherMax time.Duration
-	// SeparateKV gives the verifier a KV stream per slot (verifier.Config.SeparateKV).
-	SeparateKV bool
-	// PassTokens is the verifier's micro-batch price with SeparateKV
+	// UnifiedKV gives the verifier one KV cache for all slots instead of a
+	// stream per slot (verifier.Config.UnifiedKV).
+	UnifiedKV bool
+	// PassTokens is the verifier's micro-batch price with a stream per slot
 	// (verifier.Config.PassTokens; 0 its default).
 	PassTokens float64
 	// TPOTMs is every device's latency objective, ms per output token (0:
@@ -61,6 +63,10 @@ type Trial struct {
 	// server's threads are shared out among them, so W workers on this
 	// machine use the cores one worker would.
 	Workers int
+	// ServerRounds is each device's drafter.Config.ServerRounds: the most
+	// rounds in a row the verifier runs on its behalf at budget 0 (0: its
+	// default, negative: none).
+	ServerRounds int
 }
 
 func (t Trial) withDefaults() Trial {
@@ -99,7 +105,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	log := e.Cfg.Logger
 	srv, err := services.StartServer(ctx, services.ServerConfig{
 		Target: e.Target, WorkerName: "bench-1", Workers: t.Workers, Batch: t.Batch, Budget: t.Budget, GatherMax: t.GatherMax, Logger: log,
-		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers), SeparateKV: t.SeparateKV, PassTokens: t.PassTokens},
+		Verifier: verifier.Config{Slots: t.Devices + 4, SlotContext: e.SlotContext(), Threads: max(1, e.Cfg.Threads/t.Workers), UnifiedKV: t.UnifiedKV, PassTokens: t.PassTokens},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
@@ -244,45 +250,61 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 	fp := e.Target.Fingerprint()
 	vocab := int32(e.Target.VocabSize())
 	committed := append([]engine.Token(nil), prompt...)
-	sent := 0 // committed[sent:] is not yet in the verifier's cache
-	var round uint64
-	budget := -1 // the last result's draft budget; -1: none yet
+	sent := 0                     // committed[sent:] is not yet in the verifier's cache
+	var round, serverUntil uint64 // as drafter's generation numbers them
+	serverNext := false           // the verifier runs the next round itself
+	budget := -1                  // the last result's draft budget; -1: none yet
 	for pos := 0; pos < len(cont)-1; {
-		r := d.rounds.Sample()
-		least := 1 // without a budget a round drafts at least one token, as the device's policy does
-		if budget >= 0 {
-			r.Len, least = min(r.Len, budget), 0
-		}
-		n := max(least, min(r.Len, len(cont)-1-pos))
-		m := min(r.Accepted, n)
-		began := time.Now()
-		draft := make([]int32, n)
-		probs := make([]float32, n)
-		for j := range draft {
-			draft[j], probs[j] = cont[pos+j], 0.9
-		}
-		if m < n {
-			draft[m] = (cont[pos+m] + 1) % vocab // the first wrong token
-		}
-		gap := d.pois.Gaps(n)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(gap):
-		}
-		round++
-		ev := drafter.DraftRound{
-			DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: round,
-			Committed: committed, Sent: sent, Draft: draft, Probs: probs, WithPrefix: round == 1,
-			VocabFingerprint: fp, Timeout: d.f.t.Timeout,
-			TPOT: time.Duration(d.f.t.TPOTMs * float64(time.Millisecond)),
-		}
-		ev.Due = drafter.RoundDue(began, ev.TPOT, n, d.allDrafted, d.allAccepted)
-		dr := ev.Event(time.Now())
+		var n, m int
+		var gap time.Duration
 		t0 := time.Now()
-		if _, err := d.pub.Publish(ctx, events.New(events.DeviceSource(d.id), dr)); err != nil {
-			return ctx.Err() == nil && d.fail(t0)
+		if serverNext {
+			// The round the verifier runs on the device's behalf: nothing to
+			// draft or send, its verdict is awaited like any other.
+			round++
+		} else {
+			r := d.rounds.Sample()
+			least := 1 // without a budget a round drafts at least one token, as the device's policy does
+			if budget >= 0 {
+				r.Len, least = min(r.Len, budget), 0
+			}
+			n = max(least, min(r.Len, len(cont)-1-pos))
+			m = min(r.Accepted, n)
+			began := time.Now()
+			draft := make([]int32, n)
+			probs := make([]float32, n)
+			for j := range draft {
+				draft[j], probs[j] = cont[pos+j], 0.9
+			}
+			if m < n {
+				draft[m] = (cont[pos+m] + 1) % vocab // the first wrong token
+			}
+			gap = d.pois.Gaps(n)
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(gap):
+			}
+			round = max(round, serverUntil) + 1
+			rounds := 0
+			if d.f.t.ServerRounds >= 0 {
+				rounds = max(min(cmp.Or(d.f.t.ServerRounds, drafter.DefaultServerRounds), len(cont)-2-pos-n), 0)
+			}
+			serverUntil = round + uint64(rounds)
+			ev := drafter.DraftRound{
+				DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: round,
+				Committed: committed, Sent: sent, Draft: draft, Probs: probs, WithPrefix: round == 1,
+				VocabFingerprint: fp, Timeout: d.f.t.Timeout,
+				TPOT: time.Duration(d.f.t.TPOTMs * float64(time.Millisecond)), ServerRounds: rounds,
+			}
+			ev.Due = drafter.RoundDue(began, ev.TPOT, n, d.allDrafted, d.allAccepted)
+			dr := ev.Event(time.Now())
+			t0 = time.Now()
+			if _, err := d.pub.Publish(ctx, events.New(events.DeviceSource(d.id), dr)); err != nil {
+				return ctx.Err() == nil && d.fail(t0)
+			}
 		}
+		serverNext = false
 		var res *events.VerifyResult
 	wait:
 		for {
@@ -310,6 +332,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 		if res.DraftBudget != nil {
 			budget = *res.DraftBudget
 		}
+		serverNext = res.ServerNext && round < serverUntil
 		d.allDrafted += n
 		d.allAccepted += m
 		committed = append(committed, cont[pos:pos+m+1]...)

@@ -109,7 +109,22 @@ type Config struct {
 	// a cross-vocabulary device drafts greedily (coupled sampling stays exact
 	// and reproducible; top-k declares point masses).
 	TargetVocab *engine.Model
+	// ServerRounds is the most rounds in a row the verifier may run on the
+	// device's behalf while the server holds the device's draft budget at 0
+	// (events.DraftReady.ServerRounds): those rounds would carry nothing but
+	// the committed token, so the server decodes on by itself and the device
+	// only receives, until a budget above 0 (a probe) or the limit hands the
+	// rounds back. Default DefaultServerRounds; negative: none, every round
+	// is the device's own.
+	ServerRounds int
 }
+
+// DefaultServerRounds is Config.ServerRounds's default: two probe periods
+// of the goodput policy (goodput.DefaultProbeEvery), so that a device held at
+// budget 0 sends a round of its own about once per probe, and a generation
+// that stops early (a stop sequence, a client gone) costs the server that
+// many one-token rounds at most.
+const DefaultServerRounds = 32
 
 // Device is one edge device: a draft model and a NATS connection. It implements
 // textgen.Generator, serving one generation at a time (concurrent calls queue).
@@ -168,6 +183,9 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 	}
 	if cfg.NoStreamTimeout <= 0 {
 		cfg.NoStreamTimeout = cfg.VerifierTimeout
+	}
+	if cfg.ServerRounds == 0 {
+		cfg.ServerRounds = DefaultServerRounds
 	}
 	vocab := draft
 	var ds draftSource
@@ -412,6 +430,12 @@ type generation struct {
 	// began is when the current round began (its drafting).
 	tpot  time.Duration
 	began time.Time
+	// serverNext: the last verdict said the verifier runs the next round
+	// itself (events.VerifyResult.ServerNext). serverUntil is the last round
+	// number the verifier may run on the generation's behalf: the device's
+	// own rounds are numbered above it.
+	serverNext  bool
+	serverUntil uint64
 }
 
 // maxLen is the most draft tokens the next round may carry: the drafting
@@ -444,6 +468,19 @@ func (g *generation) run(ctx context.Context) error {
 		if g.st.room() <= 0 {
 			g.finish = textgen.FinishLength
 			return nil
+		}
+		if g.serverNext {
+			res, err := g.serverRound(ctx)
+			if err != nil {
+				return err
+			}
+			if res != nil {
+				if done, err := g.apply(ctx, res); done || err != nil {
+					return err
+				}
+				continue
+			}
+			// No verdict in time: the round is the device's own again.
 		}
 		g.beginRound(ctx)
 		g.began = time.Now()
@@ -491,18 +528,86 @@ func (g *generation) draft(ctx context.Context) error {
 	return nil
 }
 
+// serverRound waits for the round the verifier runs on the generation's
+// behalf (serverNext): the next round number, no draft. It returns its ok
+// verdict, or nil when none came within the round timeout or the verifier
+// answered otherwise (a resync, an expired or overloaded round): the
+// generation then sends a round of its own, numbered above every round the
+// verifier may still run for it, so that a late verdict of the verifier's
+// round cannot pass for one of the device's.
+func (g *generation) serverRound(ctx context.Context) (*events.VerifyResult, error) {
+	g.serverNext = false
+	g.st.trim(0) // nothing drafted ahead rides on a round without a draft
+	g.beginRound(ctx)
+	g.began = time.Now()
+	g.round++
+	if g.rt.span.IsRecording() {
+		g.rt.span.SetAttributes(telemetry.AttrRound.Int64(int64(g.round)), telemetry.AttrDrafted.Int(0),
+			telemetry.AttrServerRound.Bool(true))
+	}
+	g.rt.sentAt = g.began // the round latency runs from the last verdict
+	_, wsp := g.d.obs.tracer.Start(g.rt.ctx, "drafter.wait")
+	defer wsp.End()
+	timer := time.NewTimer(g.d.cfg.Retry.Timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case r := <-g.results:
+			if r.Round != g.round {
+				continue
+			}
+			switch r.Status {
+			case events.StatusOK:
+				g.lastOK = time.Now()
+				g.stats.ServerRounds++
+				return r, nil
+			case events.StatusInvalid:
+				g.endRound(OutcomeInvalid, r)
+				return nil, fmt.Errorf("%w: %s: %s", ErrRejected, r.Reason, r.Error)
+			case events.StatusUnknownSession, events.StatusPrefixMismatch:
+				g.endRound(OutcomeResync, r)
+				g.d.obs.m.Resyncs.Add(ctx, 1, g.d.obs.dev)
+				g.stats.Resyncs++
+				g.st.resync(nil, nil)
+			default:
+				g.endRound(string(r.Status), r)
+			}
+		case <-timer.C:
+			g.d.obs.m.Timeouts.Add(ctx, 1, g.d.obs.dev)
+			g.endRound(OutcomeTimeout, nil)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		g.round = max(g.round, g.serverUntil)
+		return nil, nil
+	}
+}
+
+// serverRounds is how many rounds after the next one the verifier may run
+// on the generation's behalf: at most Config.ServerRounds, and no more than
+// the tokens the generation may still produce after the round's draft and
+// its verdict's token.
+func (g *generation) serverRounds() int {
+	if g.d.cfg.ServerRounds < 0 {
+		return 0
+	}
+	return max(min(g.d.cfg.ServerRounds, g.st.room()-len(g.st.pending)-1), 0)
+}
+
 // send publishes the next round: every unverified token and the drafts.
 func (g *generation) send(ctx context.Context, dists [][]engine.TokenProb) error {
 	g.beginRound(ctx)
-	g.round++
+	g.round = max(g.round, g.serverUntil) + 1
 	st := g.st
+	rounds := g.serverRounds()
+	g.serverUntil = g.round + uint64(rounds)
 	ev := DraftRound{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: g.round,
 		Committed: st.committed, Sent: st.sent, Draft: st.pending, Probs: st.probs, WithPrefix: st.needPrefix,
 		Dists: dists, Sampling: g.pick.sampling(g.req),
 		Logprobs: g.req.Logprobs, TopLogprobs: g.req.TopLogprobs,
 		VocabFingerprint: g.d.model.Fingerprint(), Timeout: g.d.cfg.Retry.Timeout,
-		TPOT: g.tpot, Due: g.due(),
+		TPOT: g.tpot, Due: g.due(), ServerRounds: rounds,
 	}.Event(time.Now())
 	e := events.New(g.d.source, ev)
 	o := g.d.obs
@@ -715,6 +820,7 @@ func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool,
 	if res.DraftBudget != nil {
 		g.budget = *res.DraftBudget
 	}
+	g.serverNext = res.ServerNext && res.Round < g.serverUntil
 	g.observeVerdict(ctx, drafted, res.Accepted)
 	defer g.endRound(OutcomeOK, res)
 	g.stats.Rounds++

@@ -42,6 +42,11 @@ type DraftRound struct {
 	// Due when this round's result must arrive to keep it (zero: none).
 	TPOT time.Duration
 	Due  time.Time
+	// ServerRounds is the most rounds after this one the verifier may run on
+	// the device's behalf (events.DraftReady.ServerRounds); the caller keeps
+	// it within what the generation may still produce and numbers no round
+	// of its own up to Round+ServerRounds.
+	ServerRounds int
 }
 
 // RoundDue is when a round begun at began with pending draft tokens must get
@@ -77,6 +82,7 @@ func (r DraftRound) Event(now time.Time) *events.DraftReady {
 		Deadline:         now.Add(r.Timeout),
 		TPOTMs:           float64(r.TPOT) / float64(time.Millisecond),
 		Due:              r.Due,
+		ServerRounds:     min(max(r.ServerRounds, 0), events.MaxServerRounds),
 	}
 	if r.WithPrefix {
 		ev.Prefix = append([]int32(nil), r.Committed...)

@@ -56,6 +56,8 @@ func (d *DraftReady) check(vocab int) error {
 		return fmt.Errorf("%w: %d top_k entries for %d draft tokens", ErrInvalid, len(d.TopK), len(d.Draft))
 	case !(d.TPOTMs >= 0 && d.TPOTMs <= MaxTPOTMs):
 		return fmt.Errorf("%w: tpot_ms %v not in [0,%v]", ErrInvalid, d.TPOTMs, float64(MaxTPOTMs))
+	case d.ServerRounds < 0 || d.ServerRounds > MaxServerRounds:
+		return fmt.Errorf("%w: server_rounds %d not in [0,%d]", ErrInvalid, d.ServerRounds, MaxServerRounds)
 	case d.PrefixLen < 0 || d.PrefixLen > schemas.MaxPrefixTokens:
 		return fmt.Errorf("%w: prefix_len %d not in [0,%d]", ErrInvalid, d.PrefixLen, schemas.MaxPrefixTokens)
 	case len(d.Committed) > d.PrefixLen:
@@ -187,6 +189,9 @@ func (r *VerifyResult) check(vocab int) error {
 		}
 		if len(r.Error) > schemas.MaxErrorLen {
 			return fmt.Errorf("%w: error text of %d bytes, max %d", ErrInvalid, len(r.Error), schemas.MaxErrorLen)
+		}
+		if r.ServerNext {
+			return fmt.Errorf("%w: server_next on a %s result", ErrInvalid, r.Status)
 		}
 		return nil
 	}

@@ -72,6 +72,9 @@ const MaxTopLogprobs = 20
 // MaxTPOTMs bounds DraftReady.TPOTMs (a thousand seconds per token).
 const MaxTPOTMs = 1_000_000
 
+// MaxServerRounds bounds DraftReady.ServerRounds.
+const MaxServerRounds = 1024
+
 // TokenLogprob is the target's log-probability of one output token (natural
 // log, raw distribution: temperature 1, no truncation), with the most likely
 // alternatives at its position when asked for.
@@ -132,8 +135,17 @@ type DraftReady struct {
 	// Due, when set, is when this round's result must reach the device for
 	// the session to keep its objective; an SLO-aware batcher closes the
 	// batch holding the draft in time for it (batcher.Policy.SLO).
-	Due    time.Time `json:"due,omitzero"`
-	Prefix []int32   `json:"prefix,omitempty"`
+	Due time.Time `json:"due,omitzero"`
+	// ServerRounds is the most rounds after this one that the verifier may
+	// run on the device's behalf while the device's draft budget is 0: each
+	// such round is the one the device would have sent (its committed token,
+	// no draft), built by the verifier from its own cache, and answered like
+	// any other with the next round number (VerifyResult.ServerNext). 0: none;
+	// at most MaxServerRounds. A device sets it no higher than the tokens its
+	// generation may still produce after this round's draft, and takes no
+	// round number up to Round+ServerRounds for a round of its own.
+	ServerRounds int     `json:"server_rounds,omitempty"`
+	Prefix       []int32 `json:"prefix,omitempty"`
 	// TraceParent and TraceState are the round's W3C trace context, as in the
 	// draft event's ce-traceparent and ce-tracestate. A device need not set
 	// them (the event header carries the context); the batcher copies the
@@ -239,6 +251,15 @@ type VerifyResult struct {
 	// policy (package goodput). A device drafts min(DraftBudget, what its own
 	// policy would). nil: no budget; the device's own policy decides.
 	DraftBudget *int `json:"draft_budget,omitempty"`
+	// ServerNext, with StatusOK, says that the verifier runs the session's
+	// next round (Round+1) itself, as the round's DraftReady.ServerRounds
+	// allowed: its draft budget is 0, so that round would carry nothing but
+	// the committed token, and sparing the device's trip leaves the server's
+	// pass as the whole round (plain decoding at the server's own pace). Its
+	// result follows; the device sends nothing until it has it, or until its
+	// round timeout, after which it sends a round of its own numbered above
+	// every round the verifier may run.
+	ServerNext bool `json:"server_next,omitempty"`
 	// Logprobs, when the draft asked for them (DraftReady.Logprobs), holds
 	// Accepted+1 entries: the target's figures for each accepted draft token
 	// and for Token, in order.

@@ -2,6 +2,7 @@ package goodput
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -101,22 +102,69 @@ func TestTrackerProbes(t *testing.T) {
 		e.Observe(4, 80*time.Millisecond) // compute-bound: 20 ms a token
 		e.Observe(40, 800*time.Millisecond)
 	}
-	tr := NewTracker(e, TrackerConfig{Policy: Policy{ProbeEvery: 4}})
+	tr := NewTracker(e, TrackerConfig{Policy: Policy{ProbeEvery: 4, ProbeMax: 16}})
 	now := time.Unix(0, 0)
-	var got []int
-	for range 8 {
+	var probes []int
+	for i := range 70 {
 		now = now.Add(100 * time.Millisecond)
 		plan := tr.Plan([]Round{{Device: "a", Drafted: 2, Accepted: 0, Arrived: now}, {Device: "b", Arrived: now}}, now)
-		got = append(got, plan.Budgets[0])
-	}
-	want := []int{0, 0, 0, DefaultProbeLen, 0, 0, 0, DefaultProbeLen}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("budgets %v, want %v (a probe every 4th round at 0)", got, want)
+		switch plan.Budgets[0] {
+		case DefaultProbeLen:
+			probes = append(probes, i+1)
+		case 0:
+		default:
+			t.Fatalf("round %d: budget %d", i+1, plan.Budgets[0])
 		}
+	}
+	// Every 4th round a probe; each probe that leaves the budget at 0
+	// doubles the interval (every 8th, 16th), which ProbeMax then holds.
+	if want := []int{4, 12, 28, 44, 60}; !slices.Equal(probes, want) {
+		t.Fatalf("probes at rounds %v, want %v", probes, want)
 	}
 	if m, ok := tr.Acceptance("a", 2); !ok || m > 0.2 {
 		t.Errorf("acceptance of a %v %v", m, ok)
+	}
+	// Once drafts pay (cheap passes, every token accepted), the policy gives
+	// budgets itself, and when it returns to 0 the probes come at ProbeEvery
+	// again.
+	cheap := NewEstimator(EstimatorConfig{})
+	for range 5 {
+		cheap.Observe(1, 20*time.Millisecond)
+		cheap.Observe(64, 21*time.Millisecond)
+	}
+	tr2 := NewTracker(cheap, TrackerConfig{Policy: Policy{ProbeEvery: 4, ProbeMax: 16}})
+	for range 40 { // long at 0: the interval grows to 16
+		now = now.Add(100 * time.Millisecond)
+		tr2.Plan([]Round{{Device: "a", Drafted: 8, Accepted: 0, Arrived: now}}, now)
+	}
+	for range 20 { // drafts accepted: budgets above 0
+		now = now.Add(100 * time.Millisecond)
+		if p := tr2.Plan([]Round{{Device: "a", Drafted: 8, Accepted: 8, Arrived: now}}, now); p.Budgets[0] == 0 {
+			t.Fatal("budget 0 for a device whose drafts are all accepted on a flat cost curve")
+		}
+	}
+	for range 50 { // passes turn compute-bound
+		cheap.Observe(1, 20*time.Millisecond)
+		cheap.Observe(64, 1280*time.Millisecond)
+	}
+	// Nothing accepted again: once the policy is back at 0, the first probe
+	// comes after ProbeEvery-1 rounds at 0, not the grown interval.
+	zeros, back := 0, false
+	for range 200 {
+		now = now.Add(100 * time.Millisecond)
+		p := tr2.Plan([]Round{{Device: "a", Drafted: 8, Accepted: 0, Arrived: now}}, now)
+		if p.Budgets[0] == 0 {
+			back = true
+			zeros++
+		} else if back {
+			break
+		}
+	}
+	if zeros != 3 {
+		t.Errorf("back at budget 0, a probe after %d rounds at 0, want ProbeEvery-1 (3)", zeros)
+	}
+	if !back {
+		t.Fatal("the budget never fell back to 0")
 	}
 }
 

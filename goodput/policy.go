@@ -17,6 +17,14 @@ type Policy struct {
 	ProbeEvery int
 	// ProbeLen is a probe round's budget. Default DefaultProbeLen.
 	ProbeLen int
+	// ProbeMax bounds the probe interval: each probe after which the policy
+	// still chooses budget 0 doubles the device's interval (ProbeEvery, then
+	// twice that, ...) up to ProbeMax rounds, since a probe costs a slow
+	// drafter its drafting time and, on a device whose rounds the server runs
+	// itself (Device.ServerRounds), a trip; a budget above 0 of the policy's
+	// own brings the interval back to ProbeEvery. Default DefaultProbeMax, at
+	// least ProbeEvery.
+	ProbeMax int
 }
 
 // Defaults of Policy.
@@ -24,6 +32,7 @@ const (
 	DefaultMaxBudget  = 8
 	DefaultProbeEvery = 16
 	DefaultProbeLen   = 2
+	DefaultProbeMax   = 256
 	// MaxDraftTokens is the event schema's bound on a draft
 	// (schemas.MaxDraftTokens; a test holds them equal, so that this package
 	// imports nothing and events may carry its Curve).
@@ -43,6 +52,10 @@ func (p Policy) WithDefaults() Policy {
 		p.ProbeLen = DefaultProbeLen
 	}
 	p.ProbeLen = min(p.ProbeLen, p.MaxBudget)
+	if p.ProbeMax <= 0 {
+		p.ProbeMax = DefaultProbeMax
+	}
+	p.ProbeMax = max(p.ProbeMax, p.ProbeEvery)
 	return p
 }
 
@@ -63,6 +76,18 @@ type Device struct {
 	// batcher), DraftMs what each draft token adds to it (drafting, where the
 	// device cannot draft while it waits). See Tracker.
 	ExternalMs, DraftMs float64
+	// ServerRounds: at budget 0 the server runs the device's next round
+	// itself (the device allows it; events.DraftReady.ServerRounds), so that
+	// round takes the pass alone: no ExternalMs.
+	ServerRounds bool
+}
+
+// roundMs is the time of a round of k draft tokens in a pass of passMs.
+func (d Device) roundMs(k int, passMs float64) float64 {
+	if k == 0 && d.ServerRounds {
+		return passMs
+	}
+	return d.ExternalMs + d.DraftMs*float64(k) + passMs
 }
 
 // Expected is the expected number of draft tokens accepted when a device with
@@ -114,7 +139,8 @@ type CostFunc func(tokens int) (float64, bool)
 // Choose picks every device's budget for the next pass of devs, maximising
 // the fleet's goodput: the sum over devices of expected output tokens per
 // round, 1 + Expected(Accept, k), over the round's time, ExternalMs +
-// DraftMs*k + cost(tokens) + overheadMs. When the server is the bottleneck
+// DraftMs*k + cost(tokens) + overheadMs (the pass alone at k = 0 for a
+// device whose budget-0 rounds the server runs itself). When the server is the bottleneck
 // (the pass dominates every round) that is expected output tokens per second
 // of server time, and a draft token pays only where the pass-cost curve makes
 // it cheaper than the acceptance it brings; where the devices are (the
@@ -200,7 +226,7 @@ func (e *evaluator) score(k []int) score {
 	s := score{tokens: t, passMs: ms}
 	for i, d := range e.devs {
 		out := 1 + Expected(d.Accept, k[i])
-		round := d.ExternalMs + d.DraftMs*float64(k[i]) + ms
+		round := d.roundMs(k[i], ms)
 		s.want += out
 		if round > 0 {
 			s.goodput += out / round * 1000

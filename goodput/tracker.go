@@ -20,6 +20,11 @@ type Round struct {
 	// Arrived is when the round reached the server (for the device's time
 	// outside it, Device.ExternalMs).
 	Arrived time.Time
+	// ByServer: the server ran this round on the device's behalf
+	// (events.VerifyResult.ServerNext), so it says nothing of the device's
+	// time outside the server. ServerRounds: the device lets the server run
+	// its next round at budget 0 (Device.ServerRounds).
+	ByServer, ServerRounds bool
 }
 
 // TrackerConfig configures a Tracker. Zero fields take the documented
@@ -51,6 +56,8 @@ type devState struct {
 	answered time.Time // when its last result went out
 	ext      lineFit   // time outside the server against the round's draft tokens
 	zeros    int       // consecutive rounds planned at budget 0
+	every    int       // rounds at budget 0 before the next probe (0: Policy.ProbeEvery)
+	probing  bool      // its last plan was a probe
 	// Its next round, expected at next with nextTokens tokens, until Arrived.
 	next       time.Time
 	nextTokens int
@@ -113,7 +120,7 @@ func (t *Tracker) Plan(rounds []Round, answered time.Time) Plan {
 			t.devs[r.Device] = s
 		}
 		s.acc.Observe(r.Drafted, r.Accepted)
-		if !s.answered.IsZero() {
+		if !s.answered.IsZero() && !r.ByServer {
 			if gap := r.Arrived.Sub(s.answered); gap > 0 && gap < time.Minute {
 				s.ext.add(float64(r.Drafted), float64(gap)/float64(time.Millisecond))
 			}
@@ -121,22 +128,30 @@ func (t *Tracker) Plan(rounds []Round, answered time.Time) Plan {
 		s.answered = answered
 		states[i] = s
 		a, b := s.ext.line()
-		devs[i] = Device{Accept: s.acc.Rates(pol.MaxBudget), Carried: r.Carried, TPOTMs: r.TPOTMs, ExternalMs: a, DraftMs: b}
+		devs[i] = Device{Accept: s.acc.Rates(pol.MaxBudget), Carried: r.Carried, TPOTMs: r.TPOTMs, ExternalMs: a, DraftMs: b,
+			ServerRounds: r.ServerRounds}
 	}
 	plan := pol.Choose(devs, curve.Ms, over)
 	for i, s := range states {
+		if s.every == 0 || plan.Budgets[i] > 0 {
+			s.every = pol.ProbeEvery
+		} else if s.probing {
+			s.every = min(2*s.every, pol.ProbeMax) // probed, and still not worth a draft
+		}
+		s.probing = false
 		switch {
 		case plan.Budgets[i] > 0:
 			s.zeros = 0
 		case pol.ProbeEvery > 0:
-			if s.zeros++; s.zeros >= pol.ProbeEvery {
-				plan.Budgets[i], s.zeros = pol.ProbeLen, 0
+			if s.zeros++; s.zeros >= s.every {
+				plan.Budgets[i], s.zeros, s.probing = pol.ProbeLen, 0, true
 			}
 		}
 		d := devs[i]
-		s.waited = true
+		// A round the server runs itself is not waited for.
+		s.waited = !(plan.Budgets[i] == 0 && d.ServerRounds)
 		s.nextTokens = plan.Budgets[i] + carried(d)
-		s.next = answered.Add(time.Duration((d.ExternalMs + d.DraftMs*float64(plan.Budgets[i])) * float64(time.Millisecond)))
+		s.next = answered.Add(time.Duration(d.roundMs(plan.Budgets[i], 0) * float64(time.Millisecond)))
 	}
 	return plan
 }

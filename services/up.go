@@ -100,6 +100,9 @@ type UpConfig struct {
 	// TPOT is every device's default latency objective per output token (0:
 	// none; drafter.Config.TPOT).
 	TPOT time.Duration
+	// ServerRounds is every device's drafter.Config.ServerRounds (0: its
+	// default; negative: every round is the device's own).
+	ServerRounds int
 	// CrossVocab lets a draft model whose tokenizer is not the target's draft
 	// across vocabularies (drafter.Config.TargetVocab: the device maps its
 	// draft text onto the target's tokens). Without it such a draft is
@@ -366,7 +369,7 @@ func (s *System) startSLED(ctx, runCtx context.Context) error {
 		d, err := drafter.New(ctx, s.models[path], nc, js, drafter.Config{
 			DeviceID: name, ModelName: id, Pool: s.cfg.Pool, Draft: s.cfg.Draft, Retry: s.cfg.Retry,
 			VerifierTimeout: s.cfg.VerifierTimeout,
-			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads, TPOT: s.cfg.TPOT,
+			NoAsync:         s.cfg.NoAsync, Threads: s.cfg.DeviceThreads, TPOT: s.cfg.TPOT, ServerRounds: s.cfg.ServerRounds,
 			MaxContext: min(s.models[path].DefaultSlotContext(), s.target.DefaultSlotContext()),
 			Logger:     s.cfg.Logger, Telemetry: s.cfg.Telemetry,
 			TargetVocab: s.targetVocab(),

@@ -105,6 +105,10 @@ type Metrics struct {
 	// VerifierSkipped counts drafts past their deadline on arrival, left
 	// unanswered (the device has resent them).
 	VerifierSkipped metric.Int64Counter
+	// ServerRounds counts rounds a verifier worker runs on its devices'
+	// behalf (a session held at draft budget 0 whose device allows it:
+	// events.VerifyResult.ServerNext). Attributes: pool, worker.
+	ServerRounds metric.Int64Counter
 	// The goodput policy's decisions (package goodput), labels pool and
 	// worker: DraftBudget the budgets given; BudgetPlans the plans, by reason
 	// (goodput, slo, no_estimate, static); PlannedPassMs and PlannedGoodput
@@ -220,6 +224,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mm.Slots = g("sled.slots.capacity", "{slot}", "KV sequence slots of the verifier.")
 	mm.SlotEvictions = c("sled.slots.evictions", "{session}", "Sessions evicted from a KV slot.")
 	mm.VerifierSkipped = c("sled.verifier.skipped", "{draft}", "Drafts past their deadline on arrival, left unanswered.")
+	mm.ServerRounds = c("sled.verifier.server_rounds", "{round}", "Rounds a verifier ran on its devices' behalf (sessions held at draft budget 0).")
 
 	mm.Rejected = c("sled.events.rejected", "{event}", "Events rejected as invalid, by reason.")
 	mm.Redeliveries = c("sled.redeliveries", "{message}", "Messages delivered more than once.")

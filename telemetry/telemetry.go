@@ -404,6 +404,10 @@ const (
 	AttrBatchID     = attribute.Key("sled.batch.id")
 	AttrBatchSize   = attribute.Key("sled.batch.size")
 	AttrBatchPolicy = attribute.Key("sled.batch.policy")
+	// AttrServerRound marks a device's round span as one the verifier ran on
+	// the device's behalf (events.VerifyResult.ServerNext): the device sent
+	// nothing, so the span has a "drafter.wait" child and no publish.
+	AttrServerRound = attribute.Key("sled.server_round")
 	// The goodput policy's inputs and choice, on a round's verify span.
 	AttrBudget           = attribute.Key("sled.goodput.budget")
 	AttrPlanReason       = attribute.Key("sled.goodput.reason")

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"slices"
 	"sync"
 	"testing"
 
@@ -76,7 +77,9 @@ func TestDraftBudgetsOnTheWire(t *testing.T) {
 	central.Close()
 
 	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L), testmodels.Path(t, testmodels.Draft4L)}
-	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, Budget: goodput.Policy{MaxBudget: 6}})
+	// Every round the device's own (TestServerRounds has those the verifier
+	// runs at budget 0), so that each budget is followed by a draft.
+	s := start(t, services.UpConfig{Drafts: drafts, Devices: 3, Budget: goodput.Policy{MaxBudget: 6}, ServerRounds: -1})
 	l := watchBudgets(t, s)
 	got := runAll(t, s, ps, 48)
 	results := make([]textgen.Result, len(got))
@@ -126,5 +129,152 @@ func TestDraftBudgetsOnTheWire(t *testing.T) {
 	}
 	if ls.ok == 0 {
 		t.Fatal("static length: no ok results seen")
+	}
+}
+
+// serverLog records, from outside the system, which rounds each session's
+// device sent and which results said the verifier runs the next round.
+type serverLog struct {
+	mu       sync.Mutex
+	sent     map[string]map[uint64]int  // session -> round -> server_rounds it allowed
+	ok       map[string]map[uint64]bool // session -> round -> its ok result said server_next
+	maxRound map[string]uint64          // session -> highest ok round seen
+}
+
+func watchServerRounds(t *testing.T, s *services.System) *serverLog {
+	t.Helper()
+	nc, err := nats.Connect(s.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	l := &serverLog{sent: map[string]map[uint64]int{}, ok: map[string]map[uint64]bool{}, maxRound: map[string]uint64{}}
+	dec := &events.Decoder{VocabSize: s.Target().VocabSize()}
+	_, err = nc.Subscribe("sled.>", func(m *nats.Msg) {
+		ev, err := dec.DecodeMsg(m)
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		switch d := ev.Data.(type) {
+		case *events.DraftReady:
+			if l.sent[d.SessionID] == nil {
+				l.sent[d.SessionID] = map[uint64]int{}
+			}
+			l.sent[d.SessionID][d.Round] = d.ServerRounds
+		case *events.VerifyResult:
+			if d.Status != events.StatusOK {
+				return
+			}
+			if l.ok[d.SessionID] == nil {
+				l.ok[d.SessionID] = map[uint64]bool{}
+			}
+			l.ok[d.SessionID][d.Round] = d.ServerNext
+			l.maxRound[d.SessionID] = max(l.maxRound[d.SessionID], d.Round)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestServerRounds: a device held at draft budget 0 lets the verifier run its
+// next rounds itself (server_rounds on its drafts, server_next on the
+// results). On the wire: every result that says server_next is followed by
+// an ok result of the next round which the device never sent, no chain runs
+// past what the device's last own round allowed, and the device's own rounds
+// are numbered above the chain; the devices count exactly the rounds they
+// did not send as server rounds. The output is the target's (greedy,
+// compared with centralized serving), and with server rounds off no result
+// says server_next.
+func TestServerRounds(t *testing.T) {
+	ps := prompts[:4]
+	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Devices: 2})
+	want := runAll(t, central, ps, 64)
+	central.Close()
+
+	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L)}
+	s := start(t, services.UpConfig{Drafts: drafts, Devices: 2, ServerRounds: 8})
+	l := watchServerRounds(t, s)
+	got := runAll(t, s, ps, 64)
+	results := make([]textgen.Result, len(got))
+	deviceServed := 0
+	for i, o := range got {
+		results[i] = o.res
+		deviceServed += o.res.Stats.ServerRounds
+	}
+	sameAsCentralized(t, ps, results, want, "server rounds")
+	l.mu.Lock()
+	served := 0
+	for session, oks := range l.ok {
+		sent := l.sent[session]
+		var own []uint64 // the device's own rounds, in order
+		for r := range sent {
+			own = append(own, r)
+		}
+		slices.Sort(own)
+		for r, next := range oks {
+			_, mine := sent[r]
+			if !mine {
+				served++
+				// A served round lies within the chain its device's last own
+				// round allowed.
+				i, _ := slices.BinarySearch(own, r)
+				if i == 0 || r > own[i-1]+uint64(sent[own[i-1]]) {
+					t.Errorf("session %s: round %d run by the verifier beyond what the device allowed (own rounds %v)", session, r, own)
+				}
+				if !oks[r-1] {
+					t.Errorf("session %s: round %d run by the verifier without server_next on round %d", session, r, r-1)
+				}
+			}
+			if next && r < l.maxRound[session] {
+				if _, ok := oks[r+1]; !ok {
+					t.Errorf("session %s: round %d said server_next, no ok result of round %d", session, r, r+1)
+				}
+				if _, sentNext := sent[r+1]; sentNext {
+					t.Errorf("session %s: round %d said server_next, yet the device sent round %d itself", session, r, r+1)
+				}
+			}
+		}
+		for _, r := range own {
+			if sent[r] > 8 {
+				t.Errorf("session %s round %d allows %d server rounds, the device's limit is 8", session, r, sent[r])
+			}
+		}
+	}
+	l.mu.Unlock()
+	t.Logf("%d rounds run by the verifier (the devices count %d)", served, deviceServed)
+	if served < 10 {
+		t.Fatalf("only %d rounds run by the verifier: budgets at 0 on this server should leave most rounds to it", served)
+	}
+	if served != deviceServed {
+		t.Errorf("the devices count %d server rounds, the wire shows %d", deviceServed, served)
+	}
+	s.Close()
+
+	off := start(t, services.UpConfig{Drafts: drafts, Devices: 2, ServerRounds: -1})
+	lo := watchServerRounds(t, off)
+	gotOff := runAll(t, off, ps[:2], 32)
+	lo.mu.Lock()
+	defer lo.mu.Unlock()
+	for session, oks := range lo.ok {
+		for r, next := range oks {
+			if next {
+				t.Fatalf("server rounds off: session %s round %d says server_next", session, r)
+			}
+			if _, mine := lo.sent[session][r]; !mine {
+				t.Fatalf("server rounds off: session %s round %d answered, never sent", session, r)
+			}
+		}
+	}
+	for i, o := range gotOff {
+		if o.res.Stats.ServerRounds != 0 {
+			t.Fatalf("server rounds off: generation %d counts %d server rounds", i, o.res.Stats.ServerRounds)
+		}
 	}
 }

@@ -96,6 +96,7 @@ func TestTraceOneRound(t *testing.T) {
 		t.Fatalf("%d ok round spans (%d in all), generation reports %d rounds", len(ok), len(rounds), res.Stats.Rounds)
 	}
 	traces := map[trace.TraceID]bool{}
+	serverRounds := 0
 	for _, r := range ok {
 		sc := r.SpanContext
 		if r.Parent.IsValid() {
@@ -112,6 +113,15 @@ func TestTraceOneRound(t *testing.T) {
 				t.Fatalf("child %s of round %d in trace %s, round in %s", c.Name, round.AsInt64(), c.SpanContext.TraceID(), sc.TraceID())
 			}
 			kids[c.Name] = append(kids[c.Name], c)
+		}
+		if v, _ := attrOf(r, telemetry.AttrServerRound); v.AsBool() {
+			// The verifier ran the round on the device's behalf: the device
+			// only waited for its verdict.
+			serverRounds++
+			if len(kids["drafter.wait"]) != 1 || len(kids) != 1 {
+				t.Fatalf("server round %d has children %v, want one drafter.wait", round.AsInt64(), names(children[sc.SpanID()]))
+			}
+			continue
 		}
 		for _, name := range []string{"drafter.publish", "drafter.wait", "verifier.verify"} {
 			if len(kids[name]) != 1 {
@@ -193,7 +203,10 @@ func TestTraceOneRound(t *testing.T) {
 			t.Fatalf("round %d: no verifier.batch child of batch %s linked to the round", round.AsInt64(), bid.AsString())
 		}
 	}
-	t.Logf("%d rounds, %d spans: one trace per round", len(ok), len(spans))
+	if serverRounds != res.Stats.ServerRounds || serverRounds == len(ok) {
+		t.Fatalf("%d server round spans of %d, generation reports %d server rounds", serverRounds, len(ok), res.Stats.ServerRounds)
+	}
+	t.Logf("%d rounds (%d run by the verifier), %d spans: one trace per round", len(ok), serverRounds, len(spans))
 }
 
 func names(ss []tracetest.SpanStub) []string {
@@ -331,6 +344,7 @@ func TestMetricsScrape(t *testing.T) {
 	}
 
 	type want struct{ rounds, drafted, accepted, tokens int }
+	served := 0 // rounds the verifier ran on the devices' behalf: no draft reached the batcher
 	wants := make([]want, len(devs))
 	for i, o := range out {
 		w := &wants[i%len(devs)] // runAll gives prompt i to device i mod n
@@ -338,6 +352,7 @@ func TestMetricsScrape(t *testing.T) {
 		w.drafted += o.res.Stats.Drafted
 		w.accepted += o.res.Stats.Accepted
 		w.tokens += len(o.tokens) - o.res.Stats.Unverified
+		served += o.res.Stats.ServerRounds
 	}
 	// The batcher records a batch after its publish is stored, so a verifier
 	// can answer, and a generation end, before the batcher's goroutine counts
@@ -349,7 +364,7 @@ func TestMetricsScrape(t *testing.T) {
 		batched := final.sum("sled_batcher_drafts_total", `outcome="batched"`)
 		return final.sum("sled_events_rejected_total") >= 1 && // checked below
 			final.sum("sled_queue_wait_seconds_count") == batched &&
-			final.sum("sled_verify_duration_seconds_count") <= final.sum("sled_batches_total")
+			final.sum("sled_verify_duration_seconds_count") <= final.sum("sled_batches_total")+final.sum("sled_verifier_server_rounds_total")
 	})
 	t.Logf("%d scrapes during the run", scrapes)
 	for i, d := range devs {
@@ -391,16 +406,21 @@ func TestMetricsScrape(t *testing.T) {
 	if batches < 1 || final.sum("sled_batch_size_count") != batches {
 		t.Errorf("%v batches, batch size histogram counts %v", batches, final.sum("sled_batch_size_count"))
 	}
-	if q, b := final.sum("sled_queue_wait_seconds_count"), final.sum("sled_batcher_drafts_total", `outcome="batched"`); q != b || b < float64(wants[0].rounds+wants[1].rounds) {
-		t.Errorf("queue wait counts %v drafts, batcher batched %v, devices had %d rounds", q, b, wants[0].rounds+wants[1].rounds)
+	if q, b := final.sum("sled_queue_wait_seconds_count"), final.sum("sled_batcher_drafts_total", `outcome="batched"`); q != b || b < float64(wants[0].rounds+wants[1].rounds-served) {
+		t.Errorf("queue wait counts %v drafts, batcher batched %v, devices had %d rounds of their own", q, b, wants[0].rounds+wants[1].rounds-served)
 	}
 	if a, da := final.sum("sled_verifier_tokens_total", `kind="accepted"`), final.sum("sled_accepted_tokens_total"); a < da {
 		t.Errorf("verifier accepted %v < devices' %v", a, da)
 	}
 	// A busy worker verifies every queued batch in one go: one observation per
-	// verification, covering one or more batches.
-	if v := final.sum("sled_verify_duration_seconds_count"); v < 1 || v > batches {
-		t.Errorf("verify time counts %v verifications for %v batches", v, batches)
+	// verification, covering one or more batches and the rounds it runs on
+	// devices' behalf (at least one each, or a verification of those alone).
+	serverRounds := final.sum("sled_verifier_server_rounds_total")
+	if v := final.sum("sled_verify_duration_seconds_count"); v < 1 || v > batches+serverRounds {
+		t.Errorf("verify time counts %v verifications for %v batches and %v server rounds", v, batches, serverRounds)
+	}
+	if serverRounds < float64(served) || served == 0 {
+		t.Errorf("the verifier counts %v server rounds, the devices %d", serverRounds, served)
 	}
 	// vLLM's names: the same server-side figures.
 	specDrafts, specTokens := final.sum("sled_spec_decode_num_drafts_total"), final.sum("sled_spec_decode_num_draft_tokens_total")

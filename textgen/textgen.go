@@ -115,6 +115,9 @@ type Stats struct {
 	Unverified     int     `json:"unverified"`      // tokens released unverified (fallback)
 	Retries        int     `json:"retries"`         // verification requests re-sent after a timeout
 	Resyncs        int     `json:"resyncs"`         // full-prefix resends
+	// ServerRounds counts the Rounds the verifier ran on the device's behalf
+	// (no draft; see events.VerifyResult.ServerNext).
+	ServerRounds int `json:"server_rounds,omitempty"`
 }
 
 // Finish reasons, as OpenAI names them.

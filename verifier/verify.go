@@ -26,13 +26,17 @@ type Config struct {
 	BatchTokens int
 	// Threads for llama.cpp. Default: the target's DefaultThreads.
 	Threads int
-	// SeparateKV gives every slot its own KV stream (engine.ContextOptions.SeparateKV)
-	// instead of the unified cache. Default off: measured on the tiny pair's
-	// capacity, neither layout wins reliably once budgets make most passes one
-	// token per session (docs/benchmarks.md, "Draft budgets").
-	SeparateKV bool
+	// UnifiedKV gives every slot one shared KV cache instead of a KV stream
+	// per slot (engine.ContextOptions.SeparateKV). Default off: once the
+	// worker runs budget-0 sessions itself (WorkerConfig, server rounds),
+	// most passes are one token per session, the centralized server's
+	// shape, where a pass over unified cells attends to every session's
+	// cells: measured on the tiny pair at 64 devices, a pass of 62 sessions
+	// took 137 ms unified against 107 ms for 64 with a stream per slot
+	// (docs/benchmarks.md, "Server rounds").
+	UnifiedKV bool
 	// PassTokens is what one llama.cpp micro-batch costs beyond its tokens, in
-	// tokens, with SeparateKV: a ragged or gapped pass is padded when that
+	// tokens, with a stream per slot: a ragged or gapped pass is padded when that
 	// saves more micro-batches than it adds tokens at this price
 	// (engine.ContextOptions.PassTokens). Default engine.DefaultPassTokens.
 	PassTokens float64
@@ -105,7 +109,7 @@ func New(target *engine.Model, cfg Config) (*Verifier, error) {
 	cfg.BatchTokens = max(cfg.BatchTokens, MinBatchTokens)
 	ectx, err := target.NewContext(engine.ContextOptions{
 		Slots: cfg.Slots, SlotContext: cfg.SlotContext, BatchSize: cfg.BatchTokens, Threads: cfg.Threads,
-		SeparateKV: cfg.SeparateKV, PassTokens: cfg.PassTokens,
+		SeparateKV: !cfg.UnifiedKV, PassTokens: cfg.PassTokens,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("verifier: %w", err)
@@ -417,4 +421,42 @@ func (v *Verifier) Forget(deviceID, sessionID string) {
 	if s := v.slots.get(deviceID + "/" + sessionID); s != nil {
 		v.slots.release(s.id)
 	}
+}
+
+// NextRound is the round a device would send after r, the ok result of its
+// round d, with no draft (its draft budget being 0): the result's token as
+// its committed token, the prefix hashed from the verifier's own cache of
+// the session. The worker verifies it on the device's behalf when d allowed
+// that (DraftReady.ServerRounds), so a device held at budget 0 costs the
+// server a pass and no round trip. It reports false when no such round
+// follows: d allowed none, r is not ok or ended the text, or the verifier no
+// longer holds the session as r left it (evicted, rebuilt, or rolled back by
+// a later round). The round inherits d's sampling, logprob request, latency
+// objective and vocabulary; its deadline is deadline and its due time, with
+// an objective, now plus one token's objective.
+func (v *Verifier) NextRound(d *events.DraftReady, r *events.VerifyResult, now, deadline time.Time) (events.DraftReady, bool) {
+	if d.ServerRounds <= 0 || r.Status != events.StatusOK || r.EOS || r.Round != d.Round || r.SessionID != d.SessionID {
+		return events.DraftReady{}, false
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := v.slots.get(sessionKey(d))
+	if s == nil || len(s.kv) != d.PrefixLen+r.Accepted || d.PrefixLen+r.Accepted+2 > v.cfg.SlotContext {
+		return events.DraftReady{}, false
+	}
+	h := events.NewPrefixHasher()
+	h.Write(s.kv...)
+	h.Write(r.Token)
+	next := events.DraftReady{
+		DeviceID: d.DeviceID, SessionID: d.SessionID, Round: d.Round + 1, Pool: d.Pool,
+		PrefixLen: len(s.kv) + 1, PrefixHash: h.Sum(),
+		Committed: []int32{r.Token}, Draft: []int32{}, DraftProbs: []float32{},
+		Sampling: d.Sampling, Logprobs: d.Logprobs, TopLogprobs: d.TopLogprobs,
+		VocabFingerprint: d.VocabFingerprint, Deadline: deadline, TPOTMs: d.TPOTMs,
+		ServerRounds: d.ServerRounds - 1,
+	}
+	if d.TPOTMs > 0 {
+		next.Due = now.Add(time.Duration(d.TPOTMs * float64(time.Millisecond)))
+	}
+	return next, true
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
@@ -484,5 +485,94 @@ func TestVerifyReleasesAtEndOfText(t *testing.T) {
 	}
 	if got := v.Stats().ReusedPrefixTokens - before; got != uint64(len(p)-1) {
 		t.Fatalf("the next session reused %d prompt tokens, want %d", got, len(p)-1)
+	}
+}
+
+// TestNextRound: the round NextRound builds is exactly the one the device
+// would send at budget 0 (same round number, prefix length and hash as the
+// device's own, its committed token the verdict's), so a chain of them,
+// verified with other sessions' drafts in the same passes, produces the
+// target's greedy text; no round follows when the device allowed none, when
+// the text ended, or when a later round rolled the session back.
+func TestNextRound(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 4, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	var devs []*device
+	for i, text := range []string{"Once upon a time", "The little dog"} {
+		p, _ := m.Tokenize(text, true)
+		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, 100)))
+	}
+	served, other := devs[0], devs[1]
+	first := served.draft(2, true)
+	first.ServerRounds = 20
+	res, err := v.Verify(ctx, []events.DraftReady{first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := served.apply(first, res[0]); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	prev, prevRes := first, res[0]
+	for i := range 20 {
+		next, ok := v.NextRound(&prev, &prevRes, now, now.Add(time.Second))
+		if !ok {
+			t.Fatalf("no round %d after %d served", prev.Round+1, i)
+		}
+		// What the device itself would send (this scripted one resends every
+		// token of the last verdict; the served round only the last, which
+		// the verifier lacks).
+		own := served.draft(0, false)
+		if next.Round != own.Round || next.PrefixLen != own.PrefixLen || next.PrefixHash != own.PrefixHash || len(next.Committed) != 1 ||
+			next.Committed[0] != own.Committed[len(own.Committed)-1] || len(next.Draft) != 0 || next.ServerRounds != prev.ServerRounds-1 {
+			t.Fatalf("served round %+v, the device's own %+v", next, own)
+		}
+		batch := []events.DraftReady{next, other.draft(i%4, i%2 == 0)}
+		res, err := v.Verify(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := served.apply(next, res[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := other.apply(batch[1], res[1]); err != nil {
+			t.Fatal(err)
+		}
+		prev, prevRes = next, res[0]
+	}
+	if got, want := served.out(), served.ref[:len(served.out())]; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("served session %v, the target's %v", got, want)
+	}
+	if prev.ServerRounds != 0 {
+		t.Fatalf("after 20 served rounds %d remain", prev.ServerRounds)
+	}
+	if _, ok := v.NextRound(&prev, &prevRes, now, now); ok {
+		t.Error("a round beyond the device's server_rounds")
+	}
+	// The device's own round (resent, rolled back) makes the previous
+	// verdict's chain stale.
+	prev.ServerRounds = 5
+	again := prev
+	again.Round += 5
+	if _, err := v.Verify(ctx, []events.DraftReady{again}); err != nil {
+		t.Fatal(err)
+	}
+	stale := prevRes
+	stale.Accepted = 1 // a verdict the session no longer reflects
+	if _, ok := v.NextRound(&prev, &stale, now, now); ok {
+		t.Error("a round built on a verdict the session does not hold")
+	}
+	eos := prevRes
+	eos.EOS = true
+	if _, ok := v.NextRound(&prev, &eos, now, now); ok {
+		t.Error("a round after the end of the text")
+	}
+	if r, ok := v.NextRound(&prev, &prevRes, now, now); !ok || r.Round != prev.Round+1 {
+		t.Errorf("the unchanged session: next round %v %v", r.Round, ok)
 	}
 }

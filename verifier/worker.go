@@ -99,6 +99,11 @@ type Worker struct {
 	queue []delivery
 	ready chan struct{} // signalled when queue grows
 
+	// served holds the rounds the worker runs next on devices' behalf
+	// (Verifier.NextRound): sessions held at budget 0 whose devices allow it.
+	// Owned by verifyLoop.
+	served []servedRound
+
 	tel      *telemetry.Telemetry
 	tracer   trace.Tracer
 	m        *telemetry.Metrics
@@ -169,7 +174,7 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	ctx := context.Background()
 	w.m.Slots.Record(ctx, int64(v.Config().Slots), w.attrs)
 	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.VerifierSessions, w.m.PrefixReused, w.m.SlotEvictions,
-		w.m.VerifierSkipped, w.m.SpecDrafts, w.m.SpecDraftTokens, w.m.SpecAcceptedTokens} {
+		w.m.VerifierSkipped, w.m.ServerRounds, w.m.SpecDrafts, w.m.SpecDraftTokens, w.m.SpecAcceptedTokens} {
 		c.Add(ctx, 0, w.attrs) // the series exist before the first event
 	}
 	return w, nil
@@ -252,6 +257,13 @@ func (w *Worker) heartbeat() {
 // resultTimeout bounds the wait for the stream to store a group's results.
 const resultTimeout = 5 * time.Second
 
+// servedRound is a round the worker runs on its device's behalf, built at
+// at. Its deadline gives the device what the device's own last round gave.
+type servedRound struct {
+	d  events.DraftReady
+	at time.Time
+}
+
 // delivery is one batch message waiting for verification.
 type delivery struct {
 	ev  *events.Event
@@ -300,18 +312,23 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 	limit := w.v.Config().Slots
 	freed := time.Now() // when the verifier last went idle
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-w.ready:
+		if len(w.served) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.ready:
+			}
 		}
 		for {
 			w.qmu.Lock()
-			n := TakeQueued(len(w.queue), func(i int) int { return len(w.queue[i].b.Drafts) }, limit)
+			n := TakeQueued(len(w.queue), func(i int) int { return len(w.queue[i].b.Drafts) }, max(limit-len(w.served), 1))
 			group := append([]delivery(nil), w.queue[:n]...)
 			w.qmu.Unlock()
-			if len(group) == 0 {
+			if len(group) == 0 && len(w.served) == 0 {
 				break
+			}
+			if ctx.Err() != nil {
+				return
 			}
 			if wait := w.gather(group, freed); wait > 0 {
 				// Wait for the expected rounds; a new batch (one of them)
@@ -330,7 +347,9 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 			w.qmu.Lock()
 			w.queue = append(w.queue[:0], w.queue[n:]...)
 			w.qmu.Unlock()
-			err := w.process(ctx, group)
+			served := w.served
+			w.served = nil
+			err := w.process(ctx, group, served)
 			for _, d := range group {
 				switch {
 				case err == nil:
@@ -348,59 +367,89 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 }
 
 // gather is how long the free verifier, idle since freed, waits before it
-// verifies group (Tracker.Gather; 0: now): for the rounds the worker has
-// answered and expects back, no longer than GatherMax since freed nor past
-// the slack of a queued draft with a due time.
+// verifies group and the rounds it runs itself (Tracker.Gather; 0: now): for
+// the rounds the worker has answered and expects back, no longer than
+// GatherMax since freed nor past the slack of a queued draft with a due
+// time. Its own rounds are queued drafts like the others: a device's round
+// that would otherwise need a pass of its own is worth their wait.
 func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
 	if w.cfg.Budget.Static || w.cfg.GatherMax < 0 {
 		return 0
 	}
 	tokens := 0
 	var due time.Time
+	add := func(d *events.DraftReady) {
+		tokens += len(d.Draft) + max(len(d.Committed), len(d.Prefix))
+		if !d.Due.IsZero() && (due.IsZero() || d.Due.Before(due)) {
+			due = d.Due
+		}
+	}
 	for _, g := range group {
 		for i := range g.b.Drafts {
-			d := &g.b.Drafts[i]
-			tokens += len(d.Draft) + max(len(d.Committed), len(d.Prefix))
-			if !d.Due.IsZero() && (due.IsZero() || d.Due.Before(due)) {
-				due = d.Due
-			}
+			add(&g.b.Drafts[i])
 		}
+	}
+	for i := range w.served {
+		add(&w.served[i].d)
 	}
 	return w.tracker.Gather(time.Now(), freed, tokens, due, w.cfg.GatherMax)
 }
 
-// process verifies the drafts of a group of batches in one Verify call and
-// publishes every result. Drafts past their deadline, and older rounds of a
-// session that also has a newer one in the group, get no result: their device has
-// already moved on to the newer round.
-func (w *Worker) process(ctx context.Context, group []delivery) error {
+// process verifies the drafts of a group of batches and the rounds the
+// worker runs on devices' behalf (served) in one Verify call and publishes
+// every result. Drafts past their deadline, and older rounds of a session
+// that also has a newer one in the group, get no result: their device has
+// already moved on to the newer round (a device that sends a round of its own
+// numbers it above every round the worker may run for it, so its own round
+// supersedes them). When every result is stored, w.served holds the rounds
+// to run next.
+func (w *Worker) process(ctx context.Context, group []delivery, served []servedRound) error {
 	now := time.Now()
 	latest := map[string]uint64{}
+	note := func(d *events.DraftReady) {
+		if k := sessionKey(d); d.Round > latest[k] {
+			latest[k] = d.Round
+		}
+	}
 	for _, g := range group {
 		for i := range g.b.Drafts {
-			d := &g.b.Drafts[i]
-			if k := sessionKey(d); d.Round > latest[k] {
-				latest[k] = d.Round
-			}
+			note(&g.b.Drafts[i])
 		}
+	}
+	for i := range served {
+		note(&served[i].d)
 	}
 	type span struct{ from, to int } // a batch's drafts within all
 	var all []events.DraftReady
+	var arrived []time.Time // when each draft's batch closed, or its served round was built
+	keep := func(d *events.DraftReady) bool {
+		stale := !d.Deadline.IsZero() && now.After(d.Deadline)
+		if stale || d.Round < latest[sessionKey(d)] {
+			w.mu.Lock()
+			w.skipped++
+			w.mu.Unlock()
+			w.m.VerifierSkipped.Add(ctx, 1, w.attrs)
+			return false
+		}
+		latest[sessionKey(d)] = d.Round + 1 // one draft per session and round
+		return true
+	}
+	for i := range served {
+		if keep(&served[i].d) {
+			all = append(all, served[i].d)
+			arrived = append(arrived, served[i].at)
+		}
+	}
+	nServed := len(all)
 	spans := make([]span, len(group))
 	traces := make([]*batchTrace, len(group))
 	for gi, g := range group {
 		from := len(all)
 		for _, d := range g.b.Drafts {
-			stale := !d.Deadline.IsZero() && now.After(d.Deadline)
-			if stale || d.Round < latest[sessionKey(&d)] {
-				w.mu.Lock()
-				w.skipped++
-				w.mu.Unlock()
-				w.m.VerifierSkipped.Add(ctx, 1, w.attrs)
-				continue
+			if keep(&d) {
+				all = append(all, d)
+				arrived = append(arrived, g.b.CreatedAt)
 			}
-			latest[sessionKey(&d)] = d.Round + 1 // one draft per session and round
-			all = append(all, d)
 		}
 		spans[gi] = span{from, len(all)}
 		traces[gi] = w.startTrace(ctx, g.ev, g.msg, g.b, all[from:len(all):len(all)])
@@ -419,17 +468,32 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 	}
 	w.m.VerifyTime.Record(ctx, verified.Sub(now).Seconds(), w.attrs)
 	w.cost.Observe(int(w.v.Stats().PassTokens-before), verified.Sub(now))
-	closed := make([]time.Time, len(all)) // when each draft's batch closed
-	for gi, g := range group {
-		for i := spans[gi].from; i < spans[gi].to; i++ {
-			closed[i] = g.b.CreatedAt
-		}
-	}
-	plan := w.planBudgets(ctx, all, results, closed, verified)
+	plan := w.planBudgets(ctx, all, results, arrived, nServed, verified)
 	for _, tr := range traces {
 		tr.plan = plan
 	}
+	next := w.serveNext(all, results, arrived, verified)
 	futures := make([]jetstream.PubAckFuture, 0, len(results))
+	publish := func(r *events.VerifyResult, rev *events.Event) error {
+		f, err := w.pub.PublishAsync(rev)
+		if errors.Is(err, infra.ErrEncode) {
+			w.cfg.Logger.Error("encode result", "err", err)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("verifier: publish result: %w", err)
+		}
+		futures = append(futures, f)
+		return nil
+	}
+	for i := range nServed {
+		r := &results[i]
+		r.ServerTiming.TotalMs = float64(time.Since(arrived[i]).Microseconds()) / 1000
+		w.observeResult(ctx, &all[i], r)
+		if err := publish(r, events.New(w.source, r)); err != nil {
+			return endAll(err)
+		}
+	}
 	for gi, g := range group {
 		batchMs := float64(now.Sub(g.b.CreatedAt).Microseconds()) / 1000
 		for i := spans[gi].from; i < spans[gi].to; i++ {
@@ -440,15 +504,9 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 			w.observeResult(ctx, &all[i], r)
 			rev := events.New(w.source, r)
 			traces[gi].verdict(i-spans[gi].from, now, verified, r, rev)
-			f, err := w.pub.PublishAsync(rev)
-			if errors.Is(err, infra.ErrEncode) {
-				w.cfg.Logger.Error("encode result", "err", err)
-				continue
+			if err := publish(r, rev); err != nil {
+				return endAll(err)
 			}
-			if err != nil {
-				return endAll(fmt.Errorf("verifier: publish result: %w", err))
-			}
-			futures = append(futures, f)
 		}
 	}
 	// An async publish caught by a server restart may never be acked; give up after
@@ -462,18 +520,46 @@ func (w *Worker) process(ctx context.Context, group []delivery) error {
 		return endAll(fmt.Errorf("verifier: results not stored: %w", err))
 	}
 	endAll(nil)
+	w.served = next
+	if n := len(next); n > 0 {
+		w.m.ServerRounds.Add(ctx, int64(n), w.attrs)
+	}
 	w.cost.ObserveOverhead(time.Since(verified))
 	w.observeBatch(ctx)
 	return nil
 }
 
+// serveNext marks the ok results whose sessions the worker goes on with
+// itself (ServerNext) and returns those next rounds: the plan gave the
+// device budget 0, its round allowed the server rounds, and the verifier
+// still holds the session as the result left it (Verifier.NextRound). With a
+// static policy no budget is 0 and nothing is served.
+func (w *Worker) serveNext(all []events.DraftReady, results []events.VerifyResult, arrived []time.Time, now time.Time) []servedRound {
+	var next []servedRound
+	for i := range results {
+		r := &results[i]
+		if r.DraftBudget == nil || *r.DraftBudget != 0 {
+			continue
+		}
+		timeout := all[i].Deadline.Sub(arrived[i])
+		n, ok := w.v.NextRound(&all[i], r, now, now.Add(timeout))
+		if !ok {
+			continue
+		}
+		r.ServerNext = true
+		next = append(next, servedRound{d: n, at: now})
+	}
+	return next
+}
+
 // planBudgets gives every ok result of a verification its device's draft
 // budget for the next round (unless the policy is static) and records the
-// plan's metrics.
+// plan's metrics. The first nServed drafts are rounds the worker ran on their
+// devices' behalf.
 //
 // A device's time outside the server is counted up to its batch's closing:
 // the wait in this worker's queue, behind other passes, is the server's.
-func (w *Worker) planBudgets(ctx context.Context, drafts []events.DraftReady, results []events.VerifyResult, closed []time.Time, answered time.Time) *goodput.Plan {
+func (w *Worker) planBudgets(ctx context.Context, drafts []events.DraftReady, results []events.VerifyResult, closed []time.Time, nServed int, answered time.Time) *goodput.Plan {
 	if w.cfg.Budget.Static {
 		return nil
 	}
@@ -486,7 +572,7 @@ func (w *Worker) planBudgets(ctx context.Context, drafts []events.DraftReady, re
 		d := &drafts[i]
 		rounds = append(rounds, goodput.Round{
 			Device: d.DeviceID, Drafted: len(d.Draft), Accepted: results[i].Accepted,
-			TPOTMs: d.TPOTMs, Arrived: closed[i],
+			TPOTMs: d.TPOTMs, Arrived: closed[i], ByServer: i < nServed, ServerRounds: d.ServerRounds > 0,
 		})
 		idx = append(idx, i)
 	}

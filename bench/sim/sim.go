@@ -105,6 +105,12 @@ type Config struct {
 	// token (0: none): the budgets try to meet it and, with Batch.SLO, so
 	// does the batcher.
 	TPOTMs float64
+	// ServerRounds is each device's drafter.Config.ServerRounds: with a
+	// budget policy, a device held at budget 0 lets the worker run up to
+	// that many rounds in a row itself (one committed token each, no trip:
+	// the worker puts them in its next pass, as verifier.Worker does). 0:
+	// drafter.DefaultServerRounds; negative: every round is the device's own.
+	ServerRounds int
 	// GatherMax bounds a free worker's wait for the rounds it answered to
 	// join its next pass (goodput.Gather), as verifier.WorkerConfig.GatherMax.
 	// Default verifier.DefaultGatherMax; negative: never wait. Budget.Static
@@ -187,6 +193,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.GatherMax == 0 {
 		c.GatherMax = verifier.DefaultGatherMax
+	}
+	if c.ServerRounds == 0 {
+		c.ServerRounds = drafter.DefaultServerRounds
 	}
 	if c.Slots <= 0 {
 		c.Slots = c.Devices + 4
@@ -272,8 +281,13 @@ func (l *Loop) Next() (kind, dev int, ok bool) {
 
 type device struct {
 	rounds RoundSource
-	cur    Round
+	cur    Round   // the round in progress (drafting, queued or in a pass)
+	res    []Round // the rounds whose results are on their way down, in order
 	sent   float64
+	// served: the worker runs the device's next round itself; chain is how
+	// many more it may run before the device's own next round.
+	served bool
+	chain  int
 	tokens int
 	budget int     // the last result's draft budget, -1 when none
 	due    float64 // when this round's result is due (TPOTMs), seconds; 0 none
@@ -334,6 +348,13 @@ func SLED(cfg Config) Result {
 			d.cur.Len = max(least, min(d.cur.Len, cfg.ContLen-1-d.pos))
 		}
 		d.cur.Accepted = min(d.cur.Accepted, d.cur.Len)
+		d.chain = 0
+		if cfg.ServerRounds > 0 && !cfg.Budget.Static {
+			d.chain = cfg.ServerRounds
+			if cfg.ContLen > 0 {
+				d.chain = max(min(d.chain, cfg.ContLen-2-d.pos-d.cur.Len), 0)
+			}
+		}
 		d.due = 0
 		if due := drafter.RoundDue(at(l.Now), tpot, d.cur.Len, d.drafted, d.accepted); !due.IsZero() {
 			d.due = due.Sub(epoch).Seconds()
@@ -351,6 +372,7 @@ func SLED(cfg Config) Result {
 	active := func() int { return activity.Count(at(l.Now)) }
 	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
 	type simWorker struct {
+		served    []int // devices whose next round the worker runs itself
 		pending   []int // drafts at the batcher for this worker
 		oldest    float64
 		delivered [][]int // batches at the worker, waiting
@@ -371,14 +393,14 @@ func SLED(cfg Config) Result {
 	var roundSum, passSum float64
 	startPass := func(w int) {
 		wk := &ws[w]
-		if wk.busy || len(wk.delivered) == 0 {
+		if wk.busy || len(wk.delivered) == 0 && len(wk.served) == 0 {
 			return
 		}
-		n := verifier.TakeQueued(len(wk.delivered), func(i int) int { return len(wk.delivered[i]) }, cfg.Slots)
+		n := verifier.TakeQueued(len(wk.delivered), func(i int) int { return len(wk.delivered[i]) }, max(cfg.Slots-len(wk.served), 1))
 		if !cfg.Budget.Static && cfg.GatherMax > 0 {
 			// As verifier.Worker: wait for the rounds it expects back when
 			// that saves more server time than the wait costs.
-			tokens := 0
+			tokens := len(wk.served)
 			var due time.Time
 			for _, b := range wk.delivered[:n] {
 				for _, i := range b {
@@ -396,7 +418,8 @@ func SLED(cfg Config) Result {
 				return
 			}
 		}
-		wk.inPass = wk.inPass[:0]
+		wk.inPass = append(wk.inPass[:0], wk.served...)
+		wk.served = wk.served[:0]
 		for _, b := range wk.delivered[:n] {
 			wk.inPass = append(wk.inPass, b...)
 		}
@@ -495,6 +518,7 @@ func SLED(cfg Config) Result {
 		case evPassDone:
 			wk := &ws[i]
 			for _, j := range wk.inPass {
+				devs[j].res = append(devs[j].res, devs[j].cur)
 				l.At(l.Now+cfg.DownMs/1000, evResult, j)
 			}
 			if !cfg.Budget.Static {
@@ -504,18 +528,31 @@ func SLED(cfg Config) Result {
 				tr.Estimator().ObserveOverhead(time.Duration((cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))) * float64(time.Millisecond)))
 				rounds := make([]goodput.Round, len(wk.inPass))
 				for k, j := range wk.inPass {
-					rounds[k] = goodput.Round{Device: ids[j], Drafted: devs[j].cur.Len, Accepted: devs[j].cur.Accepted, TPOTMs: cfg.TPOTMs, Arrived: at(devs[j].closed)}
+					d := &devs[j]
+					rounds[k] = goodput.Round{Device: ids[j], Drafted: d.cur.Len, Accepted: d.cur.Accepted, TPOTMs: cfg.TPOTMs, Arrived: at(d.closed),
+						ByServer: d.served, ServerRounds: d.chain > 0}
 				}
 				plan := tr.Plan(rounds, at(l.Now))
 				for k, j := range wk.inPass {
-					devs[j].budget = plan.Budgets[k]
+					d := &devs[j]
+					d.budget = plan.Budgets[k]
+					// As verifier.Worker: at budget 0 the worker goes on with
+					// the session itself in its next pass.
+					d.served = d.budget == 0 && d.chain > 0
+					if d.served {
+						d.chain--
+						d.cur, d.closed = Round{}, l.Now
+						wk.served = append(wk.served, j)
+					}
 				}
 			}
 			wk.busy, wk.freed = false, l.Now
 			startPass(i)
 		case evResult:
 			d := &devs[i]
-			got := d.cur.Accepted + 1
+			r := d.res[0]
+			d.res = d.res[1:]
+			got := r.Accepted + 1
 			if l.Now >= from {
 				d.tokens += got
 				roundSum += l.Now - d.sent
@@ -523,10 +560,14 @@ func SLED(cfg Config) Result {
 			}
 			d.fresh = false
 			d.pos += got
-			d.drafted += d.cur.Len
-			d.accepted += d.cur.Accepted
+			d.drafted += r.Len
+			d.accepted += r.Accepted
 			if cfg.ContLen > 0 && d.pos >= cfg.ContLen-1 {
 				d.pos, d.fresh = 0, true
+			}
+			if d.served || len(d.res) > 0 {
+				d.sent = l.Now // the worker already has its next round
+				continue
 			}
 			start(i)
 		}

@@ -281,11 +281,11 @@ func TestSLEDWorkersScale(t *testing.T) {
 }
 
 // TestSLEDGathers: a fleet at budget 0 whose round trip outside the server
-// (8 ms) is shorter than the pass's fixed part (30 ms). Running every queued
-// batch as soon as the worker frees splits the fleet into waves, each paying
-// the fixed part; the worker's gather rule (goodput.Gather, as
-// verifier.Worker) waits for the wave it just answered, so passes hold the
-// fleet and it gets more tokens per second.
+// (8 ms) is shorter than the pass's fixed part (30 ms), every round the
+// device's own. Running every queued batch as soon as the worker frees
+// splits the fleet into waves, each paying the fixed part; the worker's
+// gather rule (goodput.Gather, as verifier.Worker) waits for the wave it just
+// answered, so passes hold the fleet and it gets more tokens per second.
 func TestSLEDGathers(t *testing.T) {
 	cfg := Config{
 		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 0} },
@@ -293,6 +293,7 @@ func TestSLEDGathers(t *testing.T) {
 		Budget: goodput.Policy{ProbeEvery: -1},
 		Cost:   PassCost{FixedMs: 30, PerTokenMs: 1},
 		UpMs:   3, HopMs: 1, DownMs: 3, Duration: 30, Seed: 5,
+		ServerRounds: -1,
 	}
 	off := cfg
 	off.GatherMax = -1
@@ -302,5 +303,32 @@ func TestSLEDGathers(t *testing.T) {
 	if gathered.MeanBatch < 0.9*32 || gathered.TokensPerSec < 1.1*split.TokensPerSec {
 		t.Errorf("gathering: %.1f drafts per pass, %.0f tokens/s; want nearly the whole fleet per pass and above %.0f",
 			gathered.MeanBatch, gathered.TokensPerSec, 1.1*split.TokensPerSec)
+	}
+}
+
+// TestSLEDServerRounds: the fleet of TestSLEDGathers, held at budget 0,
+// without gathering. When the worker runs the budget-0 rounds itself (as
+// verifier.Worker does with server rounds) no round waits for a trip, so
+// the fleet gets more tokens per second than with every round the device's
+// own, and its round takes about the pass alone.
+func TestSLEDServerRounds(t *testing.T) {
+	cfg := Config{
+		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 0} },
+		Batch:  batcher.Policy{Size: 64, MaxWait: time.Millisecond},
+		Budget: goodput.Policy{ProbeEvery: -1},
+		Cost:   PassCost{FixedMs: 30, PerTokenMs: 1},
+		UpMs:   3, HopMs: 1, DownMs: 3, Duration: 30, Seed: 5, GatherMax: -1,
+	}
+	own := cfg
+	own.ServerRounds = -1
+	trips, served := SLED(own), SLED(cfg)
+	central := Centralized(cfg)
+	t.Logf("own rounds: %.0f tokens/s, round %.1f ms; server rounds: %.0f tokens/s, round %.1f ms, %.1f per pass; centralized %.0f",
+		trips.TokensPerSec, trips.RoundMs, served.TokensPerSec, served.RoundMs, served.MeanBatch, central.TokensPerSec)
+	if served.TokensPerSec < 1.2*trips.TokensPerSec {
+		t.Errorf("server rounds %.0f tokens/s, own rounds %.0f: want at least 1.2x", served.TokensPerSec, trips.TokensPerSec)
+	}
+	if served.TokensPerSec < 0.85*central.TokensPerSec {
+		t.Errorf("server rounds %.0f tokens/s, centralized %.0f: want within 15%%", served.TokensPerSec, central.TokensPerSec)
 	}
 }

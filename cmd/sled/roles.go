@@ -119,7 +119,7 @@ func init() {
 				}
 				return services.RunDrafter(cmd.Context(), services.DrafterRole{
 					Conn: conn, Draft: ref.Path, TargetVocab: tvPath, HTTPAddr: httpAddr, APIKeys: apiKeysOr(apiKeys),
-					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel, NoStreamTimeout: noStream, TPOT: p.tpot},
+					Device: drafter.Config{DeviceID: id, ModelName: ref.ID, Pool: p.pool, Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, Threads: threads, Telemetry: tel, NoStreamTimeout: noStream, TPOT: p.tpot, ServerRounds: p.serverRounds},
 				})
 			},
 		}

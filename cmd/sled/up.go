@@ -39,6 +39,7 @@ type policyFlags struct {
 	maxBudget          int
 	sloBatching        bool
 	tpot               time.Duration
+	serverRounds       int
 }
 
 func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
@@ -53,6 +54,7 @@ func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 		f.BoolVar(&p.fallback, "fallback", false, "lossy fallback: release unverified drafts after --max-failures failed rounds (default strict lossless)")
 		f.BoolVar(&p.noAsync, "no-async", false, "turn off asynchronous drafting (drafting ahead while verification is in flight)")
 		f.DurationVar(&p.tpot, "tpot", 0, "latency objective per output token for requests that give none (sled.tpot_ms), e.g. 100ms (0: none)")
+		f.IntVar(&p.serverRounds, "server-rounds", 0, "devices: most rounds in a row the verifier runs on a device's behalf while its draft budget is 0 (0: the default, 32; negative: none)")
 	}
 	if server {
 		f.IntVar(&p.batchSize, "batch-size", batcher.DefaultSize, "static batch size")
@@ -148,10 +150,10 @@ TinyStories set in the model directory). --target and --draft override it.`,
 				NATS: infra.EmbeddedConfig{Port: natsPort, StoreDir: storeDir, TLS: natsTLS},
 				Pool: p.pool, Batch: p.batch(), Verifier: p.verifier(),
 				Draft: p.draft(), Retry: p.retry(), NoAsync: p.noAsync, APIKeys: apiKeysOr(apiKeys),
-				Budget: p.budget(), TPOT: p.tpot, CrossVocab: cross, UnifiedKV: unified,
+				Budget: p.budget(), TPOT: p.tpot, ServerRounds: p.serverRounds, CrossVocab: cross, UnifiedKV: unified,
 			}
 			if unified && mode != services.ModeCentralized {
-				return fmt.Errorf("--unified-kv is a layout of the centralized server's cache: it needs --mode %s (the verifier's is verifier.Config.SeparateKV)", services.ModeCentralized)
+				return fmt.Errorf("--unified-kv is a layout of the centralized server's cache: it needs --mode %s (the verifier's is verifier.Config.UnifiedKV)", services.ModeCentralized)
 			}
 			if auth {
 				if credsDir == "" {
