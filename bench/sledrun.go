@@ -203,6 +203,7 @@ type simDevice struct {
 	queueMs, batchMs, verifyMs, serverMs, draftMs float64
 	mismatches, failures                          int
 	allDrafted, allAccepted                       int // every round's, for the due times
+	budget                                        int // the last result's draft budget, -1 none
 }
 
 func (f *fleet) newDevice(i int) (*simDevice, error) {
@@ -210,6 +211,7 @@ func (f *fleet) newDevice(i int) (*simDevice, error) {
 	d := &simDevice{
 		f: f, i: i, id: fmt.Sprintf("bench-dev-%d", i), pub: f.pubs[i%len(f.pubs)],
 		results: make(chan *events.VerifyResult, 8),
+		budget:  -1,
 		pois:    NewPoisson(f.t.Profile.TokensPerSec, seed),
 		rounds:  NewSampler(f.env.Acceptance, f.t.Policy, seed),
 	}
@@ -253,7 +255,20 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 	sent := 0                     // committed[sent:] is not yet in the verifier's cache
 	var round, serverUntil uint64 // as drafter's generation numbers them
 	serverNext := false           // the verifier runs the next round itself
-	budget := -1                  // the last result's draft budget; -1: none yet
+	budget := d.budget            // the last result's draft budget; -1: none (as drafter.Device, kept across sessions)
+	defer func() {
+		d.budget = budget
+		if round > 0 {
+			// As drafter.Device: the session's end releases it at the
+			// verifier, and stops the rounds it runs on the device's behalf
+			// (a session left on a mismatch would have them run out).
+			end := drafter.DraftRound{
+				DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: max(round, serverUntil) + 1,
+				Committed: committed, Sent: len(committed), VocabFingerprint: fp, Timeout: d.f.t.Timeout, End: true,
+			}.Event(time.Now())
+			_, _ = d.pub.PublishAsync(events.New(events.DeviceSource(d.id), end))
+		}
+	}()
 	for pos := 0; pos < len(cont)-1; {
 		var n, m int
 		var gap time.Duration
@@ -329,6 +344,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			}
 			return d.f.win.add(d.i, 0, now)
 		}
+		budget = -1
 		if res.DraftBudget != nil {
 			budget = *res.DraftBudget
 		}

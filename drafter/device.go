@@ -138,8 +138,12 @@ type Device struct {
 	source string
 	obs    *observer
 
-	gen sync.Mutex // one generation at a time; guards ds
+	gen sync.Mutex // one generation at a time; guards ds and budget
 	ds  draftSource
+	// budget is the last verdict's draft budget, -1 before any or after a
+	// verdict without one: a generation's first round drafts within it, as
+	// the server asked of this device, rather than at full length.
+	budget int
 
 	closing context.Context // done once Close starts: generations in progress end
 	close   context.CancelFunc
@@ -211,6 +215,7 @@ func New(ctx context.Context, draft *engine.Model, nc *nats.Conn, js jetstream.J
 		waiters: make(map[string]chan *events.VerifyResult),
 		obs:     newObserver(cfg.Telemetry, cfg.DeviceID, cfg.ModelName),
 		beat:    make(chan struct{}),
+		budget:  -1,
 	}
 	d.closing, d.close = context.WithCancel(context.Background())
 	var err error
@@ -375,7 +380,7 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 		d: d, req: req, emit: emit, session: newSessionID(),
 		st:      newRoundState(req.Prompt, req.MaxTokens, d.cfg.MaxContext, d.model.IsEOG),
 		results: make(chan *events.VerifyResult, 64),
-		budget:  -1,
+		budget:  d.budget,
 		tpot:    req.TPOT,
 		pick:    newPicker(req),
 	}
@@ -391,6 +396,8 @@ func (d *Device) Generate(ctx context.Context, req textgen.Request, emit func(te
 		d.wmu.Unlock()
 	}()
 	err := g.run(ctx)
+	d.budget = g.budget
+	g.end()
 	res := textgen.Result{Tokens: g.st.output(), FinishReason: g.finish, Stats: g.stats}
 	if res.Stats.Drafted > 0 {
 		res.Stats.AcceptanceRate = float64(res.Stats.Accepted) / float64(res.Stats.Drafted)
@@ -422,7 +429,8 @@ type generation struct {
 	lastOK     time.Time
 	rt         round // the open round's trace
 	// budget is the last verdict's draft budget (events.VerifyResult.DraftBudget),
-	// -1 before any: the device drafts at most that many tokens next.
+	// -1 when there is none (the device's own policy decides): the device
+	// drafts at most that many tokens next. It starts at the device's last.
 	budget int
 	// pick chooses draft tokens (see picker).
 	pick picker
@@ -436,6 +444,30 @@ type generation struct {
 	// own rounds are numbered above it.
 	serverNext  bool
 	serverUntil uint64
+	// eos: the last verdict ended the text (the verifier released the
+	// session itself).
+	eos bool
+}
+
+// end tells the verifier that a generation which did not end in the
+// verifier's end of text is over (events.DraftReady.End), so that it
+// releases the session's slot and stops any rounds it runs on the
+// generation's behalf, instead of running out their allowance. It does not
+// wait for the stream's ack: a lost end costs the verifier those rounds and
+// the slot until it is evicted, nothing else.
+func (g *generation) end() {
+	if g.eos || g.round == 0 {
+		return
+	}
+	st := g.st
+	ev := DraftRound{
+		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: max(g.round, g.serverUntil) + 1,
+		Committed: st.committed, Sent: len(st.committed), VocabFingerprint: g.d.model.Fingerprint(),
+		Timeout: g.d.cfg.Retry.Timeout, End: true,
+	}.Event(time.Now())
+	if _, err := g.d.pub.PublishAsync(events.New(g.d.source, ev)); err != nil {
+		g.d.cfg.Logger.Debug("publish session end", "session", g.session, "err", err)
+	}
 }
 
 // maxLen is the most draft tokens the next round may carry: the drafting
@@ -817,6 +849,8 @@ func (g *generation) apply(ctx context.Context, res *events.VerifyResult) (bool,
 	if err != nil {
 		return true, err
 	}
+	g.eos = res.EOS
+	g.budget = -1
 	if res.DraftBudget != nil {
 		g.budget = *res.DraftBudget
 	}

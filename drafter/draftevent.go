@@ -47,6 +47,8 @@ type DraftRound struct {
 	// it within what the generation may still produce and numbers no round
 	// of its own up to Round+ServerRounds.
 	ServerRounds int
+	// End marks the session's end (events.DraftReady.End): no draft.
+	End bool
 }
 
 // RoundDue is when a round begun at began with pending draft tokens must get
@@ -83,6 +85,7 @@ func (r DraftRound) Event(now time.Time) *events.DraftReady {
 		TPOTMs:           float64(r.TPOT) / float64(time.Millisecond),
 		Due:              r.Due,
 		ServerRounds:     min(max(r.ServerRounds, 0), events.MaxServerRounds),
+		End:              r.End,
 	}
 	if r.WithPrefix {
 		ev.Prefix = append([]int32(nil), r.Committed...)

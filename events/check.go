@@ -56,6 +56,8 @@ func (d *DraftReady) check(vocab int) error {
 		return fmt.Errorf("%w: %d top_k entries for %d draft tokens", ErrInvalid, len(d.TopK), len(d.Draft))
 	case !(d.TPOTMs >= 0 && d.TPOTMs <= MaxTPOTMs):
 		return fmt.Errorf("%w: tpot_ms %v not in [0,%v]", ErrInvalid, d.TPOTMs, float64(MaxTPOTMs))
+	case d.End && len(d.Draft) > 0:
+		return fmt.Errorf("%w: a session's end carries %d draft tokens", ErrInvalid, len(d.Draft))
 	case d.ServerRounds < 0 || d.ServerRounds > MaxServerRounds:
 		return fmt.Errorf("%w: server_rounds %d not in [0,%d]", ErrInvalid, d.ServerRounds, MaxServerRounds)
 	case d.PrefixLen < 0 || d.PrefixLen > schemas.MaxPrefixTokens:

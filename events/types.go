@@ -144,8 +144,14 @@ type DraftReady struct {
 	// at most MaxServerRounds. A device sets it no higher than the tokens its
 	// generation may still produce after this round's draft, and takes no
 	// round number up to Round+ServerRounds for a round of its own.
-	ServerRounds int     `json:"server_rounds,omitempty"`
-	Prefix       []int32 `json:"prefix,omitempty"`
+	ServerRounds int `json:"server_rounds,omitempty"`
+	// End says the device has ended the session before an end of text (a
+	// stop sequence, a cancelled request, the length limit): the verifier
+	// releases the session's slot and runs no more rounds on its behalf, and
+	// answers nothing. Such a round carries no draft; its number is above
+	// every round the verifier may run for the device.
+	End    bool    `json:"end,omitempty"`
+	Prefix []int32 `json:"prefix,omitempty"`
 	// TraceParent and TraceState are the round's W3C trace context, as in the
 	// draft event's ce-traceparent and ce-tracestate. A device need not set
 	// them (the event header carries the context); the batcher copies the

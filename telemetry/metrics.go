@@ -109,6 +109,10 @@ type Metrics struct {
 	// behalf (a session held at draft budget 0 whose device allows it:
 	// events.VerifyResult.ServerNext). Attributes: pool, worker.
 	ServerRounds metric.Int64Counter
+	// SessionsEnded counts sessions their devices ended before an end of
+	// text (events.DraftReady.End), released at once. Attributes: pool,
+	// worker.
+	SessionsEnded metric.Int64Counter
 	// The goodput policy's decisions (package goodput), labels pool and
 	// worker: DraftBudget the budgets given; BudgetPlans the plans, by reason
 	// (goodput, slo, no_estimate, static); PlannedPassMs and PlannedGoodput
@@ -224,6 +228,7 @@ func NewMetrics(mp metric.MeterProvider) *Metrics {
 	mm.Slots = g("sled.slots.capacity", "{slot}", "KV sequence slots of the verifier.")
 	mm.SlotEvictions = c("sled.slots.evictions", "{session}", "Sessions evicted from a KV slot.")
 	mm.VerifierSkipped = c("sled.verifier.skipped", "{draft}", "Drafts past their deadline on arrival, left unanswered.")
+	mm.SessionsEnded = c("sled.verifier.sessions_ended", "{session}", "Sessions their devices ended before an end of text, released at once.")
 	mm.ServerRounds = c("sled.verifier.server_rounds", "{round}", "Rounds a verifier ran on its devices' behalf (sessions held at draft budget 0).")
 
 	mm.Rejected = c("sled.events.rejected", "{event}", "Events rejected as invalid, by reason.")

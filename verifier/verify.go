@@ -80,6 +80,9 @@ type Stats struct {
 	// were already in their slot's cells (an earlier session's) and so were not
 	// evaluated again.
 	ReusedPrefixTokens uint64
+	// Swaps counts exchanges of two slots' cells (engine.Context.Swap) that
+	// keep the busy slots consecutive with a stream per slot.
+	Swaps uint64
 }
 
 // Verifier checks drafts against the target model: for each draft of a batch it
@@ -169,6 +172,7 @@ func (v *Verifier) Verify(ctx context.Context, drafts []events.DraftReady) ([]ev
 	start := time.Now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.compact()
 	results := make([]events.VerifyResult, len(drafts))
 	pinned := make(map[string]bool, len(drafts))
 	var jobs []*job
@@ -257,10 +261,26 @@ func (v *Verifier) plan(d *events.DraftReady, r *events.VerifyResult, pinned map
 		fail(r, events.StatusInvalid, events.Reason(events.ErrInvalid), "empty prefix")
 		return nil
 	}
-	s, keep := v.slots.assign(sessionKey(d), d.Prefix, pinned)
+	s, keep, pl := v.slots.assign(sessionKey(d), d.Prefix, pinned, !v.cfg.UnifiedKV)
 	if s == nil {
 		fail(r, events.StatusOverloaded, ReasonNoSlot, fmt.Sprintf("all %d slots hold sessions of this batch", v.cfg.Slots))
 		return nil
+	}
+	// With a stream per slot the session goes where the busy slots stay
+	// consecutive (a gap splits llama.cpp's pass into micro-batches), the
+	// cached cells exchanged or copied there first.
+	if pl.From != s.slot {
+		if err := v.ectx.Swap(pl.From, s.slot); err != nil {
+			keep = 0
+			v.slots.free.Release(pl.From, nil)
+		} else {
+			v.stats.Swaps++
+		}
+	}
+	if pl.Copy >= 0 && keep > 0 {
+		if err := v.ectx.Copy(pl.Copy, s.slot, keep); err != nil {
+			keep = 0
+		}
 	}
 	// The slot's first keep cells already hold d.Prefix[:keep] (an earlier
 	// session's, see slotTable.assign); run drops the rest before the pass.
@@ -404,6 +424,24 @@ func (v *Verifier) accept(j *job, rows [][]float32) {
 		// slot is free at once, its cells kept for a session that starts the
 		// same way (a retry of this round resyncs and finds them).
 		v.slots.release(j.s.id)
+	}
+}
+
+// compact closes the gaps that sessions which ended left between the busy
+// slots, with a stream per slot: the farthest session moves into each gap
+// (slotTable.compact, engine.Context.Swap). A session whose exchange fails is
+// dropped; its device resyncs.
+func (v *Verifier) compact() {
+	if v.cfg.UnifiedKV {
+		return
+	}
+	for _, mv := range v.slots.compact() {
+		if err := v.ectx.Swap(mv.From, mv.To); err != nil {
+			v.slots.free.Release(mv.From, nil)
+			v.dropSession(mv.s)
+			continue
+		}
+		v.stats.Swaps++
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -574,5 +575,73 @@ func TestNextRound(t *testing.T) {
 	}
 	if r, ok := v.NextRound(&prev, &prevRes, now, now); !ok || r.Round != prev.Round+1 {
 		t.Errorf("the unchanged session: next round %v %v", r.Round, ok)
+	}
+}
+
+// TestCompactsEndedSessions: with a stream per slot (the default), a session
+// that ends amid the busy slots leaves a gap that the next verification
+// closes by exchanging the farthest session's cells into it
+// (engine.Context.Swap), and a new session lands next to the run; the moved
+// session goes on exactly (its output is the target's greedy text).
+func TestCompactsEndedSessions(t *testing.T) {
+	m := loadTarget(t)
+	v, err := New(m, Config{Slots: 6, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	var devs []*device
+	for i, text := range []string{"Once upon a time", "The little dog", "Tom and Sue went to", "One day, a girl"} {
+		p, _ := m.Tokenize(text, true)
+		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, 60)))
+	}
+	step := func(ds []*device, round int) {
+		t.Helper()
+		batch := make([]events.DraftReady, len(ds))
+		for i, d := range ds {
+			batch[i] = d.draft((round+i)%3, (round+i)%2 == 0)
+		}
+		res, err := v.Verify(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, d := range ds {
+			if err := d.apply(batch[i], res[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for r := range 4 {
+		step(devs[:3], r)
+	}
+	run := func(n int) {
+		t.Helper()
+		var slots []int
+		for _, s := range v.slots.byID {
+			slots = append(slots, s.slot)
+		}
+		slices.Sort(slots)
+		if len(slots) != n || slots[n-1]-slots[0] != n-1 {
+			t.Fatalf("sessions in slots %v: not one run of %d", slots, n)
+		}
+	}
+	run(3)
+	v.Forget(devs[1].id, devs[1].session) // the second ends: a gap amid the run
+	for r := range 2 {
+		step([]*device{devs[0], devs[2]}, 4+r)
+	}
+	if st := v.Stats(); st.Swaps != 1 {
+		t.Fatalf("%d exchanges closed one gap: %+v", st.Swaps, st)
+	}
+	run(2)
+	for r := range 3 {
+		step([]*device{devs[0], devs[2], devs[3]}, 6+r)
+	}
+	run(3)
+	for _, d := range []*device{devs[0], devs[2], devs[3]} {
+		if got, want := d.out(), d.ref[:len(d.out())]; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s: %v, the target's %v", d.id, got, want)
+		}
 	}
 }

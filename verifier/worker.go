@@ -174,7 +174,7 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 	ctx := context.Background()
 	w.m.Slots.Record(ctx, int64(v.Config().Slots), w.attrs)
 	for _, c := range []metric.Int64Counter{w.m.VerifierResyncs, w.m.VerifierSessions, w.m.PrefixReused, w.m.SlotEvictions,
-		w.m.VerifierSkipped, w.m.ServerRounds, w.m.SpecDrafts, w.m.SpecDraftTokens, w.m.SpecAcceptedTokens} {
+		w.m.VerifierSkipped, w.m.ServerRounds, w.m.SessionsEnded, w.m.SpecDrafts, w.m.SpecDraftTokens, w.m.SpecAcceptedTokens} {
 		c.Add(ctx, 0, w.attrs) // the series exist before the first event
 	}
 	return w, nil
@@ -423,8 +423,15 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 	var all []events.DraftReady
 	var arrived []time.Time // when each draft's batch closed, or its served round was built
 	keep := func(d *events.DraftReady) bool {
+		if d.End && d.Round >= latest[sessionKey(d)] {
+			// The device ended the session: release it, run no more of its
+			// rounds (they are older), answer nothing.
+			w.v.Forget(d.DeviceID, d.SessionID)
+			w.m.SessionsEnded.Add(ctx, 1, w.attrs)
+			return false
+		}
 		stale := !d.Deadline.IsZero() && now.After(d.Deadline)
-		if stale || d.Round < latest[sessionKey(d)] {
+		if d.End || stale || d.Round < latest[sessionKey(d)] {
 			w.mu.Lock()
 			w.skipped++
 			w.mu.Unlock()
@@ -572,7 +579,9 @@ func (w *Worker) planBudgets(ctx context.Context, drafts []events.DraftReady, re
 		d := &drafts[i]
 		rounds = append(rounds, goodput.Round{
 			Device: d.DeviceID, Drafted: len(d.Draft), Accepted: results[i].Accepted,
-			TPOTMs: d.TPOTMs, Arrived: closed[i], ByServer: i < nServed, ServerRounds: d.ServerRounds > 0,
+			// A round the worker ran comes from a device that allows them,
+			// even the last of a chain (which allows no more itself).
+			TPOTMs: d.TPOTMs, Arrived: closed[i], ByServer: i < nServed, ServerRounds: d.ServerRounds > 0 || i < nServed,
 		})
 		idx = append(idx, i)
 	}

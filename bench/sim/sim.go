@@ -530,7 +530,7 @@ func SLED(cfg Config) Result {
 				for k, j := range wk.inPass {
 					d := &devs[j]
 					rounds[k] = goodput.Round{Device: ids[j], Drafted: d.cur.Len, Accepted: d.cur.Accepted, TPOTMs: cfg.TPOTMs, Arrived: at(d.closed),
-						ByServer: d.served, ServerRounds: d.chain > 0}
+						ByServer: d.served, ServerRounds: d.chain > 0 || d.served}
 				}
 				plan := tr.Plan(rounds, at(l.Now))
 				for k, j := range wk.inPass {
