@@ -119,12 +119,14 @@ type Config struct {
 	ServerRounds int
 }
 
-// DefaultServerRounds is Config.ServerRounds's default: two probe periods
-// of the goodput policy (goodput.DefaultProbeEvery), so that a device held at
-// budget 0 sends a round of its own about once per probe, and a generation
-// that stops early (a stop sequence, a client gone) costs the server that
-// many one-token rounds at most.
-const DefaultServerRounds = 32
+// DefaultServerRounds is Config.ServerRounds's default: the goodput policy's
+// longest probe interval (goodput.DefaultProbeMax). Each chain's end costs
+// the device a trip, and its round then waits for the pass in flight (at 32
+// that was about one pass in 33 on the Qwen pair); a generation that stops
+// early says so (events.DraftReady.End), so the allowance only bounds what a
+// device that vanished mid-chain costs the server: that many one-token
+// rounds at most, never past its generation's length limit.
+const DefaultServerRounds = 256
 
 // Device is one edge device: a draft model and a NATS connection. It implements
 // textgen.Generator, serving one generation at a time (concurrent calls queue).

@@ -78,14 +78,20 @@ type Device struct {
 	ExternalMs, DraftMs float64
 	// ServerRounds: at budget 0 the server runs the device's next round
 	// itself (the device allows it; events.DraftReady.ServerRounds), so that
-	// round takes the pass alone: no ExternalMs.
+	// round takes the pass alone: no ExternalMs. A round of its own (k > 0)
+	// then comes back to a server kept busy by the rounds it runs for
+	// everyone else, and waits on average half a pass for the one in flight
+	// before its own.
 	ServerRounds bool
 }
 
 // roundMs is the time of a round of k draft tokens in a pass of passMs.
 func (d Device) roundMs(k int, passMs float64) float64 {
-	if k == 0 && d.ServerRounds {
+	switch {
+	case d.ServerRounds && k == 0:
 		return passMs
+	case d.ServerRounds:
+		return d.ExternalMs + d.DraftMs*float64(k) + 1.5*passMs
 	}
 	return d.ExternalMs + d.DraftMs*float64(k) + passMs
 }

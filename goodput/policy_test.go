@@ -260,3 +260,34 @@ func TestLineFit(t *testing.T) {
 		t.Errorf("rounds of one length: line %v + %v x, want 70 + 0 x", a, b)
 	}
 }
+
+// A device whose budget-0 rounds the server runs itself (ServerRounds) pays
+// no trip at budget 0, and a round of its own comes back to a server busy
+// with the others' rounds: on a compute-bound server with a slow drafter and
+// fair drafts it is held at 0, where the same device making every trip
+// itself drafts (its trip is paid anyway, so drafts ride on it).
+func TestServerRoundsTakeThePassAlone(t *testing.T) {
+	mk := func(server bool) []Device {
+		devs := fleet(16, 0.7)
+		for i := range devs {
+			devs[i].ExternalMs, devs[i].DraftMs, devs[i].ServerRounds = 30, 30, server
+		}
+		return devs
+	}
+	cost := linear(100, 4) // 16 one-token rounds: 164 ms, each draft token 4 more
+	own := Policy{}.Choose(mk(false), cost, 0)
+	served := Policy{}.Choose(mk(true), cost, 0)
+	drafted := 0
+	for i := range own.Budgets {
+		drafted += own.Budgets[i]
+		if served.Budgets[i] != 0 {
+			t.Errorf("device %d with server rounds: budget %d, want 0 (plan %+v)", i, served.Budgets[i], served)
+		}
+	}
+	if drafted == 0 {
+		t.Errorf("devices making their own trips: budgets %v, want drafts riding on the trips", own.Budgets)
+	}
+	if served.Goodput <= own.Goodput {
+		t.Errorf("server rounds plan %.1f tokens/s, own trips %.1f: budget 0 without the trip should be worth more", served.Goodput, own.Goodput)
+	}
+}

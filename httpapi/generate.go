@@ -188,7 +188,7 @@ func (o *outcome) usage(promptTokens int) *Usage {
 func (o *outcome) stats(device string) *Stats {
 	st := o.result.Stats
 	return &Stats{
-		Device: device, Rounds: st.Rounds, Drafted: st.Drafted, Accepted: st.Accepted,
+		Device: device, Rounds: st.Rounds, ServerRounds: st.ServerRounds, Drafted: st.Drafted, Accepted: st.Accepted,
 		AcceptanceRate: st.AcceptanceRate, Sampling: o.sampling, Seed: o.seed, UnverifiedTokens: st.Unverified,
 		Retries: st.Retries, Resyncs: st.Resyncs, UnverifiedSpans: o.spans,
 	}

@@ -230,8 +230,11 @@ type Usage struct {
 // Stats are SLED's figures for one generation: the "sled" object of a response.
 type Stats struct {
 	// Device is the name of the device that served the request.
-	Device         string  `json:"device"`
-	Rounds         int     `json:"rounds"`
+	Device string `json:"device"`
+	Rounds int    `json:"rounds"`
+	// ServerRounds counts the rounds the verifier ran on the device's behalf
+	// while its draft budget was 0 (the device sent nothing for them).
+	ServerRounds   int     `json:"server_rounds"`
 	Drafted        int     `json:"drafted"`
 	Accepted       int     `json:"accepted"`
 	AcceptanceRate float64 `json:"acceptance_rate"`

@@ -396,11 +396,15 @@ func SLED(cfg Config) Result {
 		if wk.busy || len(wk.delivered) == 0 && len(wk.served) == 0 {
 			return
 		}
-		n := verifier.TakeQueued(len(wk.delivered), func(i int) int { return len(wk.delivered[i]) }, max(cfg.Slots-len(wk.served), 1))
+		// As verifier.Worker: the rounds it runs itself, at most Slots (a
+		// verifier holds a session per slot), then queued batches while they
+		// fit, and always at least one.
+		own := min(len(wk.served), cfg.Slots)
+		n := verifier.TakeQueued(len(wk.delivered), func(i int) int { return len(wk.delivered[i]) }, max(cfg.Slots-own, 1))
 		if !cfg.Budget.Static && cfg.GatherMax > 0 {
 			// As verifier.Worker: wait for the rounds it expects back when
 			// that saves more server time than the wait costs.
-			tokens := len(wk.served)
+			tokens := own
 			var due time.Time
 			for _, b := range wk.delivered[:n] {
 				for _, i := range b {
@@ -418,8 +422,8 @@ func SLED(cfg Config) Result {
 				return
 			}
 		}
-		wk.inPass = append(wk.inPass[:0], wk.served...)
-		wk.served = wk.served[:0]
+		wk.inPass = append(wk.inPass[:0], wk.served[:own]...)
+		wk.served = append(wk.served[:0], wk.served[own:]...)
 		for _, b := range wk.delivered[:n] {
 			wk.inPass = append(wk.inPass, b...)
 		}

@@ -259,12 +259,15 @@ func TestCentralizedChunkedPrefill(t *testing.T) {
 // TestSLEDWorkersScale: a server-bound fleet (devices draft instantly, every
 // worker's passes full at its Slots) gets about W times the tokens/s from W
 // workers, each pass over its own devices' drafts, and exactly one worker's
-// figure with Workers 1.
+// figure with Workers 1. Every round is the device's own: with more devices
+// than Slots, rounds a worker ran itself would hold its slots, and the model
+// has no session eviction to share them out (the real verifier evicts the
+// least recently used session).
 func TestSLEDWorkersScale(t *testing.T) {
 	cfg := Config{
 		Devices: 48, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 3, Accepted: 1} },
 		Batch: batcher.Policy{Size: 8, MaxWait: time.Millisecond, NoEarlyClose: true}, Slots: 8,
-		Cost: PassCost{FixedMs: 20, PerTokenMs: 1}, Duration: 200, Seed: 1,
+		Cost: PassCost{FixedMs: 20, PerTokenMs: 1}, Duration: 200, Seed: 1, ServerRounds: -1,
 	}
 	one := SLED(cfg)
 	cfg.Workers = 1

@@ -103,7 +103,7 @@ func benchCmd() *cobra.Command {
 	f.BoolVar(&o.NoStatic, "no-static", false, "capacity, wstgr: skip the static-length SLED measured beside the budgeted one")
 	f.IntVar(&o.Budget.MaxBudget, "max-budget", 0, "goodput policy: largest draft budget (default 8)")
 	f.Float64Var(&o.TPOTMs, "tpot", 0, "every device's latency objective, ms per output token (0: none)")
-	f.IntVar(&o.ServerRounds, "server-rounds", 0, "devices: most rounds in a row the verifier runs on a device's behalf while its draft budget is 0 (0: the default, 32; negative: none)")
+	f.IntVar(&o.ServerRounds, "server-rounds", 0, "devices: most rounds in a row the verifier runs on a device's behalf while its draft budget is 0 (0: the default, 256; negative: none)")
 	f.BoolVar(&o.Batch.SLO, "slo-batching", false, "batcher: SLO-aware batching (close a batch when waiting longer would make a device miss its objective)")
 	f.Float64SliceVar(&o.Rates, "rates", nil, "capacity: required per-device rates (tokens/s) for a capacity curve, comma-separated")
 	f.IntVar(&o.Threads, "threads", 0, "server llama.cpp threads (default all cores)")

@@ -54,7 +54,7 @@ func (p *policyFlags) register(cmd *cobra.Command, device, server bool) {
 		f.BoolVar(&p.fallback, "fallback", false, "lossy fallback: release unverified drafts after --max-failures failed rounds (default strict lossless)")
 		f.BoolVar(&p.noAsync, "no-async", false, "turn off asynchronous drafting (drafting ahead while verification is in flight)")
 		f.DurationVar(&p.tpot, "tpot", 0, "latency objective per output token for requests that give none (sled.tpot_ms), e.g. 100ms (0: none)")
-		f.IntVar(&p.serverRounds, "server-rounds", 0, "devices: most rounds in a row the verifier runs on a device's behalf while its draft budget is 0 (0: the default, 32; negative: none)")
+		f.IntVar(&p.serverRounds, "server-rounds", 0, "devices: most rounds in a row the verifier runs on a device's behalf while its draft budget is 0 (0: the default, 256; negative: none)")
 	}
 	if server {
 		f.IntVar(&p.batchSize, "batch-size", batcher.DefaultSize, "static batch size")
