@@ -4,12 +4,14 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/sled-project/sled/events"
 	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/internal/testmodels"
+	"github.com/sled-project/sled/internal/testwait"
 	"github.com/sled-project/sled/services"
 	"github.com/sled-project/sled/textgen"
 )
@@ -23,23 +25,35 @@ type budgetLog struct {
 	ok      int
 }
 
-func watchBudgets(t *testing.T, s *services.System) *budgetLog {
+// watchWire calls seen, from outside the system, with every valid event on
+// its subjects, one at a time, until the test ends.
+func watchWire(t *testing.T, s *services.System, seen func(events.Payload)) {
 	t.Helper()
 	nc, err := nats.Connect(s.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	l := &budgetLog{drafts: map[string]map[uint64]int{}, budgets: map[string]map[uint64]*int{}}
 	dec := &events.Decoder{VocabSize: s.Target().VocabSize()}
-	_, err = nc.Subscribe("sled.>", func(m *nats.Msg) {
-		ev, err := dec.DecodeMsg(m)
-		if err != nil {
-			return
+	if _, err := nc.Subscribe("sled.>", func(m *nats.Msg) {
+		if ev, err := dec.DecodeMsg(m); err == nil {
+			seen(ev.Data)
 		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func watchBudgets(t *testing.T, s *services.System) *budgetLog {
+	t.Helper()
+	l := &budgetLog{drafts: map[string]map[uint64]int{}, budgets: map[string]map[uint64]*int{}}
+	watchWire(t, s, func(p events.Payload) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		switch d := ev.Data.(type) {
+		switch d := p.(type) {
 		case *events.DraftReady:
 			if l.drafts[d.SessionID] == nil {
 				l.drafts[d.SessionID] = map[uint64]int{}
@@ -56,12 +70,6 @@ func watchBudgets(t *testing.T, s *services.System) *budgetLog {
 			l.ok++
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	return l
 }
 
@@ -143,21 +151,11 @@ type serverLog struct {
 
 func watchServerRounds(t *testing.T, s *services.System) *serverLog {
 	t.Helper()
-	nc, err := nats.Connect(s.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
 	l := &serverLog{sent: map[string]map[uint64]int{}, ok: map[string]map[uint64]bool{}, maxRound: map[string]uint64{}}
-	dec := &events.Decoder{VocabSize: s.Target().VocabSize()}
-	_, err = nc.Subscribe("sled.>", func(m *nats.Msg) {
-		ev, err := dec.DecodeMsg(m)
-		if err != nil {
-			return
-		}
+	watchWire(t, s, func(p events.Payload) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		switch d := ev.Data.(type) {
+		switch d := p.(type) {
 		case *events.DraftReady:
 			if l.sent[d.SessionID] == nil {
 				l.sent[d.SessionID] = map[uint64]int{}
@@ -174,12 +172,6 @@ func watchServerRounds(t *testing.T, s *services.System) *serverLog {
 			l.maxRound[d.SessionID] = max(l.maxRound[d.SessionID], d.Round)
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	return l
 }
 
@@ -209,6 +201,21 @@ func TestServerRounds(t *testing.T) {
 		deviceServed += o.res.Stats.ServerRounds
 	}
 	sameAsCentralized(t, ps, results, want, "server rounds")
+	// The devices have their results; the watcher's copies may still be on
+	// their way.
+	testwait.Eventually(5*time.Second, 10*time.Millisecond, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		n := 0
+		for session, oks := range l.ok {
+			for r := range oks {
+				if _, mine := l.sent[session][r]; !mine {
+					n++
+				}
+			}
+		}
+		return n >= deviceServed
+	})
 	l.mu.Lock()
 	served := 0
 	for session, oks := range l.ok {

@@ -134,19 +134,28 @@ func (d *device) apply(ev events.DraftReady, r events.VerifyResult) error {
 	return nil
 }
 
-func TestVerifyBatchesAreLossless(t *testing.T) {
+// scripted is a verifier on the test target with cfg, closed with the test,
+// and a scripted device per text, each knowing refLen tokens of the target's
+// greedy continuation.
+func scripted(t *testing.T, cfg Config, refLen int, texts ...string) (*Verifier, []*device) {
+	t.Helper()
 	m := loadTarget(t)
-	v, err := New(m, Config{Slots: 4, Threads: 1})
+	v, err := New(m, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer v.Close()
-	ctx := context.Background()
+	t.Cleanup(func() { v.Close() })
 	var devs []*device
-	for i, text := range []string{"Once upon a time", "The little dog", "Tom and Sue went to"} {
+	for i, text := range texts {
 		p, _ := m.Tokenize(text, true)
-		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, 60)))
+		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, refLen)))
 	}
+	return v, devs
+}
+
+func TestVerifyBatchesAreLossless(t *testing.T) {
+	v, devs := scripted(t, Config{Slots: 4, Threads: 1}, 60, "Once upon a time", "The little dog", "Tom and Sue went to")
+	ctx := context.Background()
 	for round := 0; ; round++ {
 		var batch []events.DraftReady
 		var who []*device
@@ -496,18 +505,8 @@ func TestVerifyReleasesAtEndOfText(t *testing.T) {
 // target's greedy text; no round follows when the device allowed none, when
 // the text ended, or when a later round rolled the session back.
 func TestNextRound(t *testing.T) {
-	m := loadTarget(t)
-	v, err := New(m, Config{Slots: 4, Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v, devs := scripted(t, Config{Slots: 4, Threads: 1}, 100, "Once upon a time", "The little dog")
 	ctx := context.Background()
-	var devs []*device
-	for i, text := range []string{"Once upon a time", "The little dog"} {
-		p, _ := m.Tokenize(text, true)
-		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, 100)))
-	}
 	served, other := devs[0], devs[1]
 	first := served.draft(2, true)
 	first.ServerRounds = 20
@@ -584,18 +583,8 @@ func TestNextRound(t *testing.T) {
 // (engine.Context.Swap), and a new session lands next to the run; the moved
 // session goes on exactly (its output is the target's greedy text).
 func TestCompactsEndedSessions(t *testing.T) {
-	m := loadTarget(t)
-	v, err := New(m, Config{Slots: 6, Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close()
+	v, devs := scripted(t, Config{Slots: 6, Threads: 1}, 60, "Once upon a time", "The little dog", "Tom and Sue went to", "One day, a girl")
 	ctx := context.Background()
-	var devs []*device
-	for i, text := range []string{"Once upon a time", "The little dog", "Tom and Sue went to", "One day, a girl"} {
-		p, _ := m.Tokenize(text, true)
-		devs = append(devs, newDevice(m, fmt.Sprintf("d%d", i), p, reference(t, m, p, 60)))
-	}
 	step := func(ds []*device, round int) {
 		t.Helper()
 		batch := make([]events.DraftReady, len(ds))

@@ -283,6 +283,19 @@ func TestSLEDWorkersScale(t *testing.T) {
 	}
 }
 
+// budgetZeroFleet is 32 devices at budget 0 (no draft is ever accepted, no
+// probes) whose round trip outside the server (8 ms) is shorter than the
+// pass's fixed part (30 ms).
+func budgetZeroFleet() Config {
+	return Config{
+		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 0} },
+		Batch:  batcher.Policy{Size: 64, MaxWait: time.Millisecond},
+		Budget: goodput.Policy{ProbeEvery: -1},
+		Cost:   PassCost{FixedMs: 30, PerTokenMs: 1},
+		UpMs:   3, HopMs: 1, DownMs: 3, Duration: 30, Seed: 5,
+	}
+}
+
 // TestSLEDGathers: a fleet at budget 0 whose round trip outside the server
 // (8 ms) is shorter than the pass's fixed part (30 ms), every round the
 // device's own. Running every queued batch as soon as the worker frees
@@ -290,14 +303,8 @@ func TestSLEDWorkersScale(t *testing.T) {
 // gather rule (goodput.Gather, as verifier.Worker) waits for the wave it just
 // answered, so passes hold the fleet and it gets more tokens per second.
 func TestSLEDGathers(t *testing.T) {
-	cfg := Config{
-		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 0} },
-		Batch:  batcher.Policy{Size: 64, MaxWait: time.Millisecond},
-		Budget: goodput.Policy{ProbeEvery: -1},
-		Cost:   PassCost{FixedMs: 30, PerTokenMs: 1},
-		UpMs:   3, HopMs: 1, DownMs: 3, Duration: 30, Seed: 5,
-		ServerRounds: -1,
-	}
+	cfg := budgetZeroFleet()
+	cfg.ServerRounds = -1
 	off := cfg
 	off.GatherMax = -1
 	split, gathered := SLED(off), SLED(cfg)
@@ -315,13 +322,8 @@ func TestSLEDGathers(t *testing.T) {
 // the fleet gets more tokens per second than with every round the device's
 // own, and its round takes about the pass alone.
 func TestSLEDServerRounds(t *testing.T) {
-	cfg := Config{
-		Devices: 32, DraftRate: 1e6, Rounds: func(int) RoundSource { return fixedRounds{Len: 4, Accepted: 0} },
-		Batch:  batcher.Policy{Size: 64, MaxWait: time.Millisecond},
-		Budget: goodput.Policy{ProbeEvery: -1},
-		Cost:   PassCost{FixedMs: 30, PerTokenMs: 1},
-		UpMs:   3, HopMs: 1, DownMs: 3, Duration: 30, Seed: 5, GatherMax: -1,
-	}
+	cfg := budgetZeroFleet()
+	cfg.GatherMax = -1
 	own := cfg
 	own.ServerRounds = -1
 	trips, served := SLED(own), SLED(cfg)
