@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -262,10 +261,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			// As drafter.Device: the session's end releases it at the
 			// verifier, and stops the rounds it runs on the device's behalf
 			// (a session left on a mismatch would have them run out).
-			end := drafter.DraftRound{
-				DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: max(round, serverUntil) + 1,
-				Committed: committed, Sent: len(committed), VocabFingerprint: fp, Timeout: d.f.t.Timeout, End: true,
-			}.Event(time.Now())
+			end := drafter.SessionEnd(d.id, id, events.DefaultPool, round, serverUntil, committed, fp, d.f.t.Timeout, time.Now())
 			_, _ = d.pub.PublishAsync(events.New(events.DeviceSource(d.id), end))
 		}
 	}()
@@ -300,11 +296,8 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 				return false
 			case <-time.After(gap):
 			}
-			round = max(round, serverUntil) + 1
-			rounds := 0
-			if d.f.t.ServerRounds >= 0 {
-				rounds = max(min(cmp.Or(d.f.t.ServerRounds, drafter.DefaultServerRounds), len(cont)-2-pos-n), 0)
-			}
+			round = drafter.OwnRound(round, serverUntil)
+			rounds := drafter.ServerAllowance(d.f.t.ServerRounds, len(cont)-1-pos, n)
 			serverUntil = round + uint64(rounds)
 			ev := drafter.DraftRound{
 				DeviceID: d.id, SessionID: id, Pool: events.DefaultPool, Round: round,

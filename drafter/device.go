@@ -461,12 +461,8 @@ func (g *generation) end() {
 	if g.eos || g.round == 0 {
 		return
 	}
-	st := g.st
-	ev := DraftRound{
-		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: max(g.round, g.serverUntil) + 1,
-		Committed: st.committed, Sent: len(st.committed), VocabFingerprint: g.d.model.Fingerprint(),
-		Timeout: g.d.cfg.Retry.Timeout, End: true,
-	}.Event(time.Now())
+	ev := SessionEnd(g.d.cfg.DeviceID, g.session, g.d.cfg.Pool, g.round, g.serverUntil, g.st.committed,
+		g.d.model.Fingerprint(), g.d.cfg.Retry.Timeout, time.Now())
 	if _, err := g.d.pub.PublishAsync(events.New(g.d.source, ev)); err != nil {
 		g.d.cfg.Logger.Debug("publish session end", "session", g.session, "err", err)
 	}
@@ -612,28 +608,16 @@ func (g *generation) serverRound(ctx context.Context) (*events.VerifyResult, err
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		g.round = max(g.round, g.serverUntil)
-		return nil, nil
+		return nil, nil // send numbers the device's own round (OwnRound)
 	}
-}
-
-// serverRounds is how many rounds after the next one the verifier may run
-// on the generation's behalf: at most Config.ServerRounds, and no more than
-// the tokens the generation may still produce after the round's draft and
-// its verdict's token.
-func (g *generation) serverRounds() int {
-	if g.d.cfg.ServerRounds < 0 {
-		return 0
-	}
-	return max(min(g.d.cfg.ServerRounds, g.st.room()-len(g.st.pending)-1), 0)
 }
 
 // send publishes the next round: every unverified token and the drafts.
 func (g *generation) send(ctx context.Context, dists [][]engine.TokenProb) error {
 	g.beginRound(ctx)
-	g.round = max(g.round, g.serverUntil) + 1
+	g.round = OwnRound(g.round, g.serverUntil)
 	st := g.st
-	rounds := g.serverRounds()
+	rounds := ServerAllowance(g.d.cfg.ServerRounds, st.room(), len(st.pending))
 	g.serverUntil = g.round + uint64(rounds)
 	ev := DraftRound{
 		DeviceID: g.d.cfg.DeviceID, SessionID: g.session, Pool: g.d.cfg.Pool, Round: g.round,

@@ -68,6 +68,39 @@ func RoundDue(began time.Time, tpot time.Duration, pending, drafted, accepted in
 	return began.Add(time.Duration((1 + rate*float64(pending)) * float64(tpot)))
 }
 
+// ServerAllowance is what a round may allow the verifier to run on the
+// device's behalf (DraftRound.ServerRounds): at most limit
+// (Config.ServerRounds: 0 its default, negative none), and no more than the
+// tokens the generation may still produce, room, after the round's draft
+// tokens and its verdict's own token, so that the verifier never runs past
+// the generation's end. The device, the benchmark's simulated devices and
+// the simulator (bench/sim) all allow with it.
+func ServerAllowance(limit, room, draft int) int {
+	if limit < 0 {
+		return 0
+	}
+	if limit == 0 {
+		limit = DefaultServerRounds
+	}
+	return max(min(limit, room-draft-1), 0)
+}
+
+// OwnRound is the number of a device's next round of its own after round,
+// when the verifier may run rounds up to serverUntil on its behalf: above
+// both, so that a late result of a round the verifier ran never passes for
+// one of the device's, and the device's round supersedes the verifier's.
+func OwnRound(round, serverUntil uint64) uint64 { return max(round, serverUntil) + 1 }
+
+// SessionEnd is the draft.ready that ends a session before an end of text
+// (events.DraftReady.End): numbered as the device's own next round (OwnRound),
+// no draft, the committed sequence's length and hash.
+func SessionEnd(deviceID, sessionID, pool string, round, serverUntil uint64, committed []engine.Token, fingerprint string, timeout time.Duration, now time.Time) *events.DraftReady {
+	return DraftRound{
+		DeviceID: deviceID, SessionID: sessionID, Pool: pool, Round: OwnRound(round, serverUntil),
+		Committed: committed, Sent: len(committed), VocabFingerprint: fingerprint, Timeout: timeout, End: true,
+	}.Event(now)
+}
+
 // Event builds the round's draft.ready event, its deadline counted from now.
 // It copies every slice, so the round's own may change afterwards.
 func (r DraftRound) Event(now time.Time) *events.DraftReady {

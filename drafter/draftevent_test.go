@@ -74,3 +74,32 @@ func TestRoundDue(t *testing.T) {
 		t.Errorf("due %v after start, want 400ms", d.Sub(began))
 	}
 }
+
+// TestServerAllowance: a round allows the verifier at most its limit (0: the
+// default, negative: none), never past the generation's room after its draft
+// and its verdict's token; the device's own next round is numbered above
+// every round the verifier may run, and a session's end is such a round.
+func TestServerAllowance(t *testing.T) {
+	cases := []struct{ limit, room, draft, want int }{
+		{0, 1000, 3, DefaultServerRounds},
+		{8, 1000, 3, 8},
+		{-1, 1000, 0, 0},
+		{8, 5, 2, 2}, // 5 tokens left: 2 drafted, 1 verdict token, 2 for the verifier
+		{8, 1, 0, 0},
+		{8, 2, 4, 0},
+	}
+	for _, c := range cases {
+		if got := ServerAllowance(c.limit, c.room, c.draft); got != c.want {
+			t.Errorf("ServerAllowance(%d, %d, %d) = %d, want %d", c.limit, c.room, c.draft, got, c.want)
+		}
+	}
+	if OwnRound(5, 0) != 6 || OwnRound(5, 37) != 38 || OwnRound(40, 37) != 41 {
+		t.Error("OwnRound not above both the last round and the verifier's allowance")
+	}
+	committed := []engine.Token{1, 2, 3}
+	end := SessionEnd("d1", "s1", "p", 4, 20, committed, "fp", time.Second, time.Unix(0, 0))
+	if !end.End || end.Round != 21 || len(end.Draft) != 0 || len(end.Committed) != 0 ||
+		end.PrefixLen != 3 || end.PrefixHash != events.PrefixHash(committed) {
+		t.Errorf("session end %+v", end)
+	}
+}

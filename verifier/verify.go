@@ -31,9 +31,10 @@ type Config struct {
 	// worker runs budget-0 sessions itself (WorkerConfig, server rounds),
 	// most passes are one token per session, the centralized server's
 	// shape, where a pass over unified cells attends to every session's
-	// cells: measured on the tiny pair at 64 devices, a pass of 62 sessions
-	// took 137 ms unified against 107 ms for 64 with a stream per slot
-	// (docs/benchmarks.md, "Server rounds").
+	// cells: measured on the tiny pair at 64 devices, rounds took 141 ms at
+	// the median (60 sessions a pass) unified against 107 ms (all 64) with a
+	// stream per slot, 413 against 561 tokens/s (docs/benchmarks.md, "Server
+	// rounds").
 	UnifiedKV bool
 	// PassTokens is what one llama.cpp micro-batch costs beyond its tokens, in
 	// tokens, with a stream per slot: a ragged or gapped pass is padded when that

@@ -13,6 +13,7 @@ package sim
 
 import (
 	"container/heap"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -349,11 +350,12 @@ func SLED(cfg Config) Result {
 		}
 		d.cur.Accepted = min(d.cur.Accepted, d.cur.Len)
 		d.chain = 0
-		if cfg.ServerRounds > 0 && !cfg.Budget.Static {
-			d.chain = cfg.ServerRounds
+		if !cfg.Budget.Static {
+			room := math.MaxInt32 // sessions that never end
 			if cfg.ContLen > 0 {
-				d.chain = max(min(d.chain, cfg.ContLen-2-d.pos-d.cur.Len), 0)
+				room = cfg.ContLen - 1 - d.pos
 			}
+			d.chain = drafter.ServerAllowance(cfg.ServerRounds, room, d.cur.Len)
 		}
 		d.due = 0
 		if due := drafter.RoundDue(at(l.Now), tpot, d.cur.Len, d.drafted, d.accepted); !due.IsZero() {
