@@ -1,6 +1,6 @@
 package goodput
 
-import "sort"
+import "slices"
 
 // Policy chooses draft budgets. The zero Policy is ready to use with the
 // documented defaults.
@@ -161,8 +161,18 @@ type CostFunc func(tokens int) (float64, bool)
 // acceptance (a device's (k+1)-th draft token is accepted with probability
 // accept[0]*...*accept[k], which never grows with k, so for each pass size
 // this is the allocation that expects the most tokens), then improves the
-// best one a device at a time while that raises the objective.
+// best one a device at a time while that raises the objective. A vector's
+// evaluation costs a pass over the devices, so for fleets beyond
+// ExactDevices the scan samples at most scanPoints pass sizes and refines
+// around the best, and the improvement scores a one-device move in constant
+// time against the sums it changes: a plan for thousands of devices costs
+// milliseconds, not seconds, on the verifier's hot path.
 func (p Policy) Choose(devs []Device, cost CostFunc, overheadMs float64) Plan {
+	return p.choose(devs, cost, overheadMs, ExactDevices)
+}
+
+// choose is Choose searching fleets of up to exact devices exhaustively.
+func (p Policy) choose(devs []Device, cost CostFunc, overheadMs float64, exact int) Plan {
 	p = p.WithDefaults()
 	plan := Plan{Budgets: make([]int, len(devs))}
 	if len(devs) == 0 {
@@ -172,7 +182,7 @@ func (p Policy) Choose(devs []Device, cost CostFunc, overheadMs float64) Plan {
 	for _, d := range devs {
 		base += carried(d)
 	}
-	ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
+	ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base, exact: exact}
 	if _, ok := cost(base); p.Static || !ok {
 		for i := range plan.Budgets {
 			plan.Budgets[i] = p.MaxBudget
@@ -203,13 +213,37 @@ func carried(d Device) int {
 	return d.Carried
 }
 
+// ExactDevices is the largest fleet whose plan Choose searches exhaustively
+// (every pass size along the order, every device in the improvement).
+const ExactDevices = 64
+
+// scanPoints bounds the pass sizes Choose's scan evaluates beyond
+// ExactDevices.
+const scanPoints = 256
+
 // evaluator scores budget vectors for Choose.
 type evaluator struct {
 	devs     []Device
 	cost     CostFunc
 	overhead float64
 	base     int
-	metEver  []bool // devices whose objective some evaluated vector met
+	metEver  []bool      // devices whose objective some evaluated vector met
+	outs     [][]float64 // outs[i][k]: device i's expected output tokens at budget k
+	exact    int         // the largest fleet searched exhaustively
+}
+
+// out is device i's expected output of a round at budget k: its target
+// token and the expected accepted draft tokens, computed once per device.
+func (e *evaluator) out(i, k int) float64 {
+	if e.outs == nil {
+		e.outs = make([][]float64, len(e.devs))
+	}
+	o := e.outs[i]
+	for len(o) <= k {
+		o = append(o, 1+Expected(e.devs[i].Accept, len(o)))
+	}
+	e.outs[i] = o
+	return o[k]
 }
 
 type score struct {
@@ -224,25 +258,60 @@ func (e *evaluator) score(k []int) score {
 	for _, n := range k {
 		t += n
 	}
-	ms, _ := e.cost(t)
+	return e.scoreAt(k, t)
+}
+
+// scoreAt scores k as if its pass held tokens tokens.
+func (e *evaluator) scoreAt(k []int, tokens int) score {
+	ms, _ := e.cost(tokens)
 	ms += e.overhead
-	if e.metEver == nil {
-		e.metEver = make([]bool, len(e.devs))
-	}
-	s := score{tokens: t, passMs: ms}
-	for i, d := range e.devs {
-		out := 1 + Expected(d.Accept, k[i])
-		round := d.roundMs(k[i], ms)
+	s := score{tokens: tokens, passMs: ms}
+	for i := range e.devs {
+		g, out, met := e.term(i, k[i], ms)
+		s.goodput += g
 		s.want += out
-		if round > 0 {
-			s.goodput += out / round * 1000
-		}
-		if d.TPOTMs > 0 && round <= out*d.TPOTMs {
+		if met {
 			s.met++
-			e.metEver[i] = true
 		}
 	}
 	return s
+}
+
+// moved is the score of k with device i's budget n instead of k[i], from
+// base, k's own score at the pass size the move makes.
+func (e *evaluator) moved(base score, k []int, i, n int) score {
+	g0, o0, m0 := e.term(i, k[i], base.passMs)
+	g1, o1, m1 := e.term(i, n, base.passMs)
+	s := base
+	s.goodput += g1 - g0
+	s.want += o1 - o0
+	if m0 {
+		s.met--
+	}
+	if m1 {
+		s.met++
+	}
+	return s
+}
+
+// term is device i's share of a score at budget k in a pass of ms: its
+// goodput, its expected output, and whether its objective is met (which
+// marks it in metEver).
+func (e *evaluator) term(i, k int, ms float64) (goodput, out float64, met bool) {
+	if e.metEver == nil {
+		e.metEver = make([]bool, len(e.devs))
+	}
+	d := &e.devs[i]
+	out = e.out(i, k)
+	round := d.roundMs(k, ms)
+	if round > 0 {
+		goodput = out / round * 1000
+	}
+	if d.TPOTMs > 0 && round <= out*d.TPOTMs {
+		met = true
+		e.metEver[i] = true
+	}
+	return goodput, out, met
 }
 
 func better(a, b score) bool {
@@ -275,7 +344,7 @@ func (e *evaluator) free(p Policy) []int {
 		d.TPOTMs = 0
 		devs[i] = d
 	}
-	f := evaluator{devs: devs, cost: e.cost, overhead: e.overhead, base: e.base}
+	f := evaluator{devs: devs, cost: e.cost, overhead: e.overhead, base: e.base, outs: e.outs, exact: e.exact}
 	return p.search(&f, p.order(devs, nil)).Budgets
 }
 
@@ -319,49 +388,99 @@ func (p Policy) order(devs []Device, last map[int]bool) []gain {
 			gs = append(gs, gain{dev: i, k: k, g: run})
 		}
 	}
-	sort.SliceStable(gs, func(a, b int) bool {
-		if la, lb := last[gs[a].dev], last[gs[b].dev]; la != lb {
-			return lb
+	// A total order (device and position break ties), so an unstable sort is
+	// deterministic; sort.SliceStable's reflection cost most of a large plan.
+	slices.SortFunc(gs, func(a, b gain) int {
+		if la, lb := last[a.dev], last[b.dev]; la != lb {
+			if lb {
+				return -1
+			}
+			return 1
 		}
-		if gs[a].g != gs[b].g {
-			return gs[a].g > gs[b].g
+		if a.g != b.g {
+			if a.g > b.g {
+				return -1
+			}
+			return 1
 		}
-		if gs[a].dev != gs[b].dev {
-			return gs[a].dev < gs[b].dev
+		if a.dev != b.dev {
+			return a.dev - b.dev
 		}
-		return gs[a].k < gs[b].k
+		return a.k - b.k
 	})
 	return gs
 }
 
-// search evaluates every pass size along order, keeps the best, then moves
-// one device's budget up or down while that improves it.
+// search evaluates the pass sizes along order (every one up to ExactDevices
+// devices, else a sample refined around the best), keeps the best, then
+// moves one device's budget up or down while that improves it.
 func (p Policy) search(e *evaluator, order []gain) Plan {
-	k := make([]int, len(e.devs))
-	best := append([]int(nil), k...)
-	bs := e.score(k)
-	for t := 1; t <= len(order); t++ {
-		g := order[t-1]
-		k[g.dev] = g.k
-		if g.g == 0 {
-			continue // a token that is never accepted only adds cost
+	// prefix[t] is the budget vector of the first t tokens of order.
+	at := func(t int) []int {
+		k := make([]int, len(e.devs))
+		for _, g := range order[:t] {
+			k[g.dev] = g.k
 		}
-		if s := e.score(k); better(s, bs) {
-			bs = s
-			copy(best, k)
+		return k
+	}
+	useful := func(t int) bool { return t == 0 || order[t-1].g > 0 } // a token never accepted only adds cost
+	best, bestT := at(0), 0
+	bs := e.score(best)
+	try := func(from, to, step int) {
+		k := at(from)
+		for t := from; t <= to; t++ {
+			if t > from {
+				g := order[t-1]
+				k[g.dev] = g.k
+			}
+			if (t-from)%step != 0 && t != to || !useful(t) {
+				continue
+			}
+			if s := e.score(k); better(s, bs) {
+				bs, bestT = s, t
+				copy(best, k)
+			}
 		}
 	}
-	for range 4 { // local improvement: rarely more than one round moves anything
+	if len(order) == 0 {
+		return Plan{Budgets: best}
+	}
+	exact := len(e.devs) <= e.exact
+	step := 1
+	if !exact {
+		step = max(1, len(order)/scanPoints)
+	}
+	try(1, len(order), step)
+	if step > 1 {
+		try(max(1, bestT-step), min(len(order), bestT+step), 1)
+	}
+	// Local improvement: rarely more than one round moves anything. A move
+	// changes the pass size by one token, so each candidate is scored against
+	// the unchanged vector's sums at that size (e.moved): the improvement
+	// costs a pass over the fleet per move made, not per move tried.
+	t := e.base
+	for _, n := range best {
+		t += n
+	}
+	var up, down score
+	fresh := false
+	for range 4 {
 		moved := false
 		for i := range best {
 			for _, step := range []int{1, -1} {
-				if n := best[i] + step; n >= 0 && n <= p.MaxBudget {
-					best[i] = n
-					if s := e.score(best); better(s, bs) {
-						bs, moved = s, true
-						continue
-					}
-					best[i] -= step
+				n := best[i] + step
+				if n < 0 || n > p.MaxBudget {
+					continue
+				}
+				if !fresh {
+					up, down, fresh = e.scoreAt(best, t+1), e.scoreAt(best, t-1), true
+				}
+				base := up
+				if step < 0 {
+					base = down
+				}
+				if s := e.moved(base, best, i, n); better(s, bs) {
+					best[i], t, bs, moved, fresh = n, t+step, s, true, false
 				}
 			}
 		}

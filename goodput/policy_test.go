@@ -1,6 +1,7 @@
 package goodput
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -289,5 +290,61 @@ func TestServerRoundsTakeThePassAlone(t *testing.T) {
 	}
 	if served.Goodput <= own.Goodput {
 		t.Errorf("server rounds plan %.1f tokens/s, own trips %.1f: budget 0 without the trip should be worth more", served.Goodput, own.Goodput)
+	}
+}
+
+// mixedFleet is n devices of varied acceptance, trips and drafting speed,
+// half of them letting the server run their budget-0 rounds.
+func mixedFleet(n int) []Device {
+	devs := make([]Device, n)
+	x := uint64(88172645463325252)
+	rnd := func() float64 { // xorshift: reproducible without math/rand
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		return float64(x%10000) / 10000
+	}
+	for i := range devs {
+		acc := make([]float64, DefaultMaxBudget)
+		for j := range acc {
+			acc[j] = 0.3 + 0.65*rnd()
+		}
+		devs[i] = Device{Accept: acc, ExternalMs: 2 + 10*rnd(), DraftMs: 1 + 20*rnd(), ServerRounds: i%2 == 0}
+	}
+	return devs
+}
+
+// Beyond ExactDevices the search samples pass sizes and moves only the
+// devices next to its cut; its plan must stay within 1% of the exhaustive
+// search's goodput, on a cheap (GPU-like) and a compute-bound curve.
+func TestChooseLargeFleetNearExhaustive(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cost CostFunc
+	}{{"sublinear", linear(20, 0.05)}, {"linear", linear(5, 1.5)}, {"knee", func(t int) (float64, bool) { return 10 + 0.02*float64(t) + 0.002*float64(t*t)/10, true }}} {
+		for _, n := range []int{ExactDevices + 1, 300} {
+			devs := mixedFleet(n)
+			fast := Policy{}.Choose(devs, c.cost, 2)
+			slow := Policy{}.choose(devs, c.cost, 2, n)
+			t.Logf("%s, %d devices: sampled %.1f tokens/s (%d tokens), exhaustive %.1f (%d)", c.name, n, fast.Goodput, fast.Tokens, slow.Goodput, slow.Tokens)
+			if fast.Goodput < 0.99*slow.Goodput {
+				t.Errorf("%s, %d devices: sampled search %.2f tokens/s, exhaustive %.2f", c.name, n, fast.Goodput, slow.Goodput)
+			}
+		}
+	}
+}
+
+// BenchmarkChoose is one plan for a fleet at each size: what the verifier
+// pays per pass on its hot path.
+//
+//	go test -run '^$' -bench Choose ./goodput/
+func BenchmarkChoose(b *testing.B) {
+	for _, n := range []int{16, 64, 512, 4096} {
+		b.Run(fmt.Sprintf("devices=%d", n), func(b *testing.B) {
+			devs := mixedFleet(n)
+			for range b.N {
+				Policy{}.Choose(devs, linear(5, 1.5), 2)
+			}
+		})
 	}
 }
