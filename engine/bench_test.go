@@ -345,7 +345,8 @@ func BenchmarkDecodeQwen(b *testing.B) {
 
 // BenchmarkPassCostQwen is the real 1.5B target's pass-cost curve: one forward
 // pass over 1 to 128 tokens (up to 16 sequences, each on a 32-token history),
-// every token with logits as in a verification pass. Where ms/pass grows in
+// every token with logits as in a verification pass; the 1xN shapes are one
+// device's draft of N-1 tokens and its committed token. Where ms/pass grows in
 // proportion to the tokens, the pass is compute-bound and batching more tokens
 // into it stops paying.
 //
@@ -357,8 +358,8 @@ func BenchmarkPassCostQwen(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer m.Close()
-	for _, s := range [][2]int{{1, 1}, {2, 1}, {4, 1}, {8, 1}, {16, 1}, {16, 2}, {16, 4}, {16, 8}} {
-		b.Run(fmt.Sprintf("tokens=%d", s[0]*s[1]), func(b *testing.B) {
+	for _, s := range [][2]int{{1, 1}, {1, 2}, {1, 4}, {1, 8}, {2, 1}, {4, 1}, {8, 1}, {16, 1}, {16, 2}, {16, 4}, {16, 8}} {
+		b.Run(fmt.Sprintf("tokens=%d/%dx%d", s[0]*s[1], s[0], s[1]), func(b *testing.B) {
 			runPassBench(b, m, passBench{Seqs: s[0], Per: s[1], History: 32})
 		})
 	}
