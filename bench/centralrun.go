@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sled-project/sled/bench/sim"
 	"github.com/sled-project/sled/centralized"
 	"github.com/sled-project/sled/textgen"
 )
@@ -35,7 +36,7 @@ func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error)
 	go func() { defer close(done); _ = srv.Run(runCtx) }()
 	defer func() { cancel(); <-done; srv.Close() }()
 
-	win := newWindow(t.Devices, time.Now(), t.Warmup, t.Timeout, t.Duration)
+	win := sim.NewWindow(t.Devices, time.Now(), t.Warmup, t.Timeout, t.Duration)
 	var mu sync.Mutex
 	mismatches := 0
 	var wg sync.WaitGroup
@@ -57,7 +58,7 @@ func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error)
 						}
 						j++
 					}
-					if !win.add(i, len(c.Tokens), time.Now()) {
+					if !win.Add(i, len(c.Tokens), time.Now()) {
 						return errWindowClosed
 					}
 					return nil
@@ -73,7 +74,7 @@ func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error)
 		return nil, err
 	}
 	m := &Measurement{System: "centralized", Mismatches: mismatches}
-	win.fill(m)
+	fillWindow(win, m)
 	return m, nil
 }
 

@@ -45,6 +45,12 @@ type Options struct {
 	Profiles []string
 	// ProfileRate, when > 0, overrides every profile's draft tokens/s.
 	ProfileRate float64
+	// GPUResultMs is `sled sim`'s worker time per draft on the simulated GPU
+	// servers (decoding the draft, encoding and publishing its result). 0:
+	// DefaultGPUResultMs; negative: this machine's fitted Messaging.ResultMs,
+	// which also holds what a 2-core box loses to the NATS server and the
+	// fleet's goroutines sharing the cores with llama.cpp.
+	GPUResultMs float64
 	// Required is the tokens/s every device must get for the fleet to be within
 	// capacity. Default 5 (about human reading speed).
 	Required float64

@@ -2,8 +2,8 @@ package bench
 
 import (
 	"slices"
-	"sync"
-	"time"
+
+	"github.com/sled-project/sled/bench/sim"
 )
 
 // Measurement is what one trial measured.
@@ -70,81 +70,17 @@ func quantiles(xs []float64) Quantiles {
 	return Quantiles{Mean: s / float64(len(xs)), P50: q(0.5), P90: q(0.9), P99: q(0.99)}
 }
 
-// window counts tokens per device within [from, to). It opens once the run
-// is past its warm-up and settled: every device has had its first token (its
-// prompt prefilled and answered), so that a short window measures the steady
-// state rather than the cold start in which every device's prompt arrives at
-// once. A device still without a token settle after the warm-up no longer
-// holds the window back.
-type window struct {
-	mu       sync.Mutex
-	from, to time.Time // zero until the window opens
-	warm     time.Time // the warm-up's end: the earliest from
-	latest   time.Time // the window opens by then whoever is still waiting
-	d        time.Duration
-	started  []bool
-	waiting  int // devices without a first token
-	tokens   []int
-}
-
-func newWindow(devices int, start time.Time, warmup, settle, d time.Duration) *window {
-	w := &window{warm: start.Add(warmup), latest: start.Add(warmup + settle), d: d, started: make([]bool, devices), waiting: devices, tokens: make([]int, devices)}
-	if devices == 0 {
-		w.open(w.warm)
-	}
-	return w
-}
-
-func (w *window) open(t time.Time) {
-	w.from = t
-	if t.Before(w.warm) {
-		w.from = w.warm
-	}
-	w.to = w.from.Add(w.d)
-}
-
-// add records n tokens of device i arriving at t; it reports whether t is
-// before the window's end.
-func (w *window) add(i, n int, t time.Time) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if n > 0 && !w.started[i] {
-		w.started[i] = true
-		w.waiting--
-		if w.waiting == 0 && w.from.IsZero() {
-			w.open(t)
-		}
-	}
-	if w.from.IsZero() && !t.Before(w.latest) {
-		w.open(w.latest)
-	}
-	if w.from.IsZero() || t.Before(w.from) {
-		return true
-	}
-	if !t.Before(w.to) {
-		return false
-	}
-	w.tokens[i] += n
-	return true
-}
-
-func (w *window) in(t time.Time) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return !w.from.IsZero() && !t.Before(w.from) && t.Before(w.to)
-}
-
-// fill sets the throughput fields of m from the window.
-func (w *window) fill(m *Measurement) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	m.Devices = len(w.tokens)
-	if w.from.IsZero() {
+// fillWindow sets the throughput fields of m from the window.
+func fillWindow(w *sim.Window, m *Measurement) {
+	tokens := w.Tokens()
+	m.Devices = len(tokens)
+	from, to := w.Span()
+	if from.IsZero() {
 		return // never opened: the run was cancelled
 	}
-	m.Seconds = w.to.Sub(w.from).Seconds()
-	m.PerDevice = make([]float64, len(w.tokens))
-	for i, n := range w.tokens {
+	m.Seconds = to.Sub(from).Seconds()
+	m.PerDevice = make([]float64, len(tokens))
+	for i, n := range tokens {
 		m.Tokens += n
 		m.PerDevice[i] = float64(n) / m.Seconds
 	}

@@ -204,44 +204,6 @@ func TestProfilesAllRescaledForQwen(t *testing.T) {
 	}
 }
 
-// The measuring window opens once every device has its first token (not
-// before the warm-up ends), counts only what arrives inside it, and closes
-// its duration later; a device that never gets a token holds it back no
-// longer than the settle bound.
-func TestWindowOpensWhenSettled(t *testing.T) {
-	t0 := time.Unix(100, 0)
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	w := newWindow(2, t0, 100*time.Millisecond, time.Second, time.Second)
-	if !w.add(0, 5, at(50)) || w.in(at(50)) {
-		t.Fatal("a token in the warm-up: the window must stay open for later and not count it")
-	}
-	w.add(0, 0, at(300)) // a failed round is not a first token
-	if w.in(at(300)) {
-		t.Fatal("window open before device 1 has a token")
-	}
-	w.add(1, 3, at(400)) // the last device's first token opens it
-	if !w.in(at(400)) || !w.in(at(1399)) || w.in(at(1400)) {
-		t.Fatalf("window [%v, %v), want [400ms, 1400ms)", w.from.Sub(t0), w.to.Sub(t0))
-	}
-	w.add(0, 2, at(900))
-	if w.add(0, 7, at(1400)) {
-		t.Error("a token at the window's end must close it")
-	}
-	var m Measurement
-	w.fill(&m)
-	if m.Tokens != 5 || m.Seconds != 1 {
-		t.Errorf("tokens %d over %.2f s, want 5 (3 + 2) over 1 s", m.Tokens, m.Seconds)
-	}
-
-	// Device 1 never starts: the window opens at warm-up + settle (1.1 s).
-	w = newWindow(2, t0, 100*time.Millisecond, time.Second, time.Second)
-	w.add(0, 1, at(200))
-	w.add(0, 1, at(1200))
-	if !w.in(at(1100)) || w.in(at(2100)) {
-		t.Errorf("window [%v, %v), want [1.1s, 2.1s)", w.from.Sub(t0), w.to.Sub(t0))
-	}
-}
-
 // windowTokens spreads each request's tokens over its duration and counts the
 // part inside the window, so a request straddling either edge counts in part.
 func TestWindowTokens(t *testing.T) {

@@ -88,6 +88,12 @@ type SimCapacity struct {
 	SLED        int          `json:"sled_capacity"`
 	Centralized int          `json:"centralized_capacity"`
 	Ratio       float64      `json:"ratio"`
+	// Static is SLED's capacity with the paper's fixed speculation length
+	// (goodput.Policy.Static) in the same model, and StaticRatio its ratio to
+	// centralized: what the budget policy gains (absent when the run itself is
+	// static).
+	Static      int     `json:"static_capacity,omitempty"`
+	StaticRatio float64 `json:"static_ratio,omitempty"`
 	// SLEDTokensPerSec and CentralTokensPerSec are the whole-system rates at
 	// those capacities.
 	SLEDTokensPerSec    float64 `json:"sled_tokens_per_sec"`
@@ -102,8 +108,9 @@ func (a samplerSource) Next() sim.Round {
 }
 
 // SimConfig is the simulator configuration for a trial of the real system: the
-// same fleet, profile, drafting and batch policies, seeds, prompts and
-// continuation lengths, and measuring window.
+// same fleet, profile, drafting, batch and budget policies (with the devices'
+// server rounds, latency objective and the worker's gathering bound), seeds,
+// prompts and continuation lengths, and measuring window.
 func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 	t = t.withDefaults()
 	prompt := 0
@@ -119,13 +126,21 @@ func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 		Rounds: func(i int) sim.RoundSource {
 			return samplerSource{NewSampler(e.Acceptance, t.Policy, t.Seed*1_000_003+uint64(i))}
 		},
-		Batch: t.Batch, Slots: t.Devices + 4, Cost: cost, Workers: t.Workers,
+		Batch: t.Batch, Budget: t.Budget, TPOTMs: t.TPOTMs, ServerRounds: t.ServerRounds, GatherMax: t.GatherMax,
+		Slots: t.Devices + 4, Cost: cost, Workers: t.Workers,
 		UpMs: msg.UpMs, HopMs: msg.HopMs, DownMs: msg.DownMs, ResultMs: msg.ResultMs,
 		StepMs: msg.StepMs, StepScale: msg.StepScale,
 		PromptLen: prompt / max(1, len(e.Prompts)), ContLen: cont / max(1, len(e.Conts)),
-		Warmup: t.Warmup.Seconds(), Duration: t.Duration.Seconds(), Seed: t.Seed,
+		Warmup: t.Warmup.Seconds(), Duration: t.Duration.Seconds(), Settle: t.Timeout.Seconds(), Seed: t.Seed,
 	}
 }
+
+// DefaultGPUResultMs is Options.GPUResultMs's default: a verify.batch's
+// decoding per draft (163 µs for 4 drafts) and a verify.result's encoding and
+// decoding (25 µs), `go test -bench Codec ./events/` (docs/benchmarks.md,
+// "Event backbone"): the worker's own CPU per draft, without the contention
+// of this 2-core machine.
+const DefaultGPUResultMs = 0.065
 
 // gpuServer is an assumed GPU server for the simulator: a GPU's memory
 // bandwidth and effective FLOP/s, serving a model shape at a weight type.
@@ -228,6 +243,12 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 					// and no CPU contention factor.
 					c.Warmup, c.Duration = 10, 10
 					c.BatchTokens, c.StepScale = n+512, 1
+					switch {
+					case o.GPUResultMs == 0:
+						c.ResultMs = DefaultGPUResultMs
+					case o.GPUResultMs > 0:
+						c.ResultMs = o.GPUResultMs
+					}
 				}
 				return c
 			}
@@ -235,11 +256,19 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 				r := sim.SLED(cfgFor(n))
 				return r.P5PerDevice >= o.Required, nil
 			})
+			if !o.Budget.Static {
+				sc.Static, _ = SearchMax(1, bound, func(n int) int { return max(1, n/32) }, func(n int) (bool, error) {
+					c := cfgFor(n)
+					c.Budget.Static = true
+					return sim.SLED(c).P5PerDevice >= o.Required, nil
+				})
+			}
 			sc.Centralized, _ = SearchMax(1, bound, func(int) int { return 0 }, func(n int) (bool, error) {
 				return sim.Centralized(cfgFor(n)).P5PerDevice >= o.Required, nil
 			})
 			if sc.Centralized > 0 {
 				sc.Ratio = float64(sc.SLED) / float64(sc.Centralized)
+				sc.StaticRatio = float64(sc.Static) / float64(sc.Centralized)
 			}
 			sc.SLEDTokensPerSec = sim.SLED(cfgFor(max(sc.SLED, 1))).TokensPerSec
 			sc.CentralTokensPerSec = sim.Centralized(cfgFor(max(sc.Centralized, 1))).TokensPerSec
@@ -250,7 +279,8 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	r.Result = res
 	r.Measured = append(r.Measured, "pass-cost samples of the target on this machine; the validation runs")
 	r.Modelled = []string{
-		"everything in the simulated columns: drafting (Poisson at the profile rate), messaging (fixed up/hop/down latencies from the server timing of a measured 1-device round), verification (fitted or assumed pass cost, with attention over the KV cells all sessions hold; the worker verifies every queued batch in one pass, up to its slots); batching and drafting decisions are the real batcher.Policy.Decide (devices active within 1 s) and drafter.DraftPolicy over the measured acceptance",
+		"everything in the simulated columns: drafting (Poisson at the profile rate), messaging (fixed up/hop/down latencies from the server timing of a measured 1-device round), verification (fitted or assumed pass cost, with attention over the KV cells all sessions hold; the worker verifies every queued batch in one pass, up to its slots, and runs budget-0 rounds itself); batching, drafting and budget decisions are the real batcher.Policy.Decide (devices active within 1 s), drafter.DraftPolicy over the measured acceptance and goodput.Tracker (the worker's pass-cost curve learned from its simulated passes, each device's acceptance from its rounds); the window opens as the measured one does (sim.Window: after the warm-up, once every device has a token); every session's prompt is prefilled in full (no prefix cache)",
+		fmt.Sprintf("GPU servers' worker time per draft: %s", gpuResult(o, cal.msg)),
 		"GPU servers: " + servers[1].cost.Source + "; " + servers[2].cost.Source + "; " + servers[3].cost.Source,
 		"centralized in the simulator: centralized.Server's continuous batching step by step (a request's prompt prefilled in one pass, then one token per step; the next request admitted a step later), plus a per-step host cost calibrated from a measured 1-client run",
 	}
@@ -269,9 +299,13 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	v.Rows = append(v.Rows, []string{"mean abs (range)", "", "", fmt.Sprintf("%.0f%% (%s to %s)", 100*res.MeanAbsErrSLED, pct(res.MinErrSLED), pct(res.MaxErrSLED)),
 		"", "", fmt.Sprintf("%.0f%% (%s to %s)", 100*res.MeanAbsErrCentral, pct(res.MinErrCentral), pct(res.MaxErrCentral)), "", "", ""})
 	k := Table{Title: fmt.Sprintf("Simulated capacity (every device >= %.1f tokens/s; search bound %d)", o.Required, bound),
-		Header: []string{"server", "target", "profile", "SLED", "centralized", "SLED / centralized", "SLED tok/s at capacity", "centralized tok/s at capacity"}}
+		Header: []string{"server", "target", "profile", "SLED", "static-length SLED", "centralized", "SLED / centralized", "static / centralized", "SLED tok/s at capacity", "centralized tok/s at capacity"}}
 	for _, c := range res.Capacity {
-		k.Rows = append(k.Rows, []string{c.Server, c.Target, c.Profile, capStr(c.SLED, bound), capStr(c.Centralized, bound), f2(c.Ratio), f1(c.SLEDTokensPerSec), f1(c.CentralTokensPerSec)})
+		static, ratio := "-", "-"
+		if !o.Budget.Static {
+			static, ratio = capStr(c.Static, bound), f2(c.StaticRatio)
+		}
+		k.Rows = append(k.Rows, []string{c.Server, c.Target, c.Profile, capStr(c.SLED, bound), static, capStr(c.Centralized, bound), f2(c.Ratio), ratio, f1(c.SLEDTokensPerSec), f1(c.CentralTokensPerSec)})
 	}
 	r.Tables = append(r.Tables, t, v, k)
 	err = o.plot(r, func(dir string) ([]string, error) {
@@ -288,6 +322,17 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 		return []string{p}, err
 	})
 	return r, err
+}
+
+// gpuResult says which per-draft worker cost the GPU rows used.
+func gpuResult(o Options, m Messaging) string {
+	switch {
+	case o.GPUResultMs == 0:
+		return fmt.Sprintf("%.3f ms (ASSUMED from the event codec's benchmark: decoding a draft, encoding its result)", DefaultGPUResultMs)
+	case o.GPUResultMs > 0:
+		return fmt.Sprintf("%.3f ms (--gpu-result-ms)", o.GPUResultMs)
+	}
+	return fmt.Sprintf("%.3f ms (this machine's fitted per-draft cost)", m.ResultMs)
 }
 
 // calibration is the simulator fitted to this machine.

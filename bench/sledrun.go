@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sled-project/sled/batcher"
+	"github.com/sled-project/sled/bench/sim"
 	"github.com/sled-project/sled/drafter"
 	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/events"
@@ -132,7 +133,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	start := time.Now()
-	fleet.win = newWindow(t.Devices, start, t.Warmup, t.Timeout, t.Duration)
+	fleet.win = sim.NewWindow(t.Devices, start, t.Warmup, t.Timeout, t.Duration)
 	devs := make([]*simDevice, t.Devices)
 	for i := range devs {
 		d, err := fleet.newDevice(i)
@@ -149,7 +150,7 @@ func (e *Env) RunSLED(ctx context.Context, t Trial) (*Measurement, error) {
 	}
 	dwg.Wait()
 	m := &Measurement{System: "sled"}
-	fleet.win.fill(m)
+	fillWindow(fleet.win, m)
 	var rounds []float64
 	var drafted, accepted, batch int
 	var queue, bms, verify, server, draft float64
@@ -183,7 +184,7 @@ type fleet struct {
 	t     Trial
 	conns []*nats.Conn
 	pubs  []*infra.Publisher
-	win   *window
+	win   *sim.Window
 }
 
 type simDevice struct {
@@ -332,10 +333,10 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			return d.fail(t0)
 		}
 		if res.Accepted != m || res.Token != cont[pos+m] {
-			if d.f.win.in(now) {
+			if d.f.win.In(now) {
 				d.mismatches++
 			}
-			return d.f.win.add(d.i, 0, now)
+			return d.f.win.Add(d.i, 0, now)
 		}
 		budget = -1
 		if res.DraftBudget != nil {
@@ -347,7 +348,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 		committed = append(committed, cont[pos:pos+m+1]...)
 		sent = len(committed) - 1
 		pos += m + 1
-		if d.f.win.in(now) {
+		if d.f.win.In(now) {
 			st := res.ServerTiming
 			d.roundMs = append(d.roundMs, float64(now.Sub(t0).Microseconds())/1000)
 			d.drafted += n
@@ -359,7 +360,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			d.serverMs += st.TotalMs
 			d.draftMs += float64(gap.Microseconds()) / 1000
 		}
-		if !d.f.win.add(d.i, m+1, now) {
+		if !d.f.win.Add(d.i, m+1, now) {
 			return false
 		}
 	}
@@ -369,8 +370,8 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 // fail counts a failed round and reports whether the window is still open.
 func (d *simDevice) fail(t0 time.Time) bool {
 	now := time.Now()
-	if d.f.win.in(now) {
+	if d.f.win.In(now) {
 		d.failures++
 	}
-	return d.f.win.add(d.i, 0, now)
+	return d.f.win.Add(d.i, 0, now)
 }

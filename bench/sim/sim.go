@@ -159,7 +159,10 @@ type Config struct {
 	// attention (PassCost.AttnMs). ContLen 0: sessions never end.
 	PromptLen, ContLen int
 	// Warmup and Duration of the simulated window, seconds. Defaults 2 and 20.
-	Warmup, Duration float64
+	// The window opens as a measured trial's does (Window): after the warm-up
+	// once every device has had its first token, at the latest Settle seconds
+	// after the warm-up (default 10, the benchmark's Trial.Timeout).
+	Warmup, Duration, Settle float64
 	// Seed seeds the devices' drafting times.
 	Seed uint64
 }
@@ -209,6 +212,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StepScale <= 0 {
 		c.StepScale = 1
+	}
+	if c.Settle <= 0 {
+		c.Settle = 10
 	}
 	if c.Warmup <= 0 {
 		c.Warmup = 2
@@ -289,7 +295,6 @@ type device struct {
 	// many more it may run before the device's own next round.
 	served bool
 	chain  int
-	tokens int
 	budget int     // the last result's draft budget, -1 when none
 	due    float64 // when this round's result is due (TPOTMs), seconds; 0 none
 	closed float64 // when the batch holding its draft closed
@@ -372,7 +377,7 @@ func SLED(cfg Config) Result {
 	// The batcher's count of active devices, on the simulated clock.
 	activity := batcher.Activity{Window: cfg.ActiveWindow}
 	active := func() int { return activity.Count(at(l.Now)) }
-	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
+	win := newWindow(cfg)
 	type simWorker struct {
 		served    []int // devices whose next round the worker runs itself
 		pending   []int // drafts at the batcher for this worker
@@ -494,7 +499,7 @@ func SLED(cfg Config) Result {
 	}
 	for {
 		kind, i, ok := l.Next()
-		if !ok || l.Now >= to {
+		if !ok || win.Over(at(l.Now)) {
 			break
 		}
 		switch kind {
@@ -525,6 +530,9 @@ func SLED(cfg Config) Result {
 			wk := &ws[i]
 			for _, j := range wk.inPass {
 				devs[j].res = append(devs[j].res, devs[j].cur)
+				// The server holds the session's prompt from this pass on: a
+				// round it runs itself next must not carry it again.
+				devs[j].fresh = false
 				l.At(l.Now+cfg.DownMs/1000, evResult, j)
 			}
 			if !cfg.Budget.Static {
@@ -559,11 +567,11 @@ func SLED(cfg Config) Result {
 			r := d.res[0]
 			d.res = d.res[1:]
 			got := r.Accepted + 1
-			if l.Now >= from {
-				d.tokens += got
+			if win.In(at(l.Now)) {
 				roundSum += l.Now - d.sent
 				rounds++
 			}
+			win.Add(i, got, at(l.Now))
 			d.fresh = false
 			d.pos += got
 			d.drafted += r.Len
@@ -578,7 +586,7 @@ func SLED(cfg Config) Result {
 			start(i)
 		}
 	}
-	res.fill(devs, cfg.Duration)
+	res.fill(win)
 	if res.Passes > 0 {
 		res.MeanBatch = float64(batchSum) / float64(res.Passes)
 		res.PassMs = passSum / float64(res.Passes)
@@ -604,7 +612,6 @@ func SLED(cfg Config) Result {
 // KV positions all requests hold.
 func Centralized(cfg Config) Result {
 	cfg = cfg.withDefaults()
-	devs := make([]device, cfg.Devices)
 	type client struct {
 		gen   int // tokens generated in the current request; -1 waiting to be admitted
 		fed   int // prompt tokens prefilled
@@ -612,11 +619,12 @@ func Centralized(cfg Config) Result {
 		got   bool
 	}
 	cs := make([]client, cfg.Devices)
-	from, to := cfg.Warmup, cfg.Warmup+cfg.Duration
+	win := newWindow(cfg)
 	now := 0.0
+	at := func(sec float64) time.Time { return time.Unix(0, 0).Add(time.Duration(sec * float64(time.Second))) }
 	var res Result
 	seqSum, passSum := 0, 0.0
-	for cfg.Devices > 0 && now < to {
+	for cfg.Devices > 0 && !win.Over(at(now)) {
 		tokens, seqs, cells := 0, 0, 0
 		budget := cfg.BatchTokens
 		for i := range cs {
@@ -654,7 +662,7 @@ func Centralized(cfg Config) Result {
 		}
 		pass := cfg.StepScale * cfg.Cost.Ms(max(tokens, 1), seqs, cells+tokens)
 		now += (pass + cfg.StepMs) / 1000
-		if now >= to {
+		if win.Over(at(now)) {
 			break
 		}
 		passSum += pass
@@ -666,15 +674,13 @@ func Centralized(cfg Config) Result {
 				continue
 			}
 			c.gen++
-			if now >= from {
-				devs[i].tokens++
-			}
+			win.Add(i, 1, at(now))
 			if cfg.ContLen > 0 && c.gen >= cfg.ContLen {
 				c.gen, c.admit = -1, 1
 			}
 		}
 	}
-	res.fill(devs, cfg.Duration)
+	res.fill(win)
 	if res.Passes > 0 {
 		res.MeanBatch = float64(seqSum) / float64(res.Passes)
 		res.RoundMs = now / float64(res.Passes) * 1000 // mean step
@@ -683,13 +689,25 @@ func Centralized(cfg Config) Result {
 	return res
 }
 
-func (r *Result) fill(devs []device, seconds float64) {
-	r.Devices = len(devs)
-	r.PerDevice = make([]float64, len(devs))
+// newWindow is cfg's measuring window on the simulated clock (from 0).
+func newWindow(cfg Config) *Window {
+	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+	return NewWindow(cfg.Devices, time.Unix(0, 0), sec(cfg.Warmup), sec(cfg.Settle), sec(cfg.Duration))
+}
+
+func (r *Result) fill(win *Window) {
+	tokens := win.Tokens()
+	r.Devices = len(tokens)
+	r.PerDevice = make([]float64, len(tokens))
+	from, to := win.Span()
+	seconds := to.Sub(from).Seconds()
+	if from.IsZero() || seconds <= 0 {
+		return // the window never opened: nothing measured
+	}
 	total := 0
-	for i, d := range devs {
-		total += d.tokens
-		r.PerDevice[i] = float64(d.tokens) / seconds
+	for i, n := range tokens {
+		total += n
+		r.PerDevice[i] = float64(n) / seconds
 	}
 	r.TokensPerSec = float64(total) / seconds
 	s := slices.Clone(r.PerDevice)

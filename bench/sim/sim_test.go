@@ -247,12 +247,21 @@ func TestCentralizedChunkedPrefill(t *testing.T) {
 	// Two clients with 300-token prompts and a 512-token step budget: the first
 	// step prefills all of the first prompt and 212 tokens of the second, the
 	// second step the rest of it alongside the first client's decoding.
-	cfg := Config{Devices: 2, Cost: PassCost{PerTokenMs: 1}, PromptLen: 300, ContLen: 1000, Warmup: 0.001, Duration: 0.9}
+	// A 1 ms settle bound: the window opens at 2 ms rather than when both
+	// clients have a token.
+	cfg := Config{Devices: 2, Cost: PassCost{PerTokenMs: 1}, PromptLen: 300, ContLen: 1000, Warmup: 0.001, Settle: 0.001, Duration: 0.9}
 	r := Centralized(cfg)
 	// Steps: 512 ms (client 0's first token), 89 ms (1 + 88: both get one), then
-	// 2 ms each: in 0.9 s, client 0 gets 1 + 1 + (900-601)/2 tokens.
-	if want := 2 + 149; int(r.PerDevice[0]*0.9+0.5) != want {
+	// 2 ms each: in [2 ms, 902 ms), client 0 gets 1 + 1 + (901-603)/2 + 1 tokens.
+	if want := 2 + 150; int(r.PerDevice[0]*0.9+0.5) != want {
 		t.Errorf("client 0 got %.0f tokens, want %d", r.PerDevice[0]*0.9, want)
+	}
+	// Settled, the window opens with client 1's first token, at 601 ms: each
+	// client then gets a token every 2 ms.
+	cfg.Settle = 0
+	r = Centralized(cfg)
+	if got := r.PerDevice[0] * 0.9; math.Abs(got-450) > 1 {
+		t.Errorf("settled window: client 0 got %.0f tokens, want 449-450", got)
 	}
 }
 
