@@ -136,7 +136,7 @@ func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 }
 
 // DefaultGPUResultMs is Options.GPUResultMs's default: a verify.batch's
-// decoding per draft (163 µs for 4 drafts) and a verify.result's encoding and
+// encoding and decoding per draft (163 µs for 4 drafts) and a verify.result's encoding and
 // decoding (25 µs), `go test -bench Codec ./events/` (docs/benchmarks.md,
 // "Event backbone"): the worker's own CPU per draft, without the contention
 // of this 2-core machine.
