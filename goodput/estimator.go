@@ -73,6 +73,7 @@ const nBuckets = 14
 type bucket struct {
 	n          int
 	tokens, ms float64 // running means
+	prefill    bool    // learned from passes with prefill only (see ObservePass)
 }
 
 // CostEstimator learns a server's pass-cost curve from the passes it runs:
@@ -95,15 +96,44 @@ func NewEstimator(cfg EstimatorConfig) *CostEstimator {
 	return &CostEstimator{cfg: cfg.withDefaults()}
 }
 
-// Observe records a pass over tokens tokens that took d. Passes of no tokens
-// or no time are ignored.
-func (e *CostEstimator) Observe(tokens int, d time.Duration) {
+// Observe records a pass over tokens tokens, none of them prefill, that
+// took d: ObservePass(tokens, 0, d).
+func (e *CostEstimator) Observe(tokens int, d time.Duration) { e.ObservePass(tokens, 0, d) }
+
+// ObservePass records a pass over tokens tokens that took d, prefill of them
+// committed tokens evaluated before a round's own (a session's prompt, a
+// resync). Passes of no tokens or no time are ignored. A pass with prefill
+// teaches the curve only while nothing else has: a prompt is one sequence's
+// run of tokens, evaluated at a fraction of what as many draft tokens cost
+// spread over sessions (with a KV stream per slot, a pass of unequal rounds
+// runs as extra micro-batches), so a curve learned from prompts prices a
+// draft token far below its cost (on the real pair at 16 devices: 5.5 ms a
+// token, where a pass carrying one probe's 2 draft tokens took 59 ms more
+// than one without). Buckets learned from prefill passes alone are dropped
+// at the first pass without prefill.
+func (e *CostEstimator) ObservePass(tokens, prefill int, d time.Duration) {
 	if tokens <= 0 || d <= 0 {
 		return
 	}
 	i := min(bits.Len(uint(tokens))-1, nBuckets-1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if prefill > 0 {
+		for _, b := range e.b {
+			if b.n > 0 && !b.prefill {
+				return // the curve has passes without prefill: learn from those
+			}
+		}
+		e.passes++
+		e.b[i].add(float64(tokens), float64(d)/float64(time.Millisecond), e.cfg.Alpha)
+		e.b[i].prefill = true
+		return
+	}
+	for k := range e.b {
+		if e.b[k].prefill {
+			e.b[k] = bucket{}
+		}
+	}
 	e.passes++
 	e.b[i].add(float64(tokens), float64(d)/float64(time.Millisecond), e.cfg.Alpha)
 }

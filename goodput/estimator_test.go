@@ -181,3 +181,62 @@ func TestTrackerForgetsOldest(t *testing.T) {
 		t.Error("the newest device was forgotten")
 	}
 }
+
+// A probe is sent only when what it may measure could change the budget:
+// on a compute-bound pass where a device whose rounds the server runs would
+// lose by drafting even were every token accepted, none is sent; on a flat
+// curve the same fleet is probed at ProbeEvery.
+func TestTrackerProbesOnlyWhenWorthIt(t *testing.T) {
+	run := func(fixedMs, perTokenMs float64) (probes int) {
+		e := NewEstimator(EstimatorConfig{})
+		for range 5 {
+			for _, n := range []int{1, 2, 4, 8, 16, 32} {
+				e.Observe(n, time.Duration((fixedMs+perTokenMs*float64(n))*float64(time.Millisecond)))
+			}
+		}
+		tr := NewTracker(e, TrackerConfig{Policy: Policy{ProbeEvery: 4}})
+		now := time.Unix(0, 0)
+		for range 100 {
+			now = now.Add(100 * time.Millisecond)
+			plan := tr.Plan([]Round{
+				{Device: "a", Arrived: now, ByServer: true, ServerRounds: true},
+				{Device: "b", Arrived: now, ByServer: true, ServerRounds: true},
+			}, now)
+			for _, b := range plan.Budgets {
+				if b > 0 {
+					probes++
+				}
+			}
+		}
+		return probes
+	}
+	if n := run(10, 20); n != 0 {
+		t.Errorf("compute-bound pass: %d probe rounds, want none", n)
+	}
+	if n := run(20, 0.01); n == 0 {
+		t.Error("flat pass: no probes, want one every few rounds")
+	}
+}
+
+// A pass with prefill (a prompt) teaches the curve only while it has nothing
+// else; the first pass without drops what prefill taught, and later prefill
+// passes leave the curve alone.
+func TestEstimatorLeavesOutPrefill(t *testing.T) {
+	e := NewEstimator(EstimatorConfig{})
+	e.ObservePass(64, 48, 200*time.Millisecond) // a prompt and 16 rounds
+	if ms, ok := e.Curve().Ms(64); !ok || ms != 200 {
+		t.Fatalf("a prefill pass on an empty curve: %.1f %v, want 200 ms", ms, ok)
+	}
+	e.Observe(16, 190*time.Millisecond)
+	if c := e.Curve(); len(c) != 1 || c[0].Tokens != 16 {
+		t.Fatalf("after a pass without prefill the curve is %v, want that pass alone", c)
+	}
+	e.ObservePass(64, 48, 200*time.Millisecond)
+	if c := e.Curve(); len(c) != 1 {
+		t.Errorf("a prefill pass changed a curve learned from rounds: %v", c)
+	}
+	e.Observe(40, 500*time.Millisecond) // rounds with drafts
+	if ms, _ := e.Curve().Ms(40); ms != 500 {
+		t.Errorf("ms(40) = %.1f, want the observed 500", ms)
+	}
+}

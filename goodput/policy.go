@@ -13,7 +13,8 @@ type Policy struct {
 	Static bool
 	// ProbeEvery: a device held at budget 0 for this many rounds gets one round
 	// of ProbeLen, so that its acceptance, which budget 0 cannot measure, stays
-	// known. Default DefaultProbeEvery; negative: never.
+	// known, if a probe could change its budget (WorthProbing); otherwise the
+	// interval starts over. Default DefaultProbeEvery; negative: never.
 	ProbeEvery int
 	// ProbeLen is a probe round's budget. Default DefaultProbeLen.
 	ProbeLen int
@@ -204,6 +205,70 @@ func (p Policy) choose(devs []Device, cost CostFunc, overheadMs float64, exact i
 		reason = ReasonSLO
 	}
 	return ev.plan(best.Budgets, reason)
+}
+
+// WorthProbing reports, for each device of due (indices into devs, each
+// held at budget 0), whether a probe (a round of ProbeLen) could change its
+// budget: whether, were every draft token of its accepted, some budget above
+// 0 would score better than 0 with the other devices' budgets fixed. When
+// not, no acceptance a probe could measure makes drafting pay for it (a
+// compute-bound pass, a device that drafts slower than the server decodes),
+// and the probe would only cost the fleet: its drafting time, and a pass made
+// ragged (with a KV stream per slot, a pass of unequal rounds runs as extra
+// micro-batches, each reading every weight). budgets are Choose's for devs.
+// Without a cost curve every answer is true. The fleet is scored once per
+// pass size, so the answers cost O(len(devs) * MaxBudget) together.
+func (p Policy) WorthProbing(devs []Device, budgets []int, due []int, cost CostFunc, overheadMs float64) []bool {
+	p = p.WithDefaults()
+	worth := make([]bool, len(due))
+	if len(due) == 0 || len(budgets) != len(devs) {
+		return worth
+	}
+	base := 0
+	for _, d := range devs {
+		base += carried(d)
+	}
+	if _, ok := cost(base); !ok {
+		for j := range worth {
+			worth[j] = true
+		}
+		return worth
+	}
+	e := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base}
+	t := base
+	for _, n := range budgets {
+		t += n
+	}
+	// The fleet's score as it is, at each pass size a probe's draft makes.
+	sums := make([]score, p.MaxBudget+1)
+	for n := range sums {
+		sums[n] = e.scoreAt(budgets, t+n)
+	}
+	for j, i := range due {
+		if i < 0 || i >= len(devs) || budgets[i] != 0 {
+			continue
+		}
+		d := &devs[i]
+		for n := 1; n <= p.MaxBudget && !worth[j]; n++ {
+			s := sums[n]
+			g0, _, m0 := e.term(i, 0, s.passMs)
+			out := float64(1 + n) // every draft token accepted
+			round := d.roundMs(n, s.passMs)
+			g1 := 0.0
+			if round > 0 {
+				g1 = out / round * 1000
+			}
+			s.goodput += g1 - g0
+			if m0 {
+				s.met--
+			}
+			if d.TPOTMs > 0 && round <= out*d.TPOTMs {
+				s.met++
+			}
+			worth[j] = better(s, sums[0])
+		}
+	}
+	return worth
 }
 
 func carried(d Device) int {

@@ -348,3 +348,28 @@ func BenchmarkChoose(b *testing.B) {
 		})
 	}
 }
+
+// WorthProbing: a device held at 0 whose drafts could not pay even were
+// every token accepted is not worth a probe; on a cheap pass it is; without a
+// cost curve the answer is yes (nothing is known yet); an index out of range
+// or a device not at 0 is not probed.
+func TestWorthProbing(t *testing.T) {
+	devs := []Device{
+		{Accept: flat(0.1, 8), ServerRounds: true, DraftMs: 30},
+		{Accept: flat(0.1, 8), ServerRounds: true, DraftMs: 30},
+	}
+	zero := []int{0, 0}
+	if got := (Policy{}).WorthProbing(devs, zero, []int{0, 1}, linear(10, 20), 0); got[0] || got[1] {
+		t.Errorf("compute-bound pass and a slow drafter: %v, want no probe", got)
+	}
+	if got := (Policy{}).WorthProbing(devs, zero, []int{1}, linear(40, 0.05), 0); !got[0] {
+		t.Error("a pass that costs little more with drafts: a probe may find acceptance that pays")
+	}
+	none := func(int) (float64, bool) { return 0, false }
+	if got := (Policy{}).WorthProbing(devs, zero, []int{1}, none, 0); !got[0] {
+		t.Error("no cost curve yet: probing is worth it")
+	}
+	if got := (Policy{}).WorthProbing(devs, []int{0, 3}, []int{2, 1}, linear(40, 0.05), 0); got[0] || got[1] {
+		t.Errorf("out of range or not at 0: %v, want no probe", got)
+	}
+}

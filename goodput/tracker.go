@@ -132,6 +132,7 @@ func (t *Tracker) Plan(rounds []Round, answered time.Time) Plan {
 			ServerRounds: r.ServerRounds}
 	}
 	plan := pol.Choose(devs, curve.Ms, over)
+	var due []int // the devices a probe is due for
 	for i, s := range states {
 		if s.every == 0 || plan.Budgets[i] > 0 {
 			s.every = pol.ProbeEvery
@@ -144,9 +145,20 @@ func (t *Tracker) Plan(rounds []Round, answered time.Time) Plan {
 			s.zeros = 0
 		case pol.ProbeEvery > 0:
 			if s.zeros++; s.zeros >= s.every {
-				plan.Budgets[i], s.zeros, s.probing = pol.ProbeLen, 0, true
+				s.zeros = 0
+				due = append(due, i)
 			}
 		}
+	}
+	// A due probe is sent only if what it may measure could change the
+	// budget; if not, the interval starts over without growing: the load
+	// that rules drafting out may pass.
+	for j, ok := range pol.WorthProbing(devs, plan.Budgets, due, curve.Ms, over) {
+		if ok {
+			plan.Budgets[due[j]], states[due[j]].probing = pol.ProbeLen, true
+		}
+	}
+	for i, s := range states {
 		d := devs[i]
 		// A round the server runs itself is not waited for.
 		s.waited = !(plan.Budgets[i] == 0 && d.ServerRounds)

@@ -75,8 +75,10 @@ type Stats struct {
 	// a first round that timed out).
 	Sessions, Resyncs, Evictions, ForwardPasses uint64
 	// PassTokens counts tokens evaluated by forward passes (what the pass-cost
-	// estimator of the goodput policy is fed).
-	PassTokens uint64
+	// estimator of the goodput policy is fed); PrefillTokens those of them
+	// before a round's last committed token (a session's prefix, a resync),
+	// evaluated without logits.
+	PassTokens, PrefillTokens uint64
 	// ReusedPrefixTokens counts prefix tokens of new or resynced sessions that
 	// were already in their slot's cells (an earlier session's) and so were not
 	// evaluated again.
@@ -350,11 +352,16 @@ func (v *Verifier) pass(ctx context.Context, group []*job, partial map[*job]int)
 			n = partial[j]
 		}
 		firstLogit := len(j.feed) - j.nDraft() - 1
+		prefill := 0
 		for i := j.done; i < j.done+n; i++ {
 			entries = append(entries, engine.Entry{
 				Seq: j.s.slot, Pos: j.base + i, Token: j.feed[i], Logits: partial == nil && i >= firstLogit,
 			})
+			if i < firstLogit {
+				prefill++
+			}
 		}
+		v.stats.PrefillTokens += uint64(prefill)
 	}
 	v.stats.ForwardPasses++
 	v.stats.PassTokens += uint64(len(entries))

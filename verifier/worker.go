@@ -467,14 +467,15 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 		}
 		return err
 	}
-	before := w.v.Stats().PassTokens
+	before := w.v.Stats()
 	results, err := w.v.Verify(ctx, all)
 	verified := time.Now()
 	if err != nil {
 		return endAll(err)
 	}
 	w.m.VerifyTime.Record(ctx, verified.Sub(now).Seconds(), w.attrs)
-	w.cost.Observe(int(w.v.Stats().PassTokens-before), verified.Sub(now))
+	after := w.v.Stats()
+	w.cost.ObservePass(int(after.PassTokens-before.PassTokens), int(after.PrefillTokens-before.PrefillTokens), verified.Sub(now))
 	plan := w.planBudgets(ctx, all, results, arrived, nServed, verified)
 	for _, tr := range traces {
 		tr.plan = plan

@@ -388,6 +388,7 @@ func SLED(cfg Config) Result {
 		inPass    []int
 		passMs    float64 // its modelled forward pass
 		passTok   int
+		prefill   int // of passTok, prompt tokens
 		tryAt     float64
 		freed     float64 // when it last went idle
 	}
@@ -435,11 +436,12 @@ func SLED(cfg Config) Result {
 			wk.inPass = append(wk.inPass, b...)
 		}
 		wk.delivered = slices.Delete(wk.delivered, 0, n)
-		tokens, cells := 0, 0
+		tokens, cells, prefill := 0, 0, 0
 		for _, i := range wk.inPass {
 			tokens += devs[i].cur.Len + 1
 			if devs[i].fresh {
 				tokens += cfg.PromptLen
+				prefill += cfg.PromptLen
 			}
 		}
 		for i := range devs {
@@ -456,7 +458,7 @@ func SLED(cfg Config) Result {
 		batchSum += len(wk.inPass)
 		pass := cfg.PassScale * cfg.Cost.Ms(tokens, len(wk.inPass), cells+tokens)
 		passSum += pass
-		wk.passMs, wk.passTok = pass, tokens
+		wk.passMs, wk.passTok, wk.prefill = pass, tokens, prefill
 		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))
 		l.At(l.Now+ms/1000, evPassDone, w)
 	}
@@ -538,7 +540,7 @@ func SLED(cfg Config) Result {
 			if !cfg.Budget.Static {
 				// The worker's goodput policy, fed as verifier.Worker feeds it.
 				tr := trackers[i]
-				tr.Estimator().Observe(wk.passTok, time.Duration(wk.passMs*float64(time.Millisecond)))
+				tr.Estimator().ObservePass(wk.passTok, wk.prefill, time.Duration(wk.passMs*float64(time.Millisecond)))
 				tr.Estimator().ObserveOverhead(time.Duration((cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))) * float64(time.Millisecond)))
 				rounds := make([]goodput.Round, len(wk.inPass))
 				for k, j := range wk.inPass {
