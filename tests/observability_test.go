@@ -299,6 +299,7 @@ func TestMetricsScrape(t *testing.T) {
 	var wg sync.WaitGroup
 	var scrapes int
 	var scrapeErr error
+	var slotsSeen float64 // the most slots in use in any scrape during the run
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -311,6 +312,7 @@ func TestMetricsScrape(t *testing.T) {
 			}
 			m := getMetrics(t, addr)
 			scrapes++
+			slotsSeen = max(slotsSeen, m.sum("sled_slots_used"))
 			for _, d := range devs {
 				dl := `device="` + d + `"`
 				if a, dr := m.sum("sled_accepted_tokens_total", dl), m.sum("sled_drafted_tokens_total", dl); a > dr {
@@ -443,8 +445,10 @@ func TestMetricsScrape(t *testing.T) {
 	if ss, rs := final.sum("sled_verifier_sessions_total"), final.sum("sled_verifier_resyncs_total"); int(ss) != len(out) || int(rs) != devResyncs {
 		t.Errorf("verifier: %v sessions, %v resyncs; %d generations, devices report %d resyncs", ss, rs, len(out), devResyncs)
 	}
-	if u, c := final.sum("sled_slots_used"), final.sum("sled_slots_capacity"); u < 1 || u > c {
-		t.Errorf("slots used %v of %v", u, c)
+	// A generation's end releases its slot, so once all have ended the gauge
+	// may read 0; while they ran it held a session.
+	if u, c := final.sum("sled_slots_used"), final.sum("sled_slots_capacity"); max(u, slotsSeen) < 1 || u > c || slotsSeen > c {
+		t.Errorf("slots used %v at the end, at most %v during the run, of %v", u, slotsSeen, c)
 	}
 	if r := final.sum("sled_events_rejected_total", `reason=`); r < 1 {
 		var keys []string

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sled-project/sled/bench"
 	"github.com/sled-project/sled/engine"
+	"github.com/sled-project/sled/goodput"
 	"github.com/sled-project/sled/httpapi"
 	"github.com/sled-project/sled/internal/chisq"
 	"github.com/sled-project/sled/internal/testmodels"
@@ -65,7 +66,10 @@ func checkAgainst(t testing.TB, m *engine.Model, ref *bench.Reference, got, who 
 func TestCoupledSamplingReproducibleThroughAPI(t *testing.T) {
 	const n, temp = 48, 0.8
 	drafts := []string{testmodels.Path(t, testmodels.Draft4L), testmodels.Path(t, testmodels.Draft3L), requantized(t)}
-	sled := start(t, services.UpConfig{Drafts: drafts, Devices: 3, HTTPAddr: "127.0.0.1:0"})
+	// The paper's fixed length: the point-mass control below needs drafts, and
+	// on a compute-bound CPU the goodput policy holds the budgets at 0 (the
+	// verifier then samples every token itself, alike on every device).
+	sled := start(t, services.UpConfig{Drafts: drafts, Devices: 3, HTTPAddr: "127.0.0.1:0", Budget: goodput.Policy{Static: true}})
 	central := start(t, services.UpConfig{Mode: services.ModeCentralized, Devices: 1, HTTPAddr: "127.0.0.1:0"})
 	m := sled.Target()
 	seed := int64(42)
