@@ -243,12 +243,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 					// and no CPU contention factor.
 					c.Warmup, c.Duration = 10, 10
 					c.BatchTokens, c.StepScale = n+512, 1
-					switch {
-					case o.GPUResultMs == 0:
-						c.ResultMs = DefaultGPUResultMs
-					case o.GPUResultMs > 0:
-						c.ResultMs = o.GPUResultMs
-					}
+					c.ResultMs, _ = gpuResult(o, cal.msg)
 				}
 				return c
 			}
@@ -280,7 +275,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	r.Measured = append(r.Measured, "pass-cost samples of the target on this machine; the validation runs")
 	r.Modelled = []string{
 		"everything in the simulated columns: drafting (Poisson at the profile rate), messaging (fixed up/hop/down latencies from the server timing of a measured 1-device round), verification (fitted or assumed pass cost, with attention over the KV cells all sessions hold; the worker verifies every queued batch in one pass, up to its slots, and runs budget-0 rounds itself); batching, drafting and budget decisions are the real batcher.Policy.Decide (devices active within 1 s), drafter.DraftPolicy over the measured acceptance and goodput.Tracker (the worker's pass-cost curve learned from its simulated passes, each device's acceptance from its rounds); the window opens as the measured one does (sim.Window: after the warm-up, once every device has a token); every session's prompt is prefilled in full (no prefix cache)",
-		fmt.Sprintf("GPU servers' worker time per draft: %s", gpuResult(o, cal.msg)),
+		"GPU servers' worker time per draft: " + gpuResultSource(o, cal.msg),
 		"GPU servers: " + servers[1].cost.Source + "; " + servers[2].cost.Source + "; " + servers[3].cost.Source,
 		"centralized in the simulator: centralized.Server's continuous batching step by step (a request's prompt prefilled in one pass, then one token per step; the next request admitted a step later), plus a per-step host cost calibrated from a measured 1-client run",
 	}
@@ -324,15 +319,21 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	return r, err
 }
 
-// gpuResult says which per-draft worker cost the GPU rows used.
-func gpuResult(o Options, m Messaging) string {
+// gpuResult is the GPU rows' worker time per draft (Options.GPUResultMs)
+// and where it comes from.
+func gpuResult(o Options, m Messaging) (ms float64, source string) {
 	switch {
 	case o.GPUResultMs == 0:
-		return fmt.Sprintf("%.3f ms (ASSUMED from the event codec's benchmark: decoding a draft, encoding its result)", DefaultGPUResultMs)
+		return DefaultGPUResultMs, "ASSUMED from the event codec's benchmark: decoding a draft, encoding its result"
 	case o.GPUResultMs > 0:
-		return fmt.Sprintf("%.3f ms (--gpu-result-ms)", o.GPUResultMs)
+		return o.GPUResultMs, "--gpu-result-ms"
 	}
-	return fmt.Sprintf("%.3f ms (this machine's fitted per-draft cost)", m.ResultMs)
+	return m.ResultMs, "this machine's fitted per-draft cost"
+}
+
+func gpuResultSource(o Options, m Messaging) string {
+	ms, src := gpuResult(o, m)
+	return fmt.Sprintf("%.3f ms (%s)", ms, src)
 }
 
 // calibration is the simulator fitted to this machine.

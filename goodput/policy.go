@@ -179,10 +179,7 @@ func (p Policy) choose(devs []Device, cost CostFunc, overheadMs float64, exact i
 	if len(devs) == 0 {
 		return plan
 	}
-	base := 0
-	for _, d := range devs {
-		base += carried(d)
-	}
+	base := carriedTokens(devs)
 	ev := evaluator{devs: devs, cost: cost, overhead: overheadMs, base: base, exact: exact}
 	if _, ok := cost(base); p.Static || !ok {
 		for i := range plan.Budgets {
@@ -224,10 +221,7 @@ func (p Policy) WorthProbing(devs []Device, budgets []int, due []int, cost CostF
 	if len(due) == 0 || len(budgets) != len(devs) {
 		return worth
 	}
-	base := 0
-	for _, d := range devs {
-		base += carried(d)
-	}
+	base := carriedTokens(devs)
 	if _, ok := cost(base); !ok {
 		for j := range worth {
 			worth[j] = true
@@ -252,23 +246,28 @@ func (p Policy) WorthProbing(devs []Device, budgets []int, due []int, cost CostF
 		for n := 1; n <= p.MaxBudget && !worth[j]; n++ {
 			s := sums[n]
 			g0, _, m0 := e.term(i, 0, s.passMs)
-			out := float64(1 + n) // every draft token accepted
-			round := d.roundMs(n, s.passMs)
-			g1 := 0.0
-			if round > 0 {
-				g1 = out / round * 1000
-			}
+			g1, m1 := d.share(n, float64(1+n), s.passMs) // every draft token accepted
 			s.goodput += g1 - g0
 			if m0 {
 				s.met--
 			}
-			if d.TPOTMs > 0 && round <= out*d.TPOTMs {
+			if m1 {
 				s.met++
 			}
 			worth[j] = better(s, sums[0])
 		}
 	}
 	return worth
+}
+
+// carriedTokens is what devs' rounds carry besides their drafts: the pass
+// size at budget 0.
+func carriedTokens(devs []Device) int {
+	n := 0
+	for _, d := range devs {
+		n += carried(d)
+	}
+	return n
 }
 
 func carried(d Device) int {
@@ -366,17 +365,23 @@ func (e *evaluator) term(i, k int, ms float64) (goodput, out float64, met bool) 
 	if e.metEver == nil {
 		e.metEver = make([]bool, len(e.devs))
 	}
-	d := &e.devs[i]
 	out = e.out(i, k)
+	goodput, met = e.devs[i].share(k, out, ms)
+	if met {
+		e.metEver[i] = true
+	}
+	return goodput, out, met
+}
+
+// share is the device's goodput (output tokens per second) from a round of k
+// draft tokens expecting out tokens in a pass of ms, and whether that meets
+// its objective.
+func (d *Device) share(k int, out, ms float64) (goodput float64, met bool) {
 	round := d.roundMs(k, ms)
 	if round > 0 {
 		goodput = out / round * 1000
 	}
-	if d.TPOTMs > 0 && round <= out*d.TPOTMs {
-		met = true
-		e.metEver[i] = true
-	}
-	return goodput, out, met
+	return goodput, d.TPOTMs > 0 && round <= out*d.TPOTMs
 }
 
 func better(a, b score) bool {

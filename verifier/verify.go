@@ -352,16 +352,12 @@ func (v *Verifier) pass(ctx context.Context, group []*job, partial map[*job]int)
 			n = partial[j]
 		}
 		firstLogit := len(j.feed) - j.nDraft() - 1
-		prefill := 0
 		for i := j.done; i < j.done+n; i++ {
 			entries = append(entries, engine.Entry{
 				Seq: j.s.slot, Pos: j.base + i, Token: j.feed[i], Logits: partial == nil && i >= firstLogit,
 			})
-			if i < firstLogit {
-				prefill++
-			}
 		}
-		v.stats.PrefillTokens += uint64(prefill)
+		v.stats.PrefillTokens += uint64(max(0, min(j.done+n, firstLogit)-j.done))
 	}
 	v.stats.ForwardPasses++
 	v.stats.PassTokens += uint64(len(entries))

@@ -156,6 +156,7 @@ func scripted(t *testing.T, cfg Config, refLen int, texts ...string) (*Verifier,
 func TestVerifyBatchesAreLossless(t *testing.T) {
 	v, devs := scripted(t, Config{Slots: 4, Threads: 1}, 60, "Once upon a time", "The little dog", "Tom and Sue went to")
 	ctx := context.Background()
+	prefill := 0
 	for round := 0; ; round++ {
 		var batch []events.DraftReady
 		var who []*device
@@ -170,6 +171,11 @@ func TestVerifyBatchesAreLossless(t *testing.T) {
 		}
 		if len(batch) == 0 {
 			break
+		}
+		for _, d := range batch {
+			if n := max(len(d.Prefix), len(d.Committed)); n > 0 {
+				prefill += n - 1 // all but the last committed token
+			}
 		}
 		res, err := v.Verify(ctx, batch)
 		if err != nil {
@@ -191,6 +197,11 @@ func TestVerifyBatchesAreLossless(t *testing.T) {
 	// Three sessions started; none was rebuilt (a first round is not a resync).
 	if st.Accepted == 0 || st.Accepted >= st.DraftTokens || st.Sessions != 3 || st.Resyncs != 0 {
 		t.Fatalf("unexpected stats %+v", st)
+	}
+	// Prefill is what a round carries before its last committed token: a
+	// first round's prompt, and the accepted tokens these devices send again.
+	if st.PrefillTokens != uint64(prefill) || st.PassTokens <= st.PrefillTokens {
+		t.Errorf("prefill %d of %d evaluated tokens, want %d", st.PrefillTokens, st.PassTokens, prefill)
 	}
 }
 

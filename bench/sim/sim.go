@@ -338,8 +338,7 @@ func SLED(cfg Config) Result {
 	for i := range ids {
 		ids[i] = strconv.Itoa(i)
 	}
-	epoch := time.Unix(0, 0)
-	at := func(sec float64) time.Time { return epoch.Add(time.Duration(sec * float64(time.Second))) }
+	epoch := at(0)
 	tpot := time.Duration(cfg.TPOTMs * float64(time.Millisecond))
 	start := func(i int) {
 		d := &devs[i]
@@ -464,7 +463,7 @@ func SLED(cfg Config) Result {
 	}
 	decide := func(w int) {
 		wk := &ws[w]
-		age := time.Duration((l.Now - wk.oldest) * float64(time.Second))
+		age := seconds(l.Now - wk.oldest)
 		q := batcher.Queue{Drafts: len(wk.pending), Active: active(), Age: age, Slack: batcher.NoSlack}
 		if cfg.Batch.SLO {
 			// As batcher.Batcher: the worker's estimated pass, and the drafts' due times.
@@ -492,10 +491,10 @@ func SLED(cfg Config) Result {
 			closedSum += n
 		}
 		if len(wk.pending) > 0 {
-			at := l.Now + wait.Seconds()
-			if wk.tryAt < l.Now || at < wk.tryAt {
-				wk.tryAt = at
-				l.At(at, evBatchTry, w)
+			when := l.Now + wait.Seconds()
+			if wk.tryAt < l.Now || when < wk.tryAt {
+				wk.tryAt = when
+				l.At(when, evBatchTry, w)
 			}
 		}
 	}
@@ -623,7 +622,6 @@ func Centralized(cfg Config) Result {
 	cs := make([]client, cfg.Devices)
 	win := newWindow(cfg)
 	now := 0.0
-	at := func(sec float64) time.Time { return time.Unix(0, 0).Add(time.Duration(sec * float64(time.Second))) }
 	var res Result
 	seqSum, passSum := 0, 0.0
 	for cfg.Devices > 0 && !win.Over(at(now)) {
@@ -691,10 +689,15 @@ func Centralized(cfg Config) Result {
 	return res
 }
 
+// at is simulated second sec as a time, for the decision code and the
+// window, which take times.
+func at(sec float64) time.Time { return time.Unix(0, 0).Add(seconds(sec)) }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
 // newWindow is cfg's measuring window on the simulated clock (from 0).
 func newWindow(cfg Config) *Window {
-	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
-	return NewWindow(cfg.Devices, time.Unix(0, 0), sec(cfg.Warmup), sec(cfg.Settle), sec(cfg.Duration))
+	return NewWindow(cfg.Devices, at(0), seconds(cfg.Warmup), seconds(cfg.Settle), seconds(cfg.Duration))
 }
 
 func (r *Result) fill(win *Window) {
