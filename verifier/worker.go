@@ -308,10 +308,36 @@ func TakeQueued(n int, drafts func(i int) int, slots int) int {
 // verifyLoop verifies queued batches, as many at a time as the verifier's slots
 // hold, until ctx ends. Batches still queued then are left unacknowledged and are
 // redelivered after AckWait.
+//
+// A pass's results are published without waiting for the stream to store
+// them: the loop goes on to the next pass (the rounds it runs itself among
+// them) and settles the previous one after that pass's Verify, or before it
+// waits for work, so the store's round trip overlaps the next forward pass
+// instead of following every pass. A batch is acknowledged only once every
+// result of its pass is stored.
 func (w *Worker) verifyLoop(ctx context.Context) {
 	limit := w.v.Config().Slots
 	freed := time.Now() // when the verifier last went idle
+	var last *inflight  // the previous pass, its results not yet known to be stored
+	defer func() {
+		if last != nil {
+			// Shutting down: a pass whose results are stored is acknowledged
+			// (no redelivery of work done); give the store a moment.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			w.settle(sctx, last)
+			cancel()
+		}
+	}()
+	settle := func() {
+		if last != nil {
+			w.settle(ctx, last)
+			last = nil
+		}
+	}
 	for {
+		if len(w.served) == 0 {
+			settle()
+		}
 		if len(w.served) == 0 {
 			select {
 			case <-ctx.Done():
@@ -333,6 +359,7 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 			if wait := w.gather(group, freed); wait > 0 {
 				// Wait for the expected rounds; a new batch (one of them)
 				// makes the queue worth deciding on again.
+				settle()
 				t := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
@@ -349,20 +376,63 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 			w.qmu.Unlock()
 			served := w.served
 			w.served = nil
-			err := w.process(ctx, group, served)
-			for _, d := range group {
-				switch {
-				case err == nil:
-					_ = d.msg.Ack()
-				case ctx.Err() != nil:
-					// shutting down: redelivered after AckWait
-				default:
-					w.cfg.Logger.Warn("verify batch", "batch", d.b.BatchID, "err", err)
-					_ = d.msg.NakWithDelay(250 * time.Millisecond)
-				}
+			pass, err := w.process(ctx, group, served)
+			settle()
+			if err != nil {
+				w.nak(ctx, group, err)
+			} else {
+				last = pass
 			}
 			freed = time.Now()
 		}
+	}
+}
+
+// inflight is a pass whose results are published but not yet known to be
+// stored.
+type inflight struct {
+	group   []delivery
+	traces  []*batchTrace
+	futures []jetstream.PubAckFuture
+}
+
+// settle waits, for at most resultTimeout, until the stream has stored every
+// result of pass p, then acknowledges its batches and ends their traces.
+// Results not stored leave the batches to be redelivered (nak), and drop the
+// rounds the worker was to run next: they follow verdicts that their devices
+// may never have received (as after any failed pass, the devices retry or
+// resync).
+func (w *Worker) settle(ctx context.Context, p *inflight) {
+	// An async publish caught by a server restart may never be acked; give up after
+	// resultTimeout so the batches are redelivered instead of stalling the worker.
+	// Results no stream took (SLED_RESULTS vanished) are published again once the
+	// keeper has recreated it.
+	err := w.pub.Await(ctx, resultTimeout, p.futures...)
+	if err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("verifier: results not stored: %w", err)
+	}
+	for _, tr := range p.traces {
+		tr.end(err)
+	}
+	if err != nil {
+		w.served = nil
+		w.nak(ctx, p.group, err)
+		return
+	}
+	for _, d := range p.group {
+		_ = d.msg.Ack()
+	}
+}
+
+// nak hands the batches of a failed pass back for redelivery; while ctx is
+// ending they are left for AckWait instead.
+func (w *Worker) nak(ctx context.Context, group []delivery, err error) {
+	if ctx.Err() != nil {
+		return // shutting down: redelivered after AckWait
+	}
+	for _, d := range group {
+		w.cfg.Logger.Warn("verify batch", "batch", d.b.BatchID, "err", err)
+		_ = d.msg.NakWithDelay(250 * time.Millisecond)
 	}
 }
 
@@ -401,9 +471,10 @@ func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
 // that also has a newer one in the group, get no result: their device has
 // already moved on to the newer round (a device that sends a round of its own
 // numbers it above every round the worker may run for it, so its own round
-// supersedes them). When every result is stored, w.served holds the rounds
-// to run next.
-func (w *Worker) process(ctx context.Context, group []delivery, served []servedRound) error {
+// supersedes them). Once every result is published, w.served holds the rounds
+// to run next and process returns the pass for settle; on an error the pass's
+// traces are ended and nothing is left to settle.
+func (w *Worker) process(ctx context.Context, group []delivery, served []servedRound) (*inflight, error) {
 	now := time.Now()
 	latest := map[string]uint64{}
 	note := func(d *events.DraftReady) {
@@ -471,7 +542,7 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 	results, err := w.v.Verify(ctx, all)
 	verified := time.Now()
 	if err != nil {
-		return endAll(err)
+		return nil, endAll(err)
 	}
 	w.m.VerifyTime.Record(ctx, verified.Sub(now).Seconds(), w.attrs)
 	after := w.v.Stats()
@@ -499,7 +570,7 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 		r.ServerTiming.TotalMs = float64(time.Since(arrived[i]).Microseconds()) / 1000
 		w.observeResult(ctx, &all[i], r)
 		if err := publish(r, events.New(w.source, r)); err != nil {
-			return endAll(err)
+			return nil, endAll(err)
 		}
 	}
 	for gi, g := range group {
@@ -513,28 +584,17 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 			rev := events.New(w.source, r)
 			traces[gi].verdict(i-spans[gi].from, now, verified, r, rev)
 			if err := publish(r, rev); err != nil {
-				return endAll(err)
+				return nil, endAll(err)
 			}
 		}
 	}
-	// An async publish caught by a server restart may never be acked; give up after
-	// resultTimeout so the batches are redelivered instead of stalling the worker.
-	// Results no stream took (SLED_RESULTS vanished) are published again once the
-	// keeper has recreated it.
-	if err := w.pub.Await(ctx, resultTimeout, futures...); err != nil {
-		if ctx.Err() != nil {
-			return endAll(ctx.Err())
-		}
-		return endAll(fmt.Errorf("verifier: results not stored: %w", err))
-	}
-	endAll(nil)
 	w.served = next
 	if n := len(next); n > 0 {
 		w.m.ServerRounds.Add(ctx, int64(n), w.attrs)
 	}
 	w.cost.ObserveOverhead(time.Since(verified))
 	w.observeBatch(ctx)
-	return nil
+	return &inflight{group: group, traces: traces, futures: futures}, nil
 }
 
 // serveNext marks the ok results whose sessions the worker goes on with
