@@ -8,20 +8,28 @@ import (
 
 	"github.com/sled-project/sled/bench/sim"
 	"github.com/sled-project/sled/centralized"
+	"github.com/sled-project/sled/engine"
 	"github.com/sled-project/sled/textgen"
 )
 
-// errWindowClosed ends a generation once the measuring window has passed.
-var errWindowClosed = errors.New("bench: window closed")
+var (
+	// errWindowClosed ends a generation once the measuring window has passed.
+	errWindowClosed = errors.New("bench: window closed")
+	// errDiverged ends a generation at its first token that differs from the
+	// precomputed continuation.
+	errDiverged = errors.New("bench: diverged from the reference")
+)
 
 // RunCentralized runs the centralized baseline: t.Devices clients, each generating
 // one prompt's continuation after another through a real centralized.Server
 // (continuous batching, one slot per device, the same engine and target), and
 // measures the tokens each client gets. Clients ask for tokens as fast as the
-// server gives them (a thin client has nothing else to do). Mismatches counts
-// requests whose tokens diverge from the precomputed continuation (a near-tie
-// between the batched pass and the reference); each counts once, at its first
-// differing token, since every later token follows from that one.
+// server gives them (a thin client has nothing else to do). A request whose
+// tokens diverge from the precomputed continuation (a near-tie between the
+// batched pass and the reference) ends there, its differing token not counted,
+// and the client goes on with its next prompt: as a SLED trial's device does,
+// so that both systems serve the same sessions (a session cut short costs
+// either system a new prompt). Mismatches counts those ends within the window.
 func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error) {
 	t = t.withDefaults()
 	if t.Devices <= 0 {
@@ -47,22 +55,30 @@ func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error)
 			for k := 0; ; k++ {
 				p := (i + k*t.Devices) % len(e.Prompts)
 				cont := e.Conts[p]
-				j, diverged := 0, false
+				j := 0
 				_, err := srv.Generate(runCtx, textgen.Request{Prompt: e.Prompts[p], MaxTokens: len(cont)}, func(c textgen.Chunk) error {
-					for _, tok := range c.Tokens {
-						if j < len(cont) && tok != cont[j] && !diverged {
-							diverged = true
+					ok, diverged := follows(c.Tokens, cont, j)
+					j += ok
+					now := time.Now()
+					if diverged {
+						if win.In(now) {
 							mu.Lock()
 							mismatches++
 							mu.Unlock()
 						}
-						j++
+						if !win.Add(i, ok, now) {
+							return errWindowClosed
+						}
+						return errDiverged
 					}
-					if !win.Add(i, len(c.Tokens), time.Now()) {
+					if !win.Add(i, ok, now) {
 						return errWindowClosed
 					}
 					return nil
 				})
+				if errors.Is(err, errDiverged) {
+					err = nil
+				}
 				if err != nil || runCtx.Err() != nil {
 					return
 				}
@@ -89,4 +105,15 @@ func EdgeOnly(p Profile, devices int) *Measurement {
 	m.TokensPerSec = p.TokensPerSec * float64(devices)
 	summarize(m)
 	return m
+}
+
+// follows reports how many of toks, a generation's next tokens from position j
+// of its reference continuation cont, still follow cont, and whether toks
+// depart from it. Tokens past the end of cont follow it: a reference that ends
+// early (its end-of-generation token) is not a divergence.
+func follows(toks, cont []engine.Token, j int) (ok int, diverged bool) {
+	for ok < len(toks) && j+ok < len(cont) && toks[ok] == cont[j+ok] {
+		ok++
+	}
+	return ok, ok < len(toks) && j+ok < len(cont)
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sled-project/sled/drafter"
+	"github.com/sled-project/sled/engine"
 )
 
 func TestPoissonStatistics(t *testing.T) {
@@ -221,5 +222,26 @@ func TestWindowTokens(t *testing.T) {
 	}
 	if got := windowTokens(nil, at(0), at(10)); got != 0 {
 		t.Errorf("no spans: %v", got)
+	}
+}
+
+func TestFollows(t *testing.T) {
+	cont := []engine.Token{5, 6, 7, 8}
+	for _, c := range []struct {
+		toks     []engine.Token
+		j, ok    int
+		diverged bool
+	}{
+		{[]engine.Token{5}, 0, 1, false},
+		{[]engine.Token{6, 7}, 1, 2, false},
+		{[]engine.Token{9}, 0, 0, true},
+		{[]engine.Token{6, 9, 8}, 1, 1, true}, // departs at its second token: one counts
+		{[]engine.Token{8, 2}, 3, 1, false},   // past the reference's end: not a divergence
+		{nil, 2, 0, false},
+	} {
+		ok, diverged := follows(c.toks, cont, c.j)
+		if ok != c.ok || diverged != c.diverged {
+			t.Errorf("follows(%v, %v, %d) = %d, %v; want %d, %v", c.toks, cont, c.j, ok, diverged, c.ok, c.diverged)
+		}
 	}
 }

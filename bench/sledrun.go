@@ -333,10 +333,13 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			return d.fail(t0)
 		}
 		if res.Accepted != m || res.Token != cont[pos+m] {
+			// A near-tie the batched pass decided otherwise than the reference:
+			// the session ends here (the continuation no longer applies), its
+			// tokens that still follow it counted, as a centralized client's are.
 			if d.f.win.In(now) {
 				d.mismatches++
 			}
-			return d.f.win.Add(d.i, 0, now)
+			return d.f.win.Add(d.i, min(res.Accepted, m), now)
 		}
 		budget = -1
 		if res.DraftBudget != nil {
