@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,6 +58,12 @@ type WorkerConfig struct {
 	// Default DefaultGatherMax; negative: never wait (every queued batch runs
 	// as soon as the verifier frees). Budget.Static never waits.
 	GatherMax time.Duration
+	// Publishers is how many goroutines encode and publish one pass's
+	// results, each a share of at least PublishShare of them. A pass's
+	// results are published while the next pass runs, after the previous
+	// pass's (so a device never gets a round's verdict before the one
+	// before it). Default min(GOMAXPROCS, 8).
+	Publishers int
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Telemetry receives the worker's spans and metrics. Default: none.
@@ -66,6 +74,10 @@ type WorkerConfig struct {
 // pass of a small model on a CPU; a wave that takes longer to come back
 // costs more idle time than its pass saves anyway.
 const DefaultGatherMax = 50 * time.Millisecond
+
+// PublishShare is the fewest results one publisher goroutine is given: below
+// it a goroutine costs more than the encoding it takes off the others.
+const PublishShare = 32
 
 // TracerName is the instrumentation scope of the verifier's spans.
 const TracerName = "github.com/sled-project/sled/verifier"
@@ -103,6 +115,9 @@ type Worker struct {
 	// (Verifier.NextRound): sessions held at budget 0 whose devices allow it.
 	// Owned by verifyLoop.
 	served []servedRound
+	// publishing is the last pass handed to publishAll, whose results go out
+	// before the next pass's. Owned by verifyLoop.
+	publishing *inflight
 
 	tel      *telemetry.Telemetry
 	tracer   trace.Tracer
@@ -137,6 +152,9 @@ func NewWorker(v *Verifier, nc *nats.Conn, js jetstream.JetStream, cfg WorkerCon
 		cfg.Model = v.model.ID()
 	}
 	cfg.Budget = cfg.Budget.WithDefaults()
+	if cfg.Publishers <= 0 {
+		cfg.Publishers = min(runtime.GOMAXPROCS(0), 8)
+	}
 	if cfg.GatherMax == 0 {
 		cfg.GatherMax = DefaultGatherMax
 	}
@@ -388,12 +406,16 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 	}
 }
 
-// inflight is a pass whose results are published but not yet known to be
-// stored.
+// inflight is a pass whose results are being published or are published
+// but not yet known to be stored.
 type inflight struct {
-	group   []delivery
-	traces  []*batchTrace
+	group  []delivery
+	traces []*batchTrace
+	// done is closed once every result is handed to the stream (futures) or
+	// publishing failed (err).
+	done    chan struct{}
 	futures []jetstream.PubAckFuture
+	err     error
 }
 
 // settle waits, for at most resultTimeout, until the stream has stored every
@@ -403,13 +425,16 @@ type inflight struct {
 // may never have received (as after any failed pass, the devices retry or
 // resync).
 func (w *Worker) settle(ctx context.Context, p *inflight) {
+	<-p.done // publishing ends on its own: every PublishAsync is bounded
+	err := p.err
 	// An async publish caught by a server restart may never be acked; give up after
 	// resultTimeout so the batches are redelivered instead of stalling the worker.
 	// Results no stream took (SLED_RESULTS vanished) are published again once the
 	// keeper has recreated it.
-	err := w.pub.Await(ctx, resultTimeout, p.futures...)
-	if err != nil && ctx.Err() == nil {
-		err = fmt.Errorf("verifier: results not stored: %w", err)
+	if err == nil {
+		if err = w.pub.Await(ctx, resultTimeout, p.futures...); err != nil && ctx.Err() == nil {
+			err = fmt.Errorf("verifier: results not stored: %w", err)
+		}
 	}
 	for _, tr := range p.traces {
 		tr.end(err)
@@ -552,26 +577,12 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 		tr.plan = plan
 	}
 	next := w.serveNext(all, results, arrived, verified)
-	futures := make([]jetstream.PubAckFuture, 0, len(results))
-	publish := func(r *events.VerifyResult, rev *events.Event) error {
-		f, err := w.pub.PublishAsync(rev)
-		if errors.Is(err, infra.ErrEncode) {
-			w.cfg.Logger.Error("encode result", "err", err)
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("verifier: publish result: %w", err)
-		}
-		futures = append(futures, f)
-		return nil
-	}
+	out := make([]*events.Event, 0, len(results))
 	for i := range nServed {
 		r := &results[i]
 		r.ServerTiming.TotalMs = float64(time.Since(arrived[i]).Microseconds()) / 1000
 		w.observeResult(ctx, &all[i], r)
-		if err := publish(r, events.New(w.source, r)); err != nil {
-			return nil, endAll(err)
-		}
+		out = append(out, events.New(w.source, r))
 	}
 	for gi, g := range group {
 		batchMs := float64(now.Sub(g.b.CreatedAt).Microseconds()) / 1000
@@ -583,18 +594,62 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 			w.observeResult(ctx, &all[i], r)
 			rev := events.New(w.source, r)
 			traces[gi].verdict(i-spans[gi].from, now, verified, r, rev)
-			if err := publish(r, rev); err != nil {
-				return nil, endAll(err)
-			}
+			out = append(out, rev)
 		}
 	}
+	pass := &inflight{group: group, traces: traces, done: make(chan struct{})}
+	prev := w.publishing
+	w.publishing = pass
+	go func() {
+		defer close(pass.done)
+		if prev != nil {
+			<-prev.done // the previous pass's verdicts go out first
+		}
+		pass.futures, pass.err = w.publishAll(out)
+	}()
 	w.served = next
 	if n := len(next); n > 0 {
 		w.m.ServerRounds.Add(ctx, int64(n), w.attrs)
 	}
 	w.cost.ObserveOverhead(time.Since(verified))
 	w.observeBatch(ctx)
-	return &inflight{group: group, traces: traces, futures: futures}, nil
+	return pass, nil
+}
+
+// publishAll encodes and publishes evs, split among up to cfg.Publishers
+// goroutines, and returns the futures of the stream's acks, or the first
+// failure. An event that does not encode is logged and left out: sending it
+// again cannot help, and its device's round times out and is retried.
+func (w *Worker) publishAll(evs []*events.Event) ([]jetstream.PubAckFuture, error) {
+	futures := make([]jetstream.PubAckFuture, len(evs))
+	errs := make([]error, len(evs))
+	one := func(i int) {
+		f, err := w.pub.PublishAsync(evs[i])
+		switch {
+		case errors.Is(err, infra.ErrEncode):
+			w.cfg.Logger.Error("encode result", "err", err)
+		case err != nil:
+			errs[i] = fmt.Errorf("verifier: publish result: %w", err)
+		default:
+			futures[i] = f
+		}
+	}
+	n := min(w.cfg.Publishers, max(1, len(evs)/PublishShare))
+	var wg sync.WaitGroup
+	for k := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := k * len(evs) / n; i < (k+1)*len(evs)/n; i++ {
+				one(i)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(futures, func(f jetstream.PubAckFuture) bool { return f == nil }), nil
 }
 
 // serveNext marks the ok results whose sessions the worker goes on with
