@@ -51,6 +51,12 @@ type Options struct {
 	// which also holds what a 2-core box loses to the NATS server and the
 	// fleet's goroutines sharing the cores with llama.cpp.
 	GPUResultMs float64
+	// GPUPublishers is how many goroutines publish a pass's results beside
+	// the next pass on the simulated GPU servers (sim.Config.Publishers; the
+	// verifier's default, min(GOMAXPROCS, 8), on a host of 8 cores or more).
+	// 0: DefaultGPUPublishers; negative: none, the result work paid inside
+	// the pass loop as on a CPU server.
+	GPUPublishers int
 	// Required is the tokens/s every device must get for the fleet to be within
 	// capacity. Default 5 (about human reading speed).
 	Required float64

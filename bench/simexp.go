@@ -142,6 +142,27 @@ func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 // of this 2-core machine.
 const DefaultGPUResultMs = 0.065
 
+// GPUDecodeShare is the part of a simulated GPU server's per-draft host time
+// that is the draft's decoding at the worker's consumer (the rest is its
+// result's encoding and publishing): in the codec's benchmark a verify.batch
+// costs 41 µs per draft, a verify.result 25 µs.
+const GPUDecodeShare = 41.0 / 66
+
+// DefaultGPUPublishers is Options.GPUPublishers's default: the verifier's
+// default on a host of 8 cores or more (verifier.WorkerConfig.Publishers).
+const DefaultGPUPublishers = 8
+
+// gpuPublishers is the GPU rows' sim.Config.Publishers (Options.GPUPublishers).
+func gpuPublishers(o Options) int {
+	switch {
+	case o.GPUPublishers == 0:
+		return DefaultGPUPublishers
+	case o.GPUPublishers < 0:
+		return 0
+	}
+	return o.GPUPublishers
+}
+
 // gpuServer is an assumed GPU server for the simulator: a GPU's memory
 // bandwidth and effective FLOP/s, serving a model shape at a weight type.
 type gpuServer struct {
@@ -244,6 +265,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 					c.Warmup, c.Duration = 10, 10
 					c.BatchTokens, c.StepScale = n+512, 1
 					c.ResultMs, _ = gpuResult(o, cal.msg)
+					c.Publishers, c.DecodeMs = gpuPublishers(o), c.ResultMs*GPUDecodeShare
 				}
 				return c
 			}
@@ -275,7 +297,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	r.Measured = append(r.Measured, "pass-cost samples of the target on this machine; the validation runs")
 	r.Modelled = []string{
 		"everything in the simulated columns: drafting (Poisson at the profile rate), messaging (fixed up/hop/down latencies from the server timing of a measured 1-device round), verification (fitted or assumed pass cost, with attention over the KV cells all sessions hold; the worker verifies every queued batch in one pass, up to its slots, and runs budget-0 rounds itself); batching, drafting and budget decisions are the real batcher.Policy.Decide (devices active within 1 s), drafter.DraftPolicy over the measured acceptance and goodput.Tracker (the worker's pass-cost curve learned from its simulated passes, each device's acceptance from its rounds); the window opens as the measured one does (sim.Window: after the warm-up, once every device has a token); every session's prompt is prefilled in full (no prefix cache)",
-		"GPU servers' worker time per draft: " + gpuResultSource(o, cal.msg),
+		"GPU servers' worker time per draft: " + gpuResultSource(o, cal.msg) + gpuPublishersSource(o),
 		"GPU servers: " + servers[1].cost.Source + "; " + servers[2].cost.Source + "; " + servers[3].cost.Source,
 		"centralized in the simulator: centralized.Server's continuous batching step by step (a request's prompt prefilled in one pass, then one token per step; the next request admitted a step later), plus a per-step host cost calibrated from a measured 1-client run",
 	}
@@ -329,6 +351,13 @@ func gpuResult(o Options, m Messaging) (ms float64, source string) {
 		return o.GPUResultMs, "--gpu-result-ms"
 	}
 	return m.ResultMs, "this machine's fitted per-draft cost"
+}
+
+func gpuPublishersSource(o Options) string {
+	if n := gpuPublishers(o); n > 0 {
+		return fmt.Sprintf("; beside the passes: %.0f%% of it the draft's decoding at the worker's one consumer, the rest its result's publishing by %d goroutines while the next pass runs", 100*GPUDecodeShare, n)
+	}
+	return "; inside the pass loop (--gpu-publishers -1)"
 }
 
 func gpuResultSource(o Options, m Messaging) string {

@@ -138,9 +138,22 @@ type Config struct {
 	// see Calibration in package bench.
 	UpMs, HopMs, DownMs float64
 	// WorkerMs and ResultMs are the worker's own time per pass and per result
-	// (decoding, publishing results and waiting for them to be stored), during
-	// which it cannot start the next pass.
+	// (decoding, publishing results and waiting for them to be stored). With
+	// Publishers 0 the worker cannot start the next pass during either: the
+	// model of a CPU server whose passes use every core, where work beside the
+	// pass takes its time from the pass.
 	WorkerMs, ResultMs float64
+	// Publishers > 0 models a server whose passes leave host cores free (a
+	// GPU's), as verifier.Worker runs there: DecodeMs of a result's ResultMs
+	// is its draft's decoding at the worker's consumer (one goroutine, beside
+	// the passes: a batch reaches the worker once the batches before it are
+	// decoded), and the rest is encoding and publishing it, shared by
+	// Publishers goroutines (verifier.WorkerConfig.Publishers, each at least
+	// verifier.PublishShare results) while the next pass runs, after the
+	// previous pass's results; the pass after next starts only once they are
+	// out (the worker settles a pass after the next one). Default 0.
+	Publishers int
+	DecodeMs   float64
 	// BatchTokens bounds the tokens of one centralized step: prompts are
 	// prefilled in chunks that fit after the decoding requests' tokens, as in
 	// centralized.Config. Default 512.
@@ -232,6 +245,7 @@ const (
 	evBatchTry        // the batcher looks at its queue again (deadline)
 	evDeliver         // a closed batch reaches the worker
 	evPassDone        // the worker finished a pass and its results
+	evSettled         // the results of the worker's pass before the last are out: it may start another
 	evGather          // a free worker's wait for expected rounds ends
 	evResult          // a result reaches its device
 )
@@ -390,6 +404,9 @@ func SLED(cfg Config) Result {
 		prefill   int // of passTok, prompt tokens
 		tryAt     float64
 		freed     float64 // when it last went idle
+		decoded   float64 // when its consumer has decoded the batches sent so far (Publishers > 0)
+		published float64 // when the last pass's results are out (Publishers > 0)
+		settle    float64 // the pass after the next may start then: the results of the one before are out
 	}
 	ws := make([]simWorker, cfg.Workers)
 	for w := range ws {
@@ -459,6 +476,9 @@ func SLED(cfg Config) Result {
 		passSum += pass
 		wk.passMs, wk.passTok, wk.prefill = pass, tokens, prefill
 		ms := pass + cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))
+		if cfg.Publishers > 0 {
+			ms = pass + cfg.WorkerMs
+		}
 		l.At(l.Now+ms/1000, evPassDone, w)
 	}
 	decide := func(w int) {
@@ -484,7 +504,12 @@ func SLED(cfg Config) Result {
 				devs[j].closed = l.Now
 			}
 			wk.inFlight = append(wk.inFlight, slices.Clone(wk.pending[:n]))
-			l.At(l.Now+cfg.HopMs/1000, evDeliver, w)
+			arrive := l.Now + cfg.HopMs/1000
+			if cfg.Publishers > 0 {
+				wk.decoded = max(arrive, wk.decoded) + cfg.DecodeMs*float64(n)/1000
+				arrive = wk.decoded
+			}
+			l.At(arrive, evDeliver, w)
 			wk.pending = wk.pending[n:]
 			wk.oldest = l.Now
 			closed++
@@ -529,18 +554,29 @@ func SLED(cfg Config) Result {
 			startPass(i)
 		case evPassDone:
 			wk := &ws[i]
+			out := l.Now // when the pass's results are published
+			if cfg.Publishers > 0 {
+				n := len(wk.inPass)
+				share := max(0, cfg.ResultMs-cfg.DecodeMs) * float64(n) / float64(min(cfg.Publishers, max(1, n/verifier.PublishShare)))
+				out = max(l.Now, wk.published) + share/1000
+				wk.settle, wk.published = wk.published, out
+			}
 			for _, j := range wk.inPass {
 				devs[j].res = append(devs[j].res, devs[j].cur)
 				// The server holds the session's prompt from this pass on: a
 				// round it runs itself next must not carry it again.
 				devs[j].fresh = false
-				l.At(l.Now+cfg.DownMs/1000, evResult, j)
+				l.At(out+cfg.DownMs/1000, evResult, j)
 			}
 			if !cfg.Budget.Static {
 				// The worker's goodput policy, fed as verifier.Worker feeds it.
 				tr := trackers[i]
 				tr.Estimator().ObservePass(wk.passTok, wk.prefill, time.Duration(wk.passMs*float64(time.Millisecond)))
-				tr.Estimator().ObserveOverhead(time.Duration((cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))) * float64(time.Millisecond)))
+				over := cfg.WorkerMs + cfg.ResultMs*float64(len(wk.inPass))
+				if cfg.Publishers > 0 {
+					over = cfg.WorkerMs
+				}
+				tr.Estimator().ObserveOverhead(time.Duration(over * float64(time.Millisecond)))
 				rounds := make([]goodput.Round, len(wk.inPass))
 				for k, j := range wk.inPass {
 					d := &devs[j]
@@ -561,6 +597,14 @@ func SLED(cfg Config) Result {
 					}
 				}
 			}
+			if cfg.Publishers > 0 && wk.settle > l.Now {
+				l.At(wk.settle, evSettled, i) // waiting on the previous pass's results
+				continue
+			}
+			wk.busy, wk.freed = false, l.Now
+			startPass(i)
+		case evSettled:
+			wk := &ws[i]
 			wk.busy, wk.freed = false, l.Now
 			startPass(i)
 		case evResult:

@@ -346,3 +346,33 @@ func TestSLEDServerRounds(t *testing.T) {
 		t.Errorf("server rounds %.0f tokens/s, centralized %.0f: want within 15%%", served.TokensPerSec, central.TokensPerSec)
 	}
 }
+
+// TestSLEDPublishers: on a server whose passes leave host cores free, the
+// worker publishes a pass's results beside the next pass (Publishers), so a
+// per-result host cost larger than the pass no longer adds to every pass;
+// and the drafts' decoding at the worker's one consumer, beside the passes
+// too, bounds the rounds a worker takes per second.
+func TestSLEDPublishers(t *testing.T) {
+	cfg := budgetZeroFleet()
+	cfg.Devices, cfg.Slots = 512, 512
+	cfg.Batch.Size = 512
+	cfg.Cost = PassCost{FixedMs: 10, PerTokenMs: 0.05}
+	cfg.ResultMs = 0.1 // 51 ms a pass of 512: more than the 36 ms pass
+	serial := SLED(cfg)
+	off := cfg
+	off.Publishers, off.DecodeMs = 8, 0.06
+	beside := SLED(off)
+	t.Logf("results in the pass loop: %.0f tokens/s, %d passes; beside the passes: %.0f tokens/s, %d passes", serial.TokensPerSec, serial.Passes, beside.TokensPerSec, beside.Passes)
+	if beside.TokensPerSec < 1.5*serial.TokensPerSec {
+		t.Errorf("publishing beside the passes: %.0f tokens/s, in the loop %.0f: want at least 1.5x", beside.TokensPerSec, serial.TokensPerSec)
+	}
+	// Every round the device's own: each draft is decoded at the consumer,
+	// 0.2 ms each, so at most 5 000 rounds a second reach the worker.
+	own := off
+	own.ServerRounds, own.DecodeMs, own.ResultMs = -1, 0.2, 0.25
+	r := SLED(own)
+	t.Logf("own rounds, decoding 0.2 ms a draft: %.0f tokens/s", r.TokensPerSec)
+	if r.TokensPerSec > 1.02*5000 || r.TokensPerSec < 0.5*5000 {
+		t.Errorf("own rounds with a 0.2 ms decode: %.0f tokens/s, want at most 5000 (the consumer's bound) and near it", r.TokensPerSec)
+	}
+}
