@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -147,6 +148,7 @@ type serverLog struct {
 	sent     map[string]map[uint64]int  // session -> round -> server_rounds it allowed
 	ok       map[string]map[uint64]bool // session -> round -> its ok result said server_next
 	maxRound map[string]uint64          // session -> highest ok round seen
+	late     []string                   // ok results that arrived after a later round's
 }
 
 func watchServerRounds(t *testing.T, s *services.System) *serverLog {
@@ -169,6 +171,9 @@ func watchServerRounds(t *testing.T, s *services.System) *serverLog {
 				l.ok[d.SessionID] = map[uint64]bool{}
 			}
 			l.ok[d.SessionID][d.Round] = d.ServerNext
+			if d.Round < l.maxRound[d.SessionID] {
+				l.late = append(l.late, fmt.Sprintf("%s round %d after round %d", d.SessionID, d.Round, l.maxRound[d.SessionID]))
+			}
 			l.maxRound[d.SessionID] = max(l.maxRound[d.SessionID], d.Round)
 		}
 	})
@@ -180,8 +185,10 @@ func watchServerRounds(t *testing.T, s *services.System) *serverLog {
 // results). On the wire: every result that says server_next is followed by
 // an ok result of the next round which the device never sent, no chain runs
 // past what the device's last own round allowed, and the device's own rounds
-// are numbered above the chain; the devices count exactly the rounds they
-// did not send as server rounds. The output is the target's (greedy,
+// are numbered above the chain; a session's verdicts arrive in round order
+// (the worker publishes a pass's results beside the next pass, and a device
+// drops a verdict of a round it is not waiting on); the devices count exactly
+// the rounds they did not send as server rounds. The output is the target's (greedy,
 // compared with centralized serving), and with server rounds off no result
 // says server_next.
 func TestServerRounds(t *testing.T) {
@@ -217,6 +224,9 @@ func TestServerRounds(t *testing.T) {
 		return n >= deviceServed
 	})
 	l.mu.Lock()
+	if len(l.late) > 0 {
+		t.Errorf("verdicts out of round order: %v", l.late)
+	}
 	served := 0
 	for session, oks := range l.ok {
 		sent := l.sent[session]
