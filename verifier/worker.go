@@ -496,9 +496,10 @@ func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
 // that also has a newer one in the group, get no result: their device has
 // already moved on to the newer round (a device that sends a round of its own
 // numbers it above every round the worker may run for it, so its own round
-// supersedes them). Once every result is published, w.served holds the rounds
-// to run next and process returns the pass for settle; on an error the pass's
-// traces are ended and nothing is left to settle.
+// supersedes them). It hands the results to publishAll, which publishes them
+// beside the next pass, sets w.served to the rounds to run next, and returns
+// the pass for settle; on an error the pass's traces are ended and nothing is
+// left to settle.
 func (w *Worker) process(ctx context.Context, group []delivery, served []servedRound) (*inflight, error) {
 	now := time.Now()
 	latest := map[string]uint64{}
@@ -646,8 +647,10 @@ func (w *Worker) publishAll(evs []*events.Event) ([]jetstream.PubAckFuture, erro
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first: the others are most likely the same
+		}
 	}
 	return slices.DeleteFunc(futures, func(f jetstream.PubAckFuture) bool { return f == nil }), nil
 }
