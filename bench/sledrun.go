@@ -268,6 +268,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 	}()
 	for pos := 0; pos < len(cont)-1; {
 		var n, m int
+		var draft []int32 // the round's draft: none in a round the verifier runs
 		var gap time.Duration
 		t0 := time.Now()
 		if serverNext {
@@ -283,7 +284,7 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 			n = max(least, min(r.Len, len(cont)-1-pos))
 			m = min(r.Accepted, n)
 			began := time.Now()
-			draft := make([]int32, n)
+			draft = make([]int32, n)
 			probs := make([]float32, n)
 			for j := range draft {
 				draft[j], probs[j] = cont[pos+j], 0.9
@@ -332,14 +333,15 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 		if res.Status != events.StatusOK {
 			return d.fail(t0)
 		}
-		if res.Accepted != m || res.Token != cont[pos+m] {
-			// A near-tie the batched pass decided otherwise than the reference:
-			// the session ends here (the continuation no longer applies), its
-			// tokens that still follow it counted, as a centralized client's are.
+		// The round's tokens: the accepted drafts and the verifier's own. One
+		// that departs from the reference (a near-tie the batched pass decided
+		// otherwise, or a planned wrong draft accepted) ends the session, the
+		// tokens before it counted: the rule a centralized client follows.
+		if ok, diverged := follows(append(draft[:min(res.Accepted, n):min(res.Accepted, n)], res.Token), cont, pos); diverged || ok != m+1 {
 			if d.f.win.In(now) {
 				d.mismatches++
 			}
-			return d.f.win.Add(d.i, min(res.Accepted, m), now)
+			return d.f.win.Add(d.i, min(ok, m), now)
 		}
 		budget = -1
 		if res.DraftBudget != nil {

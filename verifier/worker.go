@@ -79,6 +79,13 @@ const DefaultGatherMax = 50 * time.Millisecond
 // it a goroutine costs more than the encoding it takes off the others.
 const PublishShare = 32
 
+// Publishing is how many of up to publishers goroutines publish a pass of
+// results results: one per PublishShare of them, at least one. The
+// simulator models the worker's result path with it.
+func Publishing(results, publishers int) int {
+	return max(1, min(publishers, results/PublishShare))
+}
+
 // TracerName is the instrumentation scope of the verifier's spans.
 const TracerName = "github.com/sled-project/sled/verifier"
 
@@ -115,9 +122,6 @@ type Worker struct {
 	// (Verifier.NextRound): sessions held at budget 0 whose devices allow it.
 	// Owned by verifyLoop.
 	served []servedRound
-	// publishing is the last pass handed to publishAll, whose results go out
-	// before the next pass's. Owned by verifyLoop.
-	publishing *inflight
 
 	tel      *telemetry.Telemetry
 	tracer   trace.Tracer
@@ -394,7 +398,7 @@ func (w *Worker) verifyLoop(ctx context.Context) {
 			w.qmu.Unlock()
 			served := w.served
 			w.served = nil
-			pass, err := w.process(ctx, group, served)
+			pass, err := w.process(ctx, group, served, last)
 			settle()
 			if err != nil {
 				w.nak(ctx, group, err)
@@ -497,10 +501,11 @@ func (w *Worker) gather(group []delivery, freed time.Time) time.Duration {
 // already moved on to the newer round (a device that sends a round of its own
 // numbers it above every round the worker may run for it, so its own round
 // supersedes them). It hands the results to publishAll, which publishes them
-// beside the next pass, sets w.served to the rounds to run next, and returns
+// beside the next pass once prev's (the pass before, unsettled; nil if
+// settled) are out, sets w.served to the rounds to run next, and returns
 // the pass for settle; on an error the pass's traces are ended and nothing is
 // left to settle.
-func (w *Worker) process(ctx context.Context, group []delivery, served []servedRound) (*inflight, error) {
+func (w *Worker) process(ctx context.Context, group []delivery, served []servedRound, prev *inflight) (*inflight, error) {
 	now := time.Now()
 	latest := map[string]uint64{}
 	note := func(d *events.DraftReady) {
@@ -599,8 +604,6 @@ func (w *Worker) process(ctx context.Context, group []delivery, served []servedR
 		}
 	}
 	pass := &inflight{group: group, traces: traces, done: make(chan struct{})}
-	prev := w.publishing
-	w.publishing = pass
 	go func() {
 		defer close(pass.done)
 		if prev != nil {
@@ -635,7 +638,7 @@ func (w *Worker) publishAll(evs []*events.Event) ([]jetstream.PubAckFuture, erro
 			futures[i] = f
 		}
 	}
-	n := min(w.cfg.Publishers, max(1, len(evs)/PublishShare))
+	n := Publishing(len(evs), w.cfg.Publishers)
 	var wg sync.WaitGroup
 	for k := range n {
 		wg.Add(1)

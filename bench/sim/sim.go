@@ -148,8 +148,8 @@ type Config struct {
 	// is its draft's decoding at the worker's consumer (one goroutine, beside
 	// the passes: a batch reaches the worker once the batches before it are
 	// decoded), and the rest is encoding and publishing it, shared by
-	// Publishers goroutines (verifier.WorkerConfig.Publishers, each at least
-	// verifier.PublishShare results) while the next pass runs, after the
+	// Publishers goroutines (verifier.WorkerConfig.Publishers, as many as
+	// verifier.Publishing gives) while the next pass runs, after the
 	// previous pass's results; the pass after next starts only once they are
 	// out (the worker settles a pass after the next one). Default 0.
 	Publishers int
@@ -557,7 +557,7 @@ func SLED(cfg Config) Result {
 			out := l.Now // when the pass's results are published
 			if cfg.Publishers > 0 {
 				n := len(wk.inPass)
-				share := max(0, cfg.ResultMs-cfg.DecodeMs) * float64(n) / float64(min(cfg.Publishers, max(1, n/verifier.PublishShare)))
+				share := max(0, cfg.ResultMs-cfg.DecodeMs) * float64(n) / float64(verifier.Publishing(n, cfg.Publishers))
 				out = max(l.Now, wk.published) + share/1000
 				wk.settle, wk.published = wk.published, out
 			}
