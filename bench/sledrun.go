@@ -333,6 +333,14 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 		if res.Status != events.StatusOK {
 			return d.fail(t0)
 		}
+		// The verdict's budget holds for the device's next round, in this
+		// session or the next (as drafter.Device keeps it): taken before the
+		// divergence check, or a device whose sessions all end on their first
+		// round would never learn one and draft at full length for good.
+		budget = -1
+		if res.DraftBudget != nil {
+			budget = *res.DraftBudget
+		}
 		// The round's tokens: the accepted drafts and the verifier's own. One
 		// that departs from the reference (a near-tie the batched pass decided
 		// otherwise, or a planned wrong draft accepted) ends the session, the
@@ -342,10 +350,6 @@ func (d *simDevice) session(ctx context.Context, id string, prompt, cont []engin
 				d.mismatches++
 			}
 			return d.f.win.Add(d.i, min(ok, m), now)
-		}
-		budget = -1
-		if res.DraftBudget != nil {
-			budget = *res.DraftBudget
 		}
 		serverNext = res.ServerNext && round < serverUntil
 		d.allDrafted += n
