@@ -53,7 +53,7 @@ func (e *Env) RunCentralized(ctx context.Context, t Trial) (*Measurement, error)
 		go func() {
 			defer wg.Done()
 			for k := 0; ; k++ {
-				p := (i + k*t.Devices) % len(e.Prompts)
+				p := sessionPrompt(i, k, len(e.Prompts))
 				cont := e.Conts[p]
 				j := 0
 				_, err := srv.Generate(runCtx, textgen.Request{Prompt: e.Prompts[p], MaxTokens: len(cont)}, func(c textgen.Chunk) error {
@@ -117,3 +117,13 @@ func follows(toks, cont []engine.Token, j int) (ok int, diverged bool) {
 	}
 	return ok, ok < len(toks) && j+ok < len(cont)
 }
+
+// sessionPrompt is the prompt (an index into n prompts) of client i's k-th
+// session in a trial of either system: the clients start spread over the
+// prompts and each goes on to the next prompt with every session. A client
+// that kept one prompt (each of 16 clients did with 8 prompts when session k
+// took prompt i + 16k) would, where a near-tie in one system's layout ends
+// that prompt's sessions at their first tokens, spend the whole trial
+// restarting it: a slot lost for good to one rounding. Moving on costs that
+// once.
+func sessionPrompt(i, k, n int) int { return (i + k) % n }

@@ -245,3 +245,20 @@ func TestFollows(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionPrompt(t *testing.T) {
+	const n = 8
+	for i := range 2*n + 1 { // fleets smaller and larger than the prompt set
+		if got := sessionPrompt(i, 0, n); got != i%n {
+			t.Errorf("client %d starts at prompt %d, want %d", i, got, i%n)
+		}
+		// Every client reaches every prompt within n sessions.
+		seen := map[int]bool{}
+		for k := range n {
+			seen[sessionPrompt(i, k, n)] = true
+		}
+		if len(seen) != n {
+			t.Errorf("client %d visits %d of %d prompts in %d sessions", i, len(seen), n, n)
+		}
+	}
+}

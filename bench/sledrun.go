@@ -239,7 +239,7 @@ func (f *fleet) newDevice(i int) (*simDevice, error) {
 func (d *simDevice) run(ctx context.Context) {
 	e := d.f.env
 	for k := 0; ; k++ {
-		p := (d.i + k*d.f.t.Devices) % len(e.Prompts)
+		p := sessionPrompt(d.i, k, len(e.Prompts))
 		if !d.session(ctx, fmt.Sprintf("%s-s%d", d.id, k), e.Prompts[p], e.Conts[p]) {
 			return
 		}
