@@ -49,15 +49,28 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 	bar := o.progress(3 * len(sizes))
 	defer bar.Done()
 	var pts []WSTGRPoint
-	for _, b := range sizes {
+	for i, b := range sizes {
 		t := o.trial(b, p)
 		t.Batch.Size = b
+		var s, st, c *Measurement
+		central := func() (err error) {
+			bar.Step(fmt.Sprintf("centralized batch %d", b))
+			c, err = e.RunCentralized(ctx, t)
+			return err
+		}
+		// Every other fleet size runs the centralized trial first: a shared
+		// machine's load drifts over minutes, and a fixed order would hand
+		// the drift to one system (repeat a size, --devices 16,16, for
+		// both orders).
+		if i%2 == 1 {
+			if err := central(); err != nil {
+				return nil, err
+			}
+		}
 		bar.Step(fmt.Sprintf("sled batch %d", b))
-		s, err := e.RunSLED(ctx, t)
-		if err != nil {
+		if s, err = e.RunSLED(ctx, t); err != nil {
 			return nil, err
 		}
-		var st *Measurement
 		if static {
 			bar.Step(fmt.Sprintf("sled static batch %d", b))
 			ts := t
@@ -67,10 +80,10 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 			}
 			st.System = "sled-static"
 		}
-		bar.Step(fmt.Sprintf("centralized batch %d", b))
-		c, err := e.RunCentralized(ctx, t)
-		if err != nil {
-			return nil, err
+		if i%2 == 0 {
+			if err := central(); err != nil {
+				return nil, err
+			}
 		}
 		pts = append(pts, WSTGRPoint{Batch: b, SLED: s, Static: st, Centralized: c, Edge: EdgeOnly(p, b)})
 	}
