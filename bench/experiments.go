@@ -75,6 +75,12 @@ type Options struct {
 	// Fleets replaces wstgr's fleet sizes (batch size = devices; default
 	// 1, 2, 4, 8, 16, 32, quick 1, 4, 8).
 	Fleets []int
+	// Repeats measures each of wstgr's fleet sizes this many times, the two
+	// systems' order alternating from one repeat to the next, so that a shared
+	// machine's drift over minutes falls on both; the report then adds, per
+	// size, the ratio of the mean rates and the range of the repeats' ratios.
+	// Default 1.
+	Repeats int
 	// GatherMax bounds each verifier worker's wait for the rounds it expects
 	// back (verifier.WorkerConfig.GatherMax): 0 its default, negative never
 	// wait (every queued batch runs as soon as the verifier frees).
@@ -172,6 +178,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxDevices <= 0 {
 		o.MaxDevices = 256
+	}
+	if o.Repeats <= 0 {
+		o.Repeats = 1
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"math"
 	"path/filepath"
 	"time"
 
@@ -15,8 +16,10 @@ import (
 
 // WSTGRPoint is one batch size of the wstgr experiment.
 type WSTGRPoint struct {
-	Batch int          `json:"batch"`
-	SLED  *Measurement `json:"sled"`
+	Batch int `json:"batch"`
+	// Repeat numbers the point's repeat of its size from 1 (Options.Repeats).
+	Repeat int          `json:"repeat"`
+	SLED   *Measurement `json:"sled"`
 	// Static is SLED with the static speculation length (no draft budgets),
 	// in the same run; absent with Options.NoStatic or a static Budget.
 	Static      *Measurement `json:"sled_static,omitempty"`
@@ -46,53 +49,55 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 	}
 	defer e.Close()
 	static := !o.NoStatic && !o.Budget.Static
-	bar := o.progress(3 * len(sizes))
+	bar := o.progress(3 * len(sizes) * o.Repeats)
 	defer bar.Done()
 	var pts []WSTGRPoint
 	for i, b := range sizes {
-		t := o.trial(b, p)
-		t.Batch.Size = b
-		var s, st, c *Measurement
-		central := func() (err error) {
-			bar.Step(fmt.Sprintf("centralized batch %d", b))
-			c, err = e.RunCentralized(ctx, t)
-			return err
-		}
-		// Every other fleet size runs the centralized trial first: a shared
-		// machine's load drifts over minutes, and a fixed order would hand
-		// the drift to one system (repeat a size, --devices 16,16, for
-		// both orders).
-		if i%2 == 1 {
-			if err := central(); err != nil {
+		for rep := range o.Repeats {
+			t := o.trial(b, p)
+			t.Batch.Size = b
+			var s, st, c *Measurement
+			central := func() (err error) {
+				bar.Step(fmt.Sprintf("centralized batch %d", b))
+				c, err = e.RunCentralized(ctx, t)
+				return err
+			}
+			// Every other trial pair runs the centralized trial first: a
+			// shared machine's load drifts over minutes, and a fixed order
+			// would hand the drift to one system.
+			centralFirst := (i+rep)%2 == 1
+			if centralFirst {
+				if err := central(); err != nil {
+					return nil, err
+				}
+			}
+			bar.Step(fmt.Sprintf("sled batch %d", b))
+			if s, err = e.RunSLED(ctx, t); err != nil {
 				return nil, err
 			}
-		}
-		bar.Step(fmt.Sprintf("sled batch %d", b))
-		if s, err = e.RunSLED(ctx, t); err != nil {
-			return nil, err
-		}
-		if static {
-			bar.Step(fmt.Sprintf("sled static batch %d", b))
-			ts := t
-			ts.Budget.Static = true
-			if st, err = e.RunSLED(ctx, ts); err != nil {
-				return nil, err
+			if static {
+				bar.Step(fmt.Sprintf("sled static batch %d", b))
+				ts := t
+				ts.Budget.Static = true
+				if st, err = e.RunSLED(ctx, ts); err != nil {
+					return nil, err
+				}
+				st.System = "sled-static"
 			}
-			st.System = "sled-static"
-		}
-		if i%2 == 0 {
-			if err := central(); err != nil {
-				return nil, err
+			if !centralFirst {
+				if err := central(); err != nil {
+					return nil, err
+				}
 			}
+			pts = append(pts, WSTGRPoint{Batch: b, Repeat: rep + 1, SLED: s, Static: st, Centralized: c, Edge: EdgeOnly(p, b)})
 		}
-		pts = append(pts, WSTGRPoint{Batch: b, SLED: s, Static: st, Centralized: c, Edge: EdgeOnly(p, b)})
 	}
 	r := o.report("wstgr", e)
 	r.Result = pts
 	r.Modelled = append(r.Modelled, "edge-only: devices x profile rate (the draft model's text, not the target's)")
 	t := Table{Title: fmt.Sprintf("Whole-system token generation rate vs batch size (%s devices, %s)", p.Name, r.Target),
 		Header: []string{"batch = devices", "SLED tok/s", "static-length SLED tok/s", "centralized tok/s", "SLED / centralized", "static / centralized", "edge-only tok/s", "SLED mean draft", "SLED mean batch", "SLED round p50 ms", "SLED per device", "centralized per device"}}
-	var sx, sy, cy, ey Series
+	var sx, cy, ey Series
 	sx.Name, cy.Name, ey.Name = "SLED", "centralized", "edge-only (draft text)"
 	for _, q := range pts {
 		st, sr := "-", "-"
@@ -106,13 +111,50 @@ func runWSTGR(ctx context.Context, o Options) (*Report, error) {
 		cy.X, cy.Y = append(cy.X, x), append(cy.Y, q.Centralized.TokensPerSec)
 		ey.X, ey.Y = append(ey.X, x), append(ey.Y, q.Edge.TokensPerSec)
 	}
-	_ = sy
 	r.Tables = append(r.Tables, t)
+	if o.Repeats > 1 {
+		r.Tables = append(r.Tables, wstgrRepeats(pts))
+	}
 	err = o.plot(r, func(dir string) ([]string, error) {
 		p, err := linePlot(dir, "wstgr", "WSTGR vs batch size, "+r.Target, "batch size (= devices)", "tokens/s, all devices", sx, cy, ey)
 		return []string{p}, err
 	})
 	return r, err
+}
+
+// wstgrRepeats summarises repeated fleet sizes: per size, the mean rates,
+// the ratio of the means and the range of the repeats' own ratios (each
+// repeat's two trials ran next to each other, so its ratio is the one a
+// drifting machine disturbs least).
+func wstgrRepeats(pts []WSTGRPoint) Table {
+	t := Table{Title: "SLED / centralized per fleet size over repeats (order alternating)",
+		Header: []string{"batch = devices", "repeats", "SLED tok/s, mean", "centralized tok/s, mean", "SLED / centralized (means)", "per-repeat ratios, min-max", "sessions cut, SLED / centralized"}}
+	var sizes []int
+	by := map[int][]WSTGRPoint{}
+	for _, q := range pts {
+		if _, ok := by[q.Batch]; !ok {
+			sizes = append(sizes, q.Batch)
+		}
+		by[q.Batch] = append(by[q.Batch], q)
+	}
+	for _, b := range sizes {
+		qs := by[b]
+		var sum, cum float64
+		var scut, ccut int
+		lo, hi := math.Inf(1), math.Inf(-1)
+		for _, q := range qs {
+			sum += q.SLED.TokensPerSec
+			cum += q.Centralized.TokensPerSec
+			scut += q.SLED.Mismatches
+			ccut += q.Centralized.Mismatches
+			x := q.SLED.TokensPerSec / q.Centralized.TokensPerSec
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		n := float64(len(qs))
+		t.Rows = append(t.Rows, []string{itoa(b), itoa(len(qs)), f1(sum / n), f1(cum / n), f2(sum / cum),
+			f2(lo) + "-" + f2(hi), itoa(scut) + " / " + itoa(ccut)})
+	}
+	return t
 }
 
 // SpecLenPoint is one drafting policy of the speclen experiment.

@@ -262,3 +262,28 @@ func TestSessionPrompt(t *testing.T) {
 		}
 	}
 }
+
+func TestWSTGRRepeats(t *testing.T) {
+	m := func(tps float64, cut int) *Measurement { return &Measurement{TokensPerSec: tps, Mismatches: cut} }
+	pts := []WSTGRPoint{
+		{Batch: 4, Repeat: 1, SLED: m(30, 1), Centralized: m(20, 2)},
+		{Batch: 4, Repeat: 2, SLED: m(10, 3), Centralized: m(20, 4)},
+		{Batch: 1, Repeat: 1, SLED: m(9, 0), Centralized: m(10, 1)},
+	}
+	got := wstgrRepeats(pts).Rows
+	want := [][]string{
+		// Means 20 / 20: the ratio of the means, not the mean of 1.50 and 0.50.
+		{"4", "2", "20.0", "20.0", "1.00", "0.50-1.50", "4 / 6"},
+		{"1", "1", "9.0", "10.0", "0.90", "0.90-0.90", "0 / 1"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("rows %v, want %v", got, want)
+	}
+	for i := range want {
+		for j := range want[i] {
+			if got[i][j] != want[i][j] {
+				t.Errorf("row %d column %d: %q, want %q (row %v)", i, j, got[i][j], want[i][j], got[i])
+			}
+		}
+	}
+}

@@ -94,6 +94,7 @@ func benchCmd() *cobra.Command {
 	f.IntVar(&o.MaxDevices, "max-devices", 0, "capacity search bound (default 256)")
 	f.BoolVar(&o.Budget.Static, "static-length", false, "no draft budgets: every device drafts by its own policy (the paper's fixed speculation length)")
 	f.IntSliceVar(&o.Fleets, "devices", nil, "wstgr: fleet sizes to measure (batch size = devices; default 1,2,4,8,16,32)")
+	f.IntVar(&o.Repeats, "repeats", 1, "wstgr: measure each fleet size this many times, the systems' order alternating, and report the ratio of the means with the repeats' range")
 	f.Float64Var(&o.PassTokens, "pass-tokens", 0, "verifier with a KV stream per slot (the default): what one micro-batch costs beyond its tokens, in tokens, when deciding to pad a ragged pass (0: the engine's default, 4)")
 	f.DurationVar(&o.GatherMax, "gather-max", 0, "verifier: longest wait of a free worker for the rounds it expects back to join its pass (0: the worker's default, 50ms; negative: never wait)")
 	f.BoolVar(&o.UnifiedKV, "unified-kv", false, "verifier: one KV cache for all slots instead of a stream per slot")
