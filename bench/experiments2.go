@@ -14,7 +14,8 @@ import (
 	"github.com/sled-project/sled/textgen"
 )
 
-// WSTGRPoint is one batch size of the wstgr experiment.
+// WSTGRPoint is one trial pair of the wstgr experiment: one batch size, one
+// repeat.
 type WSTGRPoint struct {
 	Batch int `json:"batch"`
 	// Repeat numbers the point's repeat of its size from 1 (Options.Repeats).
@@ -139,19 +140,19 @@ func wstgrRepeats(pts []WSTGRPoint) Table {
 	}
 	for _, b := range sizes {
 		qs := by[b]
-		var sum, cum float64
+		var sled, central float64
 		var scut, ccut int
 		lo, hi := math.Inf(1), math.Inf(-1)
 		for _, q := range qs {
-			sum += q.SLED.TokensPerSec
-			cum += q.Centralized.TokensPerSec
+			sled += q.SLED.TokensPerSec
+			central += q.Centralized.TokensPerSec
 			scut += q.SLED.Mismatches
 			ccut += q.Centralized.Mismatches
 			x := q.SLED.TokensPerSec / q.Centralized.TokensPerSec
 			lo, hi = min(lo, x), max(hi, x)
 		}
 		n := float64(len(qs))
-		t.Rows = append(t.Rows, []string{itoa(b), itoa(len(qs)), f1(sum / n), f1(cum / n), f2(sum / cum),
+		t.Rows = append(t.Rows, []string{itoa(b), itoa(len(qs)), f1(sled / n), f1(central / n), f2(sled / central),
 			f2(lo) + "-" + f2(hi), itoa(scut) + " / " + itoa(ccut)})
 	}
 	return t
