@@ -32,6 +32,7 @@ type Payload interface {
 	CESubject() string
 
 	check(vocab int) error
+	rules(seen uint64) error
 }
 
 // Sampling holds the decoding parameters of a session. Temperature 0 means
