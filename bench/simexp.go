@@ -136,17 +136,18 @@ func (e *Env) SimConfig(t Trial, cost sim.PassCost, msg Messaging) sim.Config {
 }
 
 // DefaultGPUResultMs is Options.GPUResultMs's default: a verify.batch's
-// encoding and decoding per draft (163 µs for 4 drafts) and a verify.result's encoding and
-// decoding (25 µs), `go test -bench Codec ./events/` (docs/benchmarks.md,
-// "Event backbone"): the worker's own CPU per draft, without the contention
-// of this 2-core machine.
-const DefaultGPUResultMs = 0.065
+// encoding and decoding per draft (98.7 µs for 4 drafts) and a verify.result's
+// encoding and decoding (16.7 µs), `go test -bench Codec ./events/`, median of
+// 5 (docs/benchmarks.md, "Event backbone"; 2026-12-06, after the Go rules
+// replaced the generic schema validator, 0.065 before): the worker's own CPU
+// per draft, without the contention of this 2-core machine.
+const DefaultGPUResultMs = 0.041
 
 // GPUDecodeShare is the part of a simulated GPU server's per-draft host time
 // that is the draft's decoding at the worker's consumer (the rest is its
 // result's encoding and publishing): in the codec's benchmark a verify.batch
-// costs 41 µs per draft, a verify.result 25 µs.
-const GPUDecodeShare = 41.0 / 66
+// costs 24.7 µs per draft, a verify.result 16.7 µs.
+const GPUDecodeShare = 24.7 / 41.4
 
 // DefaultGPUPublishers is Options.GPUPublishers's default: the verifier's
 // default on a host of 8 cores or more (verifier.WorkerConfig.Publishers).
