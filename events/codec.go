@@ -220,7 +220,7 @@ func (d *Decoder) DecodeFrom(m Msg) (*Event, error) {
 
 // Decode parses a CloudEvents binary-mode message and validates it: the
 // attributes (CloudEvents 1.0 rules), the size limits, the JSON Schema of its
-// type, and the semantic rules of the payload (token ids below VocabSize,
+// type (checked by Go rules that state it; see [Decoder.Schema]), and the semantic rules of the payload (token ids below VocabSize,
 // one draft probability per draft token, prefix consistent with its length
 // and hash, ...). When subject is not empty it must be the subject the
 // payload routes to (a device can only speak for itself). Errors wrap one of
