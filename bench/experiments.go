@@ -474,24 +474,34 @@ func runCapacity(ctx context.Context, o Options) (*Report, error) {
 	}
 	static := !o.NoStatic && !o.Quick && !o.Budget.Static
 	for ri, rate := range rates {
-		central, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("centralized", Profile{Name: "thin-client"}, rate))
-		if err != nil {
+		// One search per system, taking turns trial by trial (Interleave):
+		// on this shared machine a system searched after another would be
+		// handed the machine's drift.
+		probes := []func(int) (bool, error){probe("centralized", Profile{Name: "thin-client"}, rate)}
+		for _, p := range ps {
+			probes = append(probes, probe("sled", p, rate))
+			if static {
+				probes = append(probes, probe("sled-static", p, rate))
+			}
+		}
+		searches := make([]*Search, len(probes))
+		for i := range searches {
+			searches[i] = NewSearch(1, o.MaxDevices, capTol(o.Quick))
+		}
+		if err := Interleave(searches, func(i, n int) (bool, error) { return probes[i](n) }); err != nil {
 			return nil, err
 		}
+		central, next := searches[0].Result(), 1
 		for _, p := range ps {
-			n, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("sled", p, rate))
-			if err != nil {
-				return nil, err
-			}
+			n := searches[next].Result()
+			next++
 			pc := ProfileCapacity{Profile: p, Rate: rate, SLED: n, Centralized: central, EdgeMeets: p.TokensPerSec >= rate}
 			if central > 0 {
 				pc.Ratio = float64(n) / float64(central)
 			}
 			if static {
-				ns, err := SearchMax(1, o.MaxDevices, capTol(o.Quick), probe("sled-static", p, rate))
-				if err != nil {
-					return nil, err
-				}
+				ns := searches[next].Result()
+				next++
 				pc.Static = &ns
 				if central > 0 {
 					pc.StaticRatio = float64(ns) / float64(central)

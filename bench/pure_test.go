@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"errors"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -285,5 +287,51 @@ func TestWSTGRRepeats(t *testing.T) {
 				t.Errorf("row %d column %d: %q, want %q (row %v)", i, j, got[i][j], want[i][j], got[i])
 			}
 		}
+	}
+}
+
+// Interleaved searches find what each finds alone, with the same probes, and
+// take turns: between two probes of one search every other live search probes
+// once, the order alternating.
+func TestInterleave(t *testing.T) {
+	truths := []int{37, 1, 256, 5}
+	tols := []int{0, 0, 16, 1}
+	var alone [][]int
+	var want []int
+	for i, truth := range truths {
+		var probes []int
+		got, _ := SearchMax(1, 256, func(int) int { return tols[i] }, func(n int) (bool, error) {
+			probes = append(probes, n)
+			return n <= truth, nil
+		})
+		alone, want = append(alone, probes), append(want, got)
+	}
+	var ss []*Search
+	for i := range truths {
+		ss = append(ss, NewSearch(1, 256, func(int) int { return tols[i] }))
+	}
+	probes := make([][]int, len(truths))
+	var order []int
+	err := Interleave(ss, func(i, n int) (bool, error) {
+		probes[i] = append(probes[i], n)
+		order = append(order, i)
+		return n <= truths[i], nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range truths {
+		if ss[i].Result() != want[i] || !slices.Equal(probes[i], alone[i]) {
+			t.Errorf("search %d: %d after probes %v; alone %d after %v", i, ss[i].Result(), probes[i], want[i], alone[i])
+		}
+	}
+	// The first two turns, all four searches live: forward, then backward.
+	if !slices.Equal(order[:8], []int{0, 1, 2, 3, 3, 2, 1, 0}) {
+		t.Errorf("turn order %v, want 0 1 2 3 3 2 1 0 first", order[:8])
+	}
+	wantErr := errors.New("trial failed")
+	ss = []*Search{NewSearch(1, 8, func(int) int { return 0 })}
+	if err := Interleave(ss, func(int, int) (bool, error) { return false, wantErr }); !errors.Is(err, wantErr) {
+		t.Errorf("probe error: got %v", err)
 	}
 }
