@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/sled-project/sled/schemas"
 )
@@ -107,12 +108,12 @@ func (r *VerifyResult) rules(seen uint64) error {
 	if err := firstErr(
 		budget,
 		between("accepted", r.Accepted, 0, schemas.MaxDraftTokens),
-		between("token", int(r.Token), 0, 1<<31-1),
+		between("token", int(r.Token), 0, math.MaxInt32),
 		between("batch_size", r.BatchSize, 0, schemas.MaxBatchDrafts),
-		between("server_timing.queue_ms", st.QueueMs, 0, maxFloat),
-		between("server_timing.batch_ms", st.BatchMs, 0, maxFloat),
-		between("server_timing.verify_ms", st.VerifyMs, 0, maxFloat),
-		between("server_timing.total_ms", st.TotalMs, 0, maxFloat),
+		between("server_timing.queue_ms", st.QueueMs, 0, math.MaxFloat64),
+		between("server_timing.batch_ms", st.BatchMs, 0, math.MaxFloat64),
+		between("server_timing.verify_ms", st.VerifyMs, 0, math.MaxFloat64),
+		between("server_timing.total_ms", st.TotalMs, 0, math.MaxFloat64),
 		items("logprobs", len(r.Logprobs), 0, schemas.MaxDraftTokens+1),
 	); err != nil {
 		return err
@@ -124,15 +125,15 @@ func (r *VerifyResult) rules(seen uint64) error {
 	}
 	for i, lp := range r.Logprobs {
 		if err := firstErr(
-			between("logprob", lp.Logprob, -maxFloat32, 0),
+			between("logprob", lp.Logprob, -math.MaxFloat32, 0),
 			items("top", len(lp.Top), 0, MaxTopLogprobs),
 		); err != nil {
 			return fmt.Errorf("logprobs[%d]: %w", i, err)
 		}
 		for j, tl := range lp.Top {
 			if err := firstErr(
-				between("token", int(tl.Token), 0, 1<<31-1),
-				between("logprob", tl.Logprob, -maxFloat32, 0),
+				between("token", int(tl.Token), 0, math.MaxInt32),
+				between("logprob", tl.Logprob, -math.MaxFloat32, 0),
 			); err != nil {
 				return fmt.Errorf("logprobs[%d].top[%d]: %w", i, j, err)
 			}
@@ -140,8 +141,3 @@ func (r *VerifyResult) rules(seen uint64) error {
 	}
 	return nil
 }
-
-const (
-	maxFloat   = 1.7976931348623157e308
-	maxFloat32 = 3.4028234663852886e38
-)
