@@ -57,6 +57,10 @@ type Options struct {
 	// 0: DefaultGPUPublishers; negative: none, the result work paid inside
 	// the pass loop as on a CPU server.
 	GPUPublishers int
+	// SimMaxDevices bounds `sled sim`'s capacity searches (every server it
+	// models, the simulated GPU servers included). Default 4096 (quick: 512).
+	// A search that reaches it reports ">= bound".
+	SimMaxDevices int
 	// Required is the tokens/s every device must get for the fleet to be within
 	// capacity. Default 5 (about human reading speed).
 	Required float64
@@ -178,6 +182,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxDevices <= 0 {
 		o.MaxDevices = 256
+	}
+	if o.SimMaxDevices <= 0 {
+		o.SimMaxDevices = map[bool]int{false: 4096, true: 512}[o.Quick]
 	}
 	if o.Repeats <= 0 {
 		o.Repeats = 1

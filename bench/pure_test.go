@@ -335,3 +335,24 @@ func TestInterleave(t *testing.T) {
 		t.Errorf("probe error: got %v", err)
 	}
 }
+
+// The simulator's search bound defaults by Quick, keeps a value set, and
+// filling the defaults twice changes nothing.
+func TestSimMaxDevicesDefault(t *testing.T) {
+	for _, c := range []struct {
+		o    Options
+		want int
+	}{
+		{Options{Pair: "tiny"}, 4096},
+		{Options{Pair: "tiny", Quick: true}, 512},
+		{Options{Pair: "tiny", Quick: true, SimMaxDevices: 16384}, 16384},
+	} {
+		o := c.o.withDefaults()
+		if o.SimMaxDevices != c.want {
+			t.Errorf("%+v: SimMaxDevices %d, want %d", c.o, o.SimMaxDevices, c.want)
+		}
+		if again := o.withDefaults(); again.SimMaxDevices != c.want {
+			t.Errorf("%+v: SimMaxDevices %d after a second withDefaults, want %d", c.o, again.SimMaxDevices, c.want)
+		}
+	}
+}

@@ -247,10 +247,7 @@ func RunSim(ctx context.Context, o Options) (*Report, error) {
 	for _, g := range gpuServers {
 		servers = append(servers, server{g.gpu, g.target(), g.cost(), true})
 	}
-	bound := 4096
-	if o.Quick {
-		bound = 512
-	}
+	bound := o.SimMaxDevices
 	for _, sv := range servers {
 		for _, pr := range ps {
 			sc := SimCapacity{Server: sv.name, Target: sv.target, Profile: pr.Name, Cost: sv.cost}

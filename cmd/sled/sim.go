@@ -69,6 +69,7 @@ func simCmd() *cobra.Command {
 	f.Float64Var(&o.Required, "rate", 5, "tokens/s every device must get (capacity)")
 	f.Float64Var(&o.GPUResultMs, "gpu-result-ms", 0, "the simulated GPU servers' worker time per draft, ms (0: 0.041, the event codec's cost; negative: this machine's fitted per-draft cost)")
 	f.IntVar(&o.GPUPublishers, "gpu-publishers", 0, "goroutines that publish a pass's results beside the next pass on the simulated GPU servers (0: 8, the verifier's default on 8 cores or more; negative: none, the result work paid inside the pass loop)")
+	f.IntVar(&o.SimMaxDevices, "max-devices", 0, "capacity search bound (default 4096; quick: 512)")
 	f.IntVar(&batchSize, "batch-size", bench.DefaultBatch.Size, "batcher: static batch size")
 	f.DurationVar(&batchWait, "max-wait", bench.DefaultBatch.MaxWait, "batcher: close a batch when its oldest draft waited this long")
 	f.DurationVar(&o.Warmup, "warmup", 0, "measured trial warm-up")
